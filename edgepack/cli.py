@@ -1,0 +1,118 @@
+"""The ``edgepack`` command: parse, call one function, print a table or ``--json``, exit.
+
+Exit codes: 0 success, 2 a user error (one line on stderr, no traceback), 1 a bug in edgepack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from edgepack import __version__
+from edgepack.errors import USER_ERROR_EXIT_CODE, EdgepackError
+
+
+def _emit_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def _registry(args: argparse.Namespace) -> Any:
+    from edgepack.profiles import ProfileRegistry
+
+    return ProfileRegistry.discover([Path(p) for p in args.profile or []])
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from edgepack.render import render_device, render_devices
+
+    registry = _registry(args)
+    if args.devices_command == "show":
+        profile = registry.get(args.name)
+        if args.json:
+            _emit_json(profile.to_dict())
+        else:
+            print(render_device(profile))
+        return 0
+    if args.json:
+        _emit_json([p.summary() for p in registry.all()])
+    else:
+        print(render_devices(registry.all()))
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from edgepack.inspection import inspect_model
+    from edgepack.model import load_model
+    from edgepack.render import render_inspection
+
+    device = _registry(args).get(args.device) if args.device else None
+    handle = load_model(args.model, torch_module=args.torch_module, input_shape=args.input_shape)
+    result = inspect_model(handle, device)
+    if args.json:
+        _emit_json(result.to_dict())
+    else:
+        print(render_inspection(result))
+    return 0
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", nargs="?", help="model file (.onnx .tflite .keras .h5 .pt .pt2) or "
+                        "SavedModel directory")
+    parser.add_argument("--torch-module", metavar="PKG.MOD:FACTORY",
+                        help="an nn.Module built by calling this factory (needs --input-shape)")
+    parser.add_argument("--input-shape", metavar="SHAPE",
+                        help="static input shape: 1,3,224,224 or name:1,3,224,224;other:1,10")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--profile", action="append", metavar="FILE",
+                        help="an extra device profile file (repeatable); its name is the file's stem")
+    common.add_argument("--json", action="store_true", help="print JSON on stdout instead of a table")
+
+    parser = argparse.ArgumentParser(
+        prog="edgepack",
+        description="Package trained neural networks for small devices: convert, quantize, prune, "
+                    "and measure on the board over SSH.")
+    parser.add_argument("--version", action="version", version=f"edgepack {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    devices = commands.add_parser("devices", parents=[common], help="list device profiles, or show one")
+    devices_commands = devices.add_subparsers(dest="devices_command", metavar="show")
+    show = devices_commands.add_parser("show", parents=[common], help="show one device profile")
+    show.add_argument("name", help="profile name, e.g. rpi4")
+    devices.set_defaults(handler=cmd_devices)
+
+    inspect = commands.add_parser(
+        "inspect", parents=[common],
+        help="parameters, MACs, ops, memory, device compatibility and a latency estimate")
+    _add_model_arguments(inspect)
+    inspect.add_argument("--device", metavar="NAME", help="check against this device profile")
+    inspect.set_defaults(handler=cmd_inspect)
+    return parser
+
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except EdgepackError as error:
+        print(f"edgepack: error: {error}", file=sys.stderr)
+        return USER_ERROR_EXIT_CODE
+    except KeyboardInterrupt:
+        print("edgepack: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

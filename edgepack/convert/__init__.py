@@ -1,0 +1,1 @@
+"""Conversion routes between model formats, one module per route; every result is verified."""

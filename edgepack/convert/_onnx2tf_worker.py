@@ -1,0 +1,25 @@
+"""Runs onnx2tf for convert_onnx_to_tflite in its own process (see onnx_to_tflite.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def main(job_path: str) -> int:
+    job = json.loads(Path(job_path).read_text(encoding="utf-8"))
+    import onnx2tf
+
+    onnx2tf.convert(
+        input_onnx_file_path=job["onnx"],
+        output_folder_path=job["out"],
+        copy_onnx_input_output_names_to_tflite=True,
+        output_signaturedefs=True,
+        non_verbose=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

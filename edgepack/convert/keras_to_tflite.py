@@ -1,0 +1,32 @@
+"""Keras (.keras/.h5) and SavedModel -> TFLite with ``tf.lite.TFLiteConverter``."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from edgepack.convert.errors import ConversionError
+
+ROUTE = "keras/savedmodel->tflite (TFLiteConverter)"
+
+
+def convert_tensorflow_to_tflite(model_path: Path, out_path: Path) -> Path:
+    """fp32 TFLite from a Keras file (exported to a SavedModel first) or a SavedModel directory."""
+    import tensorflow as tf
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="edgepack-keras-") as tmp:
+        saved_model = model_path
+        if model_path.is_file():
+            import keras
+
+            model = keras.models.load_model(str(model_path), compile=False)
+            saved_model = Path(tmp) / "saved_model"
+            model.export(str(saved_model), format="tf_saved_model", verbose=False)
+        try:
+            converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+            flatbuffer = converter.convert()
+        except Exception as exc:  # the converter raises ConverterError, ValueError, ...: all one cause
+            raise ConversionError(ROUTE, str(exc).strip().splitlines()[0][:300]) from None
+    out_path.write_bytes(flatbuffer)
+    return out_path

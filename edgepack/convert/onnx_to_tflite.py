@@ -1,0 +1,92 @@
+"""ONNX -> TFLite (fp32, fp16) and SavedModel with onnx2tf, run in a fenced-off subprocess.
+
+onnx2tf rewrites its input file in place, calls ``onnxsim`` from PATH, prints a great deal, and for
+3-channel image inputs fetches a sample image file from the internet unless one sits in its working
+directory. So edgepack gives it a copy of the model in a fresh directory, with our own sample data
+file there (from the user's calibration data when given), PATH pointing at this interpreter's
+scripts, and proxies that lead nowhere so that nothing can go online.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgepack.convert.errors import ConversionError, last_error_line
+
+ROUTE = "onnx->tflite (onnx2tf)"
+# onnx2tf reads this file from its working directory instead of downloading it (utils/common_functions).
+_SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+_UNREACHABLE_PROXY = "http://127.0.0.1:9"
+
+
+@dataclass
+class TfliteOutputs:
+    float32: Path
+    float16: Path | None
+    saved_model: Path | None
+    notes: list[str] = field(default_factory=list)
+
+
+def sample_images(calib_nchw: np.ndarray | None, count: int = 20) -> np.ndarray:
+    """20x128x128x3 float32 images for onnx2tf's own checks: the user's data when it is image-like."""
+    if calib_nchw is not None and calib_nchw.ndim == 4 and calib_nchw.shape[1] == 3:
+        images = np.transpose(calib_nchw[:count].astype(np.float32), (0, 2, 3, 1))
+        reps = int(np.ceil(count / len(images)))
+        images = np.concatenate([images] * reps)[:count]
+        rows = np.linspace(0, images.shape[1] - 1, 128).astype(int)
+        cols = np.linspace(0, images.shape[2] - 1, 128).astype(int)
+        return np.ascontiguousarray(images[:, rows][:, :, cols])
+    return np.random.default_rng(0).random((count, 128, 128, 3), dtype=np.float32)
+
+
+def convert_onnx_to_tflite(onnx_path: Path, out_dir: Path, *, calib: np.ndarray | None = None,
+                           timeout_s: float = 900.0) -> TfliteOutputs:
+    """Convert ``onnx_path`` into ``out_dir`` (model_float32.tflite, model_float16.tflite, saved_model/).
+
+    The user's file is never opened for writing. Raises :class:`ConversionError` with onnx2tf's own
+    last error line when the conversion fails or times out.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="edgepack-onnx2tf-") as tmp:
+        work = Path(tmp)
+        shutil.copyfile(onnx_path, work / "model.onnx")
+        np.save(work / _SAMPLE_FILE, sample_images(calib))
+        job = {"onnx": str(work / "model.onnx"), "out": str(work / "out")}
+        (work / "job.json").write_text(json.dumps(job))
+        env = dict(os.environ)
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        env.update({"TF_CPP_MIN_LOG_LEVEL": "3", "HTTP_PROXY": _UNREACHABLE_PROXY,
+                    "HTTPS_PROXY": _UNREACHABLE_PROXY, "http_proxy": _UNREACHABLE_PROXY,
+                    "https_proxy": _UNREACHABLE_PROXY, "NO_PROXY": "", "no_proxy": "",
+                    "CUDA_VISIBLE_DEVICES": "-1"})
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "edgepack.convert._onnx2tf_worker", str(work / "job.json")],
+                cwd=work, env=env, capture_output=True, text=True, timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired:
+            raise ConversionError(ROUTE, f"onnx2tf did not finish in {timeout_s:.0f} s") from None
+        produced = work / "out" / "model_float32.tflite"
+        if proc.returncode != 0 or not produced.exists():
+            raise ConversionError(ROUTE, last_error_line(proc.stdout + "\n" + proc.stderr))
+        float32 = out_dir / "model_float32.tflite"
+        shutil.copyfile(produced, float32)
+        float16 = None
+        if (work / "out" / "model_float16.tflite").exists():
+            float16 = out_dir / "model_float16.tflite"
+            shutil.copyfile(work / "out" / "model_float16.tflite", float16)
+        saved_model = None
+        if (work / "out" / "saved_model.pb").exists():
+            saved_model = out_dir / "saved_model"
+            shutil.rmtree(saved_model, ignore_errors=True)
+            shutil.copytree(work / "out", saved_model,
+                            ignore=shutil.ignore_patterns("*.tflite", "*.json"))
+        return TfliteOutputs(float32, float16, saved_model)

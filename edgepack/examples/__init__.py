@@ -1,0 +1,1 @@
+"""Small models for the demo and the tests, built and trained here (no downloads)."""

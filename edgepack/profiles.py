@@ -1,0 +1,178 @@
+"""Device profiles: what a board has and runs, validated from ``device_profiles/*.toml``.
+
+A profile is data only. It is looked up by name among, in increasing priority: the profiles shipped
+with edgepack, the user's ``$XDG_CONFIG_HOME/edgepack/devices/*.toml`` (default ``~/.config``), and
+files given with ``--profile FILE``. The file's stem is the profile's name. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgepack.errors import ProfileError, UnknownDeviceError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+Precision = Literal["fp32", "fp16", "int8", "dynamic"]
+Runtime = Literal["tflite", "tflite-gpu", "tflite-edgetpu", "onnxruntime"]
+IoDtype = Literal["float32", "float16", "int8", "uint8"]
+Positive = Annotated[float, Field(gt=0)]
+
+#: Where the profiles shipped with edgepack live (a checkout or an editable install).
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "device_profiles"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Precisions(_Strict):
+    supported: list[Precision] = Field(min_length=1)
+    required: list[Precision] = []
+    io_dtypes: list[IoDtype] = ["float32"]
+
+
+class Ops(_Strict):
+    """Ops the device's runtimes execute. ``"all"``: every builtin op of that runtime."""
+
+    source: str = Field(min_length=1)
+    tflite: list[str] | Literal["all"] | None = None
+    onnx: list[str] | Literal["all"] | None = None
+    notes: str = ""
+
+
+class SshDefaults(_Strict):
+    user: str = "pi"
+    port: int = Field(default=22, ge=1, le=65535)
+    python: str = "python3"
+
+
+class BenchmarkDefaults(_Strict):
+    warmup: int = Field(default=10, ge=0)
+    runs: int = Field(default=50, ge=1)
+    threads: int = Field(default=1, ge=1)
+
+
+class Roofline(_Strict):
+    """Peak figures for a roofline estimate; a lower bound on latency, never a measurement."""
+
+    fp32_gflops: float = Field(ge=0)
+    fp16_gflops: float | None = Field(default=None, ge=0)
+    int8_gops: float = Field(ge=0)
+    memory_gbps: Positive
+    source: str = Field(min_length=1)
+
+
+class Tolerances(_Strict):
+    """How close a converted model must stay to its source (fp32 conversions)."""
+
+    max_abs_error_rel: Positive = 1e-4
+    min_cosine: float = Field(default=0.9999, ge=-1, le=1)
+    min_top1_agreement: float = Field(default=1.0, ge=0, le=1)
+
+
+class DeviceProfile(_Strict):
+    name: str
+    path: Path
+    description: str
+    device_class: Literal["cpu", "gpu", "npu"] = Field(alias="class")
+    architecture: Literal["aarch64", "armv7l", "x86_64", "riscv64", "cortex-m"]
+    cores: int = Field(ge=1)
+    clock_ghz: Positive
+    ram_mb: Positive
+    memory_budget_mb: Positive
+    on_chip_memory_mb: float | None = Field(default=None, gt=0)
+    runtimes: list[Runtime] = Field(min_length=1)
+    precisions: Precisions
+    ops: Ops
+    ssh: SshDefaults = SshDefaults()
+    benchmark: BenchmarkDefaults = BenchmarkDefaults()
+    roofline: Roofline
+    tolerances: Tolerances = Tolerances()
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "class": self.device_class,
+            "architecture": self.architecture,
+            "cores": self.cores,
+            "ram_mb": self.ram_mb,
+            "memory_budget_mb": self.memory_budget_mb,
+            "runtimes": list(self.runtimes),
+            "precisions": list(self.precisions.supported),
+            "description": self.description,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json", by_alias=True)
+        data["path"] = str(self.path)
+        return data
+
+
+def load_profile(path: Path) -> DeviceProfile:
+    """Read and validate one profile file. Raises :class:`ProfileError` naming the file and key."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ProfileError(path, "", "no such file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ProfileError(path, "", f"not valid TOML ({exc})") from None
+    for reserved in ("name", "path"):
+        if reserved in raw:
+            raise ProfileError(path, reserved, "set by edgepack (the file's name); remove it")
+    try:
+        return DeviceProfile(name=path.stem, path=path, **raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(part) for part in first["loc"])
+        problem = first["msg"]
+        if first["type"] == "extra_forbidden":
+            problem = "unknown key"
+        raise ProfileError(path, key, problem) from None
+
+
+def user_profiles_dir() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "edgepack" / "devices"
+
+
+class ProfileRegistry:
+    """All profiles edgepack can see, by name; later sources override earlier ones."""
+
+    def __init__(self, profiles: dict[str, DeviceProfile]) -> None:
+        self._profiles = profiles
+
+    @classmethod
+    def discover(cls, extra_files: list[Path] | tuple[Path, ...] = ()) -> ProfileRegistry:
+        files: list[Path] = []
+        for directory in (BUILTIN_DIR, user_profiles_dir()):
+            if directory.is_dir():
+                files.extend(sorted(directory.glob("*.toml")))
+        files.extend(Path(f) for f in extra_files)
+        profiles: dict[str, DeviceProfile] = {}
+        for file in files:
+            profile = load_profile(file)
+            profiles[profile.name] = profile
+        return cls(profiles)
+
+    def names(self) -> list[str]:
+        return sorted(self._profiles)
+
+    def all(self) -> list[DeviceProfile]:
+        return [self._profiles[name] for name in self.names()]
+
+    def get(self, name: str) -> DeviceProfile:
+        try:
+            return self._profiles[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, self.names(), n=1, cutoff=0.5)
+            raise UnknownDeviceError(name, self.names(), close[0] if close else None) from None

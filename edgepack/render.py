@@ -1,0 +1,121 @@
+"""Plain-text tables and figures for the terminal (``--json`` bypasses all of this)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from edgepack.inspection import Inspection
+from edgepack.profiles import DeviceProfile
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "") -> str:
+    """A left/right-aligned text table; ``align`` is one of 'l'/'r' per column (default: left)."""
+    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    align = align or "l" * len(headers)
+
+    def line(row: list[str]) -> str:
+        parts = [c.rjust(w) if a == "r" else c.ljust(w) for c, w, a in zip(row, widths, align, strict=True)]
+        return "  ".join(parts).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def human_count(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def render_devices(profiles: list[DeviceProfile]) -> str:
+    rows = [(p.name, p.device_class, p.architecture, p.cores, f"{p.ram_mb:.0f}", f"{p.memory_budget_mb:g}",
+             ",".join(p.runtimes), ",".join(p.precisions.supported), p.description) for p in profiles]
+    return table(["name", "class", "arch", "cores", "RAM MB", "budget MB", "runtimes", "precisions",
+                  "description"], rows, "lllrrrlll")
+
+
+def render_device(p: DeviceProfile) -> str:
+    roof = p.roofline
+    ops = p.ops
+    lines = [
+        f"{p.name}: {p.description}",
+        f"  file            {p.path}",
+        f"  class           {p.device_class} ({p.architecture}, {p.cores} cores @ {p.clock_ghz:g} GHz)",
+        f"  memory          {p.ram_mb:.0f} MB RAM, model budget {p.memory_budget_mb:g} MB"
+        + (f", on-chip {p.on_chip_memory_mb:g} MB" if p.on_chip_memory_mb else ""),
+        f"  runtimes        {', '.join(p.runtimes)} (in order of preference)",
+        f"  precisions      {', '.join(p.precisions.supported)}"
+        + (f"; requires {', '.join(p.precisions.required)}" if p.precisions.required else "")
+        + f"; I/O {', '.join(p.precisions.io_dtypes)}",
+    ]
+    for fmt, listed in (("tflite", ops.tflite), ("onnx", ops.onnx)):
+        if listed is not None:
+            text = "all builtin ops" if listed == "all" else f"{len(listed)} ops: {', '.join(listed)}"
+            lines.append(f"  {fmt + ' ops':<15} {text}")
+    lines += [
+        f"  ops source      {ops.source}",
+        f"  ssh defaults    {p.ssh.user}@<host>:{p.ssh.port}, python '{p.ssh.python}'",
+        f"  benchmark       {p.benchmark.warmup} warmup, {p.benchmark.runs} runs, {p.benchmark.threads} "
+        "threads",
+        f"  roofline        fp32 {roof.fp32_gflops:g} GFLOP/s"
+        + (f", fp16 {roof.fp16_gflops:g} GFLOP/s" if roof.fp16_gflops else "")
+        + f", int8 {roof.int8_gops:g} GOP/s, memory {roof.memory_gbps:g} GB/s",
+        f"  roofline source {roof.source}",
+    ]
+    return "\n".join(lines)
+
+
+def render_inspection(result: Inspection, top_layers: int = 15) -> str:
+    m, s = result.model, result.summary
+    lines = [f"{m.source}", f"  format          {m.format.value}" + (
+        f" (analysed as {result.analysed_as})" if result.analysed_as != m.format.value else ""),
+        f"  sha256          {m.sha256}",
+        f"  file size       {human_bytes(m.size_bytes)} ({m.size_bytes} bytes)"]
+    for kind, specs in (("input", m.inputs), ("output", m.outputs)):
+        for t in specs:
+            lines.append(f"  {kind:<15} {t.name}: {list(t.shape)} {t.dtype} {t.layout}")
+    lines += [
+        f"  parameters      {s.params:,} ({human_count(s.params)}), weights {human_bytes(s.weight_bytes)}",
+        f"  MACs            {s.macs:,} ({human_count(s.macs)}) per inference",
+        f"  precision       {s.precision}",
+        f"  peak activations {human_bytes(s.peak_activation_bytes)} (estimate: live tensors, no buffer reuse)",
+        "  ops             " + ", ".join(f"{op} x{n}" for op, n in s.op_histogram.items()),
+    ]
+    lines += [f"  note            {n}" for n in [*m.notes, *s.notes]]
+    heavy = sorted(s.layers, key=lambda layer: layer.macs, reverse=True)[:top_layers]
+    heavy = [layer for layer in heavy if layer.macs or layer.params]
+    if heavy:
+        total = max(s.macs, 1)
+        rows = [(layer.name[:48], layer.op, f"{layer.macs:,}", f"{100 * layer.macs / total:.1f}%",
+                 f"{layer.params:,}", human_bytes(layer.output_bytes)) for layer in heavy]
+        lines += ["", f"Layers by MACs (top {len(rows)} of {len(s.layers)}):",
+                  table(["layer", "op", "MACs", "share", "params", "output"], rows, "llrrrr")]
+    if result.device is not None and result.compatibility is not None and result.estimate is not None:
+        c, e = result.compatibility, result.estimate
+        lines += ["", f"On {result.device.name} ({result.device.description}):",
+                  f"  runtime checked {c.runtime}",
+                  "  op support      " + ("all ops supported" if not c.issues else
+                                         f"{len(c.issues)} op type(s) with issues")]
+        lines += [f"    {i.status:<11} {i.op} x{i.count}: {i.reason}" for i in c.issues]
+        lines += [f"  note            {note}" for note in c.precision_notes]
+        budget_bytes = result.device.memory_budget_mb * 1024 * 1024
+        need = s.weight_bytes + s.peak_activation_bytes
+        lines.append(f"  memory          weights + peak activations {human_bytes(need)}; budget "
+                     f"{result.device.memory_budget_mb:g} MB"
+                     + (" (OVER BUDGET)" if need > budget_bytes else ""))
+        lines.append(f"  latency         ~{e.latency_ms:.3f} ms ESTIMATE (roofline lower bound at "
+                     f"{e.assumed_precision} {e.peak_gops:g} GOP/s, {e.memory_gbps:g} GB/s; "
+                     f"{e.compute_bound_layers} compute-bound, {e.memory_bound_layers} memory-bound "
+                     "layers) - not measured; run 'edgepack profile' to measure")
+    return "\n".join(lines)
