@@ -60,6 +60,24 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from edgepack.convert.convert import convert_model, default_output
+    from edgepack.data import load_dataset
+    from edgepack.model import load_model
+    from edgepack.render import render_conversion
+
+    profile = _registry(args).get(args.device)
+    handle = load_model(args.model, torch_module=args.torch_module, input_shape=args.input_shape)
+    data = load_dataset(args.calib, handle.inputs, purpose="calibration") if args.calib else None
+    output = Path(args.output) if args.output else default_output(handle, args.to)
+    result = convert_model(handle, args.to, output, profile, data)
+    if args.json:
+        _emit_json(result.to_dict())
+    else:
+        print(render_conversion(result))
+    return 0
+
+
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", help="model file (.onnx .tflite .keras .h5 .pt .pt2) or "
                         "SavedModel directory")
@@ -94,6 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(inspect)
     inspect.add_argument("--device", metavar="NAME", help="check against this device profile")
     inspect.set_defaults(handler=cmd_inspect)
+
+    convert = commands.add_parser(
+        "convert", parents=[common],
+        help="convert to ONNX, TFLite, SavedModel or PyTorch, verified against the source")
+    _add_model_arguments(convert)
+    convert.add_argument("--to", required=True, choices=["onnx", "tflite", "savedmodel", "torch"])
+    convert.add_argument("-o", "--output", metavar="OUT", help="where to write (default: ./MODEL.EXT)")
+    convert.add_argument("--calib", metavar="PATH",
+                         help="samples (.npy/.npz or a directory of them) in the source layout to verify on; "
+                              "default: random inputs")
+    convert.add_argument("--device", default="host", metavar="NAME",
+                         help="profile whose route order and tolerances apply (default: host)")
+    convert.set_defaults(handler=cmd_convert)
     return parser
 
 

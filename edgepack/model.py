@@ -12,7 +12,7 @@ import importlib
 import io
 import zipfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,9 @@ class ModelHandle:
     size_bytes: int
     source: str  # the path or the ``pkg.mod:factory`` string, as the user gave it
     notes: list[str] = field(default_factory=list)
+    #: The module built from a ``--torch-module`` factory, built once: a factory that initialises
+    #: weights at random must give the same model to every consumer.
+    module: Any = field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -77,7 +80,7 @@ class ModelHandle:
         return self.source.rsplit(":", 1)[-1]
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "module"}
         data["path"] = str(self.path) if self.path else None
         data["format"] = self.format.value
         data["inputs"] = [t.to_dict() for t in self.inputs]
@@ -123,10 +126,14 @@ def parse_input_shapes(text: str | None) -> dict[str, tuple[int, ...]] | tuple[i
 
 
 def file_sha256(path: Path) -> tuple[str, int]:
-    """sha256 and size of a file, or of a directory's files in sorted order (SavedModel)."""
+    """sha256 and size of a file, or of a directory's files in sorted order (SavedModel).
+
+    A directory's ``edgepack.json`` (the metadata edgepack writes into directory artifacts) is left out.
+    """
     digest = hashlib.sha256()
     size = 0
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name != "edgepack.json") \
+        if path.is_dir() else [path]
     for file in files:
         if path.is_dir():
             digest.update(str(file.relative_to(path)).encode())
@@ -295,8 +302,11 @@ def tflite_interpreter(path: Path, num_threads: int | None = None, *, delegates:
     kwargs: dict[str, Any] = {"model_path": str(path), "num_threads": num_threads}
     if not delegates:
         kwargs["experimental_op_resolver_type"] = module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    from edgepack.quiet import captured_output
+
     try:
-        return module.Interpreter(**kwargs)
+        with captured_output():  # the runtime announces its XNNPACK delegate on stderr
+            return module.Interpreter(**kwargs)
     except (ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise ModelFileError(path, f"is not a readable TFLite model ({first})",
@@ -497,7 +507,7 @@ def _load_torch_module(
     data = buffer.getvalue()
     return ModelHandle(None, ModelFormat.TORCH_MODULE, inputs,
                        [TensorSpec("output", (), "float32", "?")],
-                       hashlib.sha256(data).hexdigest(), len(data), spec)
+                       hashlib.sha256(data).hexdigest(), len(data), spec, module=module)
 
 
 _LOADERS: dict[ModelFormat, Callable[[Path], tuple[list[TensorSpec], list[TensorSpec]]]] = {

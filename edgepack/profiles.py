@@ -24,6 +24,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 Precision = Literal["fp32", "fp16", "int8", "dynamic"]
 Runtime = Literal["tflite", "tflite-gpu", "tflite-edgetpu", "onnxruntime"]
+ConvertRoute = Literal["onnx2tf", "litert-torch", "tflite-converter", "torch.onnx", "tf2onnx",
+                       "onnx-to-torch", "keras-export"]
 IoDtype = Literal["float32", "float16", "int8", "uint8"]
 Positive = Annotated[float, Field(gt=0)]
 
@@ -98,6 +100,10 @@ class DeviceProfile(_Strict):
     benchmark: BenchmarkDefaults = BenchmarkDefaults()
     roofline: Roofline
     tolerances: Tolerances = Tolerances()
+    #: Conversion routes in order of preference (direct routes first). All available routes to a
+    #: format are tried and the one closest to the source is kept; this order breaks ties.
+    convert_routes: list[ConvertRoute] = ["tflite-converter", "litert-torch", "keras-export", "onnx2tf",
+                                          "torch.onnx", "tf2onnx", "onnx-to-torch"]
 
     def summary(self) -> dict[str, Any]:
         return {

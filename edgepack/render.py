@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from edgepack.convert.convert import ConversionResult
 from edgepack.inspection import Inspection
 from edgepack.profiles import DeviceProfile
 
@@ -118,4 +119,34 @@ def render_inspection(result: Inspection, top_layers: int = 15) -> str:
                      f"{e.assumed_precision} {e.peak_gops:g} GOP/s, {e.memory_gbps:g} GB/s; "
                      f"{e.compute_bound_layers} compute-bound, {e.memory_bound_layers} memory-bound "
                      "layers) - not measured; run 'edgepack profile' to measure")
+    return "\n".join(lines)
+
+
+def render_conversion(result: ConversionResult) -> str:
+    a, r = result.artifact, result.report
+    rows = []
+    for attempt in result.attempts:
+        rep = attempt.report
+        if rep is None:
+            rows.append((attempt.route, "failed", "", "", "", "", attempt.error or ""))
+            continue
+        worst = max(rep.outputs, key=lambda o: o.max_abs_error_rel)
+        top1 = "" if worst.top1_agreement is None else f"{worst.top1_agreement:.0%}"
+        verdict = ("chosen" if attempt.route == a.route else "ok") if rep.passed else "drift"
+        rows.append((attempt.route, verdict, f"{worst.max_abs_error:.3g}", f"{worst.max_abs_error_rel:.3g}",
+                     f"{worst.cosine:.6f}", top1, rep.first_failure or f"{attempt.seconds:.1f} s"))
+    lines = [f"Routes to {a.format} (verified on {r.samples} {r.data} samples, source layout):",
+             table(["route", "result", "max abs err", "rel. to scale", "cosine", "top-1", "note"], rows,
+                   "llrrrrl"),
+             "",
+             f"wrote {a.path} ({human_bytes(a.size_bytes)}) via {a.route}",
+             f"  metadata        {a.metadata_path}",
+             f"  sha256          {a.sha256}"]
+    for b in a.inputs:
+        change = f" (transposed from {b.source_layout} by {list(b.perm)})" if b.perm else ""
+        lines.append(f"  input           {b.name}: {list(b.shape)} {b.dtype} {b.layout}{change}")
+    for b in a.outputs:
+        change = f" (source layout {b.source_layout})" if b.perm else ""
+        lines.append(f"  output          {b.name}: {list(b.shape)} {b.dtype} {b.layout}{change}")
+    lines += [f"  note            {n}" for n in a.notes]
     return "\n".join(lines)

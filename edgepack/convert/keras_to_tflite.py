@@ -6,13 +6,15 @@ import tempfile
 from pathlib import Path
 
 from edgepack.convert.errors import ConversionError
+from edgepack.quiet import captured_output
 
 ROUTE = "keras/savedmodel->tflite (TFLiteConverter)"
 
 
 def convert_tensorflow_to_tflite(model_path: Path, out_path: Path) -> Path:
     """fp32 TFLite from a Keras file (exported to a SavedModel first) or a SavedModel directory."""
-    import tensorflow as tf
+    with captured_output():
+        import tensorflow as tf
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edgepack-keras-") as tmp:
@@ -22,10 +24,12 @@ def convert_tensorflow_to_tflite(model_path: Path, out_path: Path) -> Path:
 
             model = keras.models.load_model(str(model_path), compile=False)
             saved_model = Path(tmp) / "saved_model"
-            model.export(str(saved_model), format="tf_saved_model", verbose=False)
+            with captured_output():
+                model.export(str(saved_model), format="tf_saved_model", verbose=False)
         try:
-            converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
-            flatbuffer = converter.convert()
+            with captured_output():
+                converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+                flatbuffer = converter.convert()
         except Exception as exc:  # the converter raises ConverterError, ValueError, ...: all one cause
             raise ConversionError(ROUTE, str(exc).strip().splitlines()[0][:300]) from None
     out_path.write_bytes(flatbuffer)

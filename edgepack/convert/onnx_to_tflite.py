@@ -90,3 +90,26 @@ def convert_onnx_to_tflite(onnx_path: Path, out_dir: Path, *, calib: np.ndarray 
             shutil.copytree(work / "out", saved_model,
                             ignore=shutil.ignore_patterns("*.tflite", "*.json"))
         return TfliteOutputs(float32, float16, saved_model)
+
+
+def unsupported_ops(onnx_path: Path) -> list[str]:
+    """Op types in the graph that onnx2tf has no converter for (it keeps one module per op type).
+
+    Reads onnx2tf's ``ops/`` folder instead of importing it: importing onnx2tf imports TensorFlow.
+    """
+    import importlib.util
+
+    import onnx
+
+    spec = importlib.util.find_spec("onnx2tf")
+    if spec is None or spec.origin is None:
+        return []
+    known = {p.stem for p in (Path(spec.origin).parent / "ops").glob("*.py")}
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    missing: list[str] = []
+    for node in model.graph.node:
+        standard = node.domain in ("", "ai.onnx")
+        label = node.op_type if standard else f"{node.domain}.{node.op_type}"
+        if label not in missing and (not standard or node.op_type not in known):
+            missing.append(label)
+    return missing

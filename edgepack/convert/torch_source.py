@@ -19,7 +19,9 @@ from edgepack.model import (
 def torch_module_of(handle: ModelHandle) -> Any:
     """An eval-mode callable module for the handle."""
     if handle.format is ModelFormat.TORCH_MODULE:
-        return build_torch_module(handle.source)
+        if handle.module is None:
+            handle.module = build_torch_module(handle.source)
+        return handle.module
     assert handle.path is not None
     if handle.format is ModelFormat.TORCHSCRIPT:
         return load_torchscript(handle.path).eval()

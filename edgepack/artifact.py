@@ -1,0 +1,82 @@
+"""Artifact: a file edgepack made, with its lineage, its I/O layout and how it was verified.
+
+Each artifact carries a sidecar ``<file>.edgepack.json`` (``edgepack.json`` inside a directory
+artifact) that records, for every input and output, the layout in the artifact and the permutation
+that takes data from the source model's layout into it. Users always give data in the source layout;
+whoever feeds the artifact applies ``perm``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgepack import __version__
+from edgepack.model import file_sha256
+
+
+@dataclass(frozen=True)
+class Binding:
+    """One input or output of an artifact and its source counterpart."""
+
+    name: str  # in the artifact
+    source_name: str
+    shape: tuple[int, ...]  # in the artifact
+    dtype: str
+    layout: str  # in the artifact
+    source_layout: str
+    perm: tuple[int, ...] | None  # source layout -> artifact layout; None: identical
+
+    def to_source(self, array: Any) -> Any:
+        """Transpose an artifact-layout array back into the source layout."""
+        import numpy as np
+
+        if self.perm is None:
+            return array
+        return np.transpose(array, np.argsort(self.perm))
+
+    def from_source(self, array: Any) -> Any:
+        import numpy as np
+
+        return array if self.perm is None else np.transpose(array, self.perm)
+
+
+@dataclass
+class Artifact:
+    path: Path
+    format: str  # onnx | tflite | savedmodel | torch
+    route: str
+    source_sha256: str
+    inputs: list[Binding]
+    outputs: list[Binding]
+    precision: str = "fp32"
+    validation: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+    sha256: str = ""
+    size_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.sha256 and self.path.exists():
+            self.sha256, self.size_bytes = file_sha256(self.path)
+
+    @property
+    def metadata_path(self) -> Path:
+        return self.path / "edgepack.json" if self.path.is_dir() else Path(f"{self.path}.edgepack.json")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["path"] = str(self.path)
+        data["edgepack_version"] = __version__
+        return data
+
+
+
+def channels_last_perm(rank: int) -> tuple[int, ...]:
+    return (0, *range(2, rank), 1)
+
+
+def layout_of_perm(source_layout: str, perm: tuple[int, ...] | None) -> str:
+    if perm is None or len(source_layout) != len(perm):
+        return source_layout
+    return "".join(source_layout[i] for i in perm)

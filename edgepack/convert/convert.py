@@ -1,0 +1,208 @@
+"""``edgepack convert``: try every route to the target format, verify each against the source, keep
+the closest, and report the others (their error or their drift) rather than hiding them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgepack.artifact import Artifact, Binding
+from edgepack.convert.errors import ConversionError
+from edgepack.convert.routes import Route, RouteOutput, routes_for
+from edgepack.convert.validate import ShapeMismatchError, ValidationReport, bind, compare
+from edgepack.data import Dataset, random_dataset
+from edgepack.engines import engine_for, engine_for_file
+from edgepack.errors import InputShapeError, UsageError
+from edgepack.model import ModelHandle, TensorSpec, default_layout, file_sha256
+from edgepack.profiles import DeviceProfile
+
+TARGETS = ("onnx", "tflite", "savedmodel", "torch")
+SUFFIX = {"onnx": ".onnx", "tflite": ".tflite", "savedmodel": "", "torch": ""}
+
+
+@dataclass
+class RouteAttempt:
+    route: str
+    report: ValidationReport | None = None
+    error: str | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"route": self.route, "error": self.error, "seconds": round(self.seconds, 2),
+                "validation": self.report.to_dict() if self.report else None}
+
+
+@dataclass
+class ConversionResult:
+    artifact: Artifact
+    report: ValidationReport
+    attempts: list[RouteAttempt] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"artifact": self.artifact.to_dict(), "route": self.artifact.route,
+                "validation": self.report.to_dict(), "attempts": [a.to_dict() for a in self.attempts]}
+
+
+def default_output(handle: ModelHandle, target: str) -> Path:
+    return Path.cwd() / f"{handle.name}{SUFFIX[target]}" if target in ("onnx", "tflite") else \
+        Path.cwd() / f"{handle.name}_{target}"
+
+
+def require_static_inputs(handle: ModelHandle) -> None:
+    for spec in handle.inputs:
+        if not spec.is_static or not spec.shape:
+            raise InputShapeError(
+                f"input '{spec.name}' has a dynamic shape {list(spec.shape) or '(unknown)'}",
+                "pass --input-shape with every dimension, e.g. --input-shape 1,3,224,224")
+
+
+def ordered_routes(handle: ModelHandle, target: str, profile: DeviceProfile) -> list[Route]:
+    routes = routes_for(handle, target)
+    if not routes:
+        raise UsageError(f"{handle.source} is already {handle.format.value}; nothing to convert to {target}",
+                         "pick another --to")
+    preference = {key: i for i, key in enumerate(profile.convert_routes)}
+    return sorted(routes, key=lambda r: preference.get(r.key, len(preference)))
+
+
+def _source_output_specs(handle: ModelHandle, outputs: list[np.ndarray]) -> list[TensorSpec]:
+    channels_last = handle.format.is_tensorflow or handle.format.value == "tflite"
+    names = [s.name for s in handle.outputs] if len(handle.outputs) == len(outputs) else \
+        [f"output_{i}" for i in range(len(outputs))]
+    return [TensorSpec(n, tuple(o.shape), o.dtype.name, default_layout(o.ndim, channels_last))
+            for n, o in zip(names, outputs, strict=True)]
+
+
+def convert_model(handle: ModelHandle, target: str, output: Path, profile: DeviceProfile,
+                  data: Dataset | None = None, max_samples: int = 32) -> ConversionResult:
+    """Convert, verify and write ``output`` (+ its ``.edgepack.json``) atomically.
+
+    Raises :class:`ConversionError` when every route fails or drifts past the profile's tolerances;
+    then nothing is written.
+    """
+    import time
+
+    if target not in TARGETS:
+        raise UsageError(f"unknown target format '{target}'", f"use one of {', '.join(TARGETS)}")
+    require_static_inputs(handle)
+    routes = ordered_routes(handle, target, profile)
+    data_kind = "calibration" if data is not None else "random"
+    data = data if data is not None else random_dataset(handle.inputs, 16)
+    source = engine_for(handle)
+    names = [s.name for s in handle.inputs]
+    calib = data.inputs[names[0]] if len(names) == 1 else None
+    source_outputs = _source_output_specs(handle, source.run(data.batch(names, 0)))
+
+    attempts: list[RouteAttempt] = []
+    best: tuple[RouteAttempt, RouteOutput, list[Binding], list[Binding], ValidationReport] | None = None
+    with tempfile.TemporaryDirectory(prefix="edgepack-convert-") as tmp:
+        for index, route in enumerate(routes):
+            attempt = RouteAttempt(route.name)
+            attempts.append(attempt)
+            start = time.perf_counter()
+            if not route.available():
+                attempt.error = "not installed"
+                continue
+            work = Path(tmp) / f"route{index}"
+            work.mkdir()
+            try:
+                produced = route.run(handle, work, calib)
+                engine = engine_for_file(produced.path, produced.format)
+                probe = data.batch(names, 0)
+                inputs = bind(route.name, handle.inputs, _artifact_input_shapes(engine, probe, produced),
+                              produced.channels_last)
+                got = engine.run([b.from_source(x) for b, x in zip(inputs, probe, strict=True)])
+                outputs = bind(route.name, source_outputs,
+                               [(tuple(o.shape), o.dtype.name, n) for o, n in
+                                zip(got, _names(engine.output_names, len(got)), strict=True)],
+                               produced.channels_last)
+                report = compare(route.name, source, engine, inputs, outputs, data, data_kind,
+                                 profile.tolerances, max_samples)
+            except ShapeMismatchError:
+                raise
+            except ConversionError as exc:
+                attempt.error = exc.reason
+                continue
+            finally:
+                attempt.seconds = time.perf_counter() - start
+            attempt.report = report
+            if best is None or _better(report, best[4]):
+                best = (attempt, produced, inputs, outputs, report)
+        if best is None:
+            reasons = "; ".join(f"{a.route}: {a.error}" for a in attempts)
+            raise ConversionError(f"{handle.format.value}->{target}", reasons)
+        attempt, produced, inputs, outputs, report = best
+        if not report.passed:
+            raise ConversionError(attempt.route, f"drifted past tolerance: {report.first_failure}",
+                                  "loosen [tolerances] in the device profile if this drift is acceptable")
+        artifact = _write(handle, produced, attempt.route, inputs, outputs, report, output)
+    return ConversionResult(artifact, report, attempts)
+
+
+def _better(a: ValidationReport, b: ValidationReport) -> bool:
+    if a.passed != b.passed:
+        return a.passed
+    return a.worst_rel_error < b.worst_rel_error * 0.5  # clearly closer; else keep the preferred route
+
+
+def _names(names: list[str], count: int) -> list[str]:
+    return names if len(names) == count else [f"output_{i}" for i in range(count)]
+
+
+def _artifact_input_shapes(engine: Any, probe: list[np.ndarray],
+                           produced: RouteOutput) -> list[tuple[tuple[int, ...], str, str]]:
+    if hasattr(engine, "inputs"):  # TFLite: the interpreter declares them
+        return [(tuple(int(d) for d in d_["shape"]), np.dtype(d_["dtype"]).name, d_["name"])
+                for d_ in engine.inputs]
+    if hasattr(engine, "session"):
+        return [(tuple(int(d) if isinstance(d, int) else 1 for d in i.shape), "float32", i.name)
+                for i in engine.session.get_inputs()]
+    perm_shapes = []
+    for x in probe:  # SavedModel / TorchScript declare nothing we can trust: the route's convention
+        shape = tuple(x.shape)
+        if produced.channels_last and 3 <= x.ndim <= 5:
+            shape = (shape[0], *shape[2:], shape[1])
+        perm_shapes.append((shape, x.dtype.name, ""))
+    names = getattr(engine, "input_names", [])
+    return [(s, d, names[i] if i < len(names) else n) for i, (s, d, n) in enumerate(perm_shapes)]
+
+
+def _write(handle: ModelHandle, produced: RouteOutput, route: str, inputs: list[Binding],
+           outputs: list[Binding], report: ValidationReport, output: Path) -> Artifact:
+    """Move the artifact into place atomically, then its metadata."""
+    output = output.resolve()
+    if handle.path is not None and output == handle.path.resolve():
+        raise UsageError(f"-o {output} is the source model", "write the result somewhere else")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".edgepack-", dir=output.parent))
+    try:
+        staged = staging / output.name
+        if produced.path.is_dir():
+            shutil.copytree(produced.path, staged)
+        else:
+            shutil.copyfile(produced.path, staged)
+        notes = list(produced.notes)
+        for b in inputs:
+            if b.perm is not None:
+                notes.append(f"input '{b.source_name}' is {b.layout} here; give data in {b.source_layout}, "
+                             f"transposed by {list(b.perm)}")
+        sha, size = file_sha256(staged)
+        artifact = Artifact(output, produced.format, route, handle.sha256, inputs, outputs,
+                            validation=report.to_dict(), notes=notes, sha256=sha, size_bytes=size)
+        staged_meta = staged / "edgepack.json" if staged.is_dir() else staging / f"{output.name}.edgepack.json"
+        staged_meta.write_text(json.dumps(artifact.to_dict(), indent=2, default=str) + "\n")
+        if output.is_dir():
+            shutil.rmtree(output)
+        os.replace(staged, output)
+        if not output.is_dir():
+            os.replace(staged_meta, artifact.metadata_path)
+        return artifact
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,125 @@
+"""Calibration and evaluation data, always in the source model's layout.
+
+Accepted: a ``.npy`` file (first axis = samples) for a single-input model; a ``.npz`` file with one
+array per input name (or ``x``, and ``y`` for integer labels); a directory of such files, concatenated
+in name order. Shape or dtype that does not fit the model, or too few samples, is a
+:class:`DataError` naming what was expected and what was given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgepack.errors import EdgepackError
+from edgepack.model import TensorSpec
+
+
+class DataError(EdgepackError):
+    """Calibration or evaluation data that does not fit the model."""
+
+
+@dataclass
+class Dataset:
+    """Samples per input name, stacked on the first axis; ``labels`` when the data carries them."""
+
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+    def batch(self, names: list[str], start: int, size: int = 1) -> list[np.ndarray]:
+        """Samples ``start:start+size`` of every input, in the order of ``names``."""
+        return [self.inputs[n][start:start + size] for n in names]
+
+    def split(self, count: int) -> tuple[Dataset, Dataset]:
+        """The first ``count`` samples and the rest (calibration vs held-out evaluation)."""
+        head = {k: v[:count] for k, v in self.inputs.items()}
+        tail = {k: v[count:] for k, v in self.inputs.items()}
+        labels = self.labels
+        return (Dataset(head, None if labels is None else labels[:count]),
+                Dataset(tail, None if labels is None else labels[count:]))
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    try:
+        if path.suffix == ".npy":
+            return {"": np.load(path, allow_pickle=False)}
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                return {k: archive[k] for k in archive.files}
+    except (ValueError, OSError) as exc:
+        raise DataError(f"{path}: not a readable numpy file ({exc})", "save it with numpy.save") from None
+    raise DataError(f"{path}: unsupported data file '{path.suffix}'",
+                    "give .npy/.npz files or a directory of them")
+
+
+def load_dataset(path: str | Path, inputs: list[TensorSpec], *, purpose: str = "calibration",
+                 min_samples: int = 1) -> Dataset:
+    """Read data for a model with these inputs and check it against their shapes and dtypes."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{purpose} data {path}: no such file or directory", "check the path")
+    files = sorted(p for p in path.iterdir() if p.suffix in (".npy", ".npz")) if path.is_dir() else [path]
+    if not files:
+        raise DataError(f"{purpose} data {path}: no .npy or .npz files in the directory",
+                        "put the samples there as .npy/.npz")
+    parts = [_read_arrays(f) for f in files]
+    names = [t.name for t in inputs]
+    merged: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    labels: list[np.ndarray] = []
+    for arrays, file in zip(parts, files, strict=True):
+        if "y" in arrays:
+            labels.append(arrays.pop("y"))
+        if len(arrays) == 1 and len(names) == 1:
+            merged[names[0]].append(next(iter(arrays.values())))
+            continue
+        for name in names:
+            if name not in arrays:
+                raise DataError(f"{purpose} data {file}: no array for input '{name}' "
+                                f"(found {', '.join(sorted(arrays)) or 'none'})",
+                                "name the arrays in the .npz after the model's inputs")
+            merged[name].append(arrays[name])
+    dataset = Dataset({n: _check(np.concatenate(v), spec, purpose, path)
+                       for (n, v), spec in zip(merged.items(), inputs, strict=True)},
+                      np.concatenate(labels).astype(np.int64) if labels else None)
+    if labels and dataset.labels is not None and len(dataset.labels) != len(dataset):
+        raise DataError(f"{purpose} data {path}: {len(dataset.labels)} labels for {len(dataset)} samples",
+                        "give one integer label per sample")
+    if len(dataset) < min_samples:
+        raise DataError(f"{purpose} data {path}: {len(dataset)} samples, at least {min_samples} needed",
+                        "give more samples")
+    return dataset
+
+
+def _check(array: np.ndarray, spec: TensorSpec, purpose: str, path: Path) -> np.ndarray:
+    expected = [d if isinstance(d, int) else None for d in spec.shape[1:]]
+    given = list(array.shape[1:])
+    shape_text = "x".join(str(d) if d else "?" for d in ["N", *expected])  # type: ignore[list-item]
+    if array.ndim == 0 or len(given) != len(expected) or any(
+            e is not None and e != g for e, g in zip(expected, given, strict=True)):
+        raise DataError(f"{purpose} data {path}: input '{spec.name}' expects samples of shape "
+                        f"{shape_text} ({spec.layout}), given {'x'.join(map(str, array.shape))}",
+                        "give data in the source model's layout, samples on the first axis")
+    if len(array) == 0:
+        raise DataError(f"{purpose} data {path}: no samples for input '{spec.name}'", "give some samples")
+    want = np.dtype(spec.dtype)
+    if array.dtype.kind != want.kind and not (array.dtype.kind in "iu" and want.kind in "iu"):
+        raise DataError(f"{purpose} data {path}: input '{spec.name}' expects {want.name}, given "
+                        f"{array.dtype.name}", f"convert the data to {want.name}")
+    return array.astype(want, copy=False)
+
+
+def random_dataset(inputs: list[TensorSpec], count: int, seed: int = 0) -> Dataset:
+    """Uniform [0, 1) floats (or small integers) of the inputs' static shapes, batch 1 per sample."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for spec in inputs:
+        shape = (count, *[int(d) for d in spec.shape[1:]])  # type: ignore[arg-type]
+        dtype = np.dtype(spec.dtype)
+        arrays[spec.name] = (rng.random(shape).astype(dtype) if dtype.kind == "f"
+                             else rng.integers(0, 10, shape).astype(dtype))
+    return Dataset(arrays)

@@ -1,0 +1,146 @@
+"""In-process inference for every format, used to compare a converted model with its source.
+
+An engine takes one sample: a list of arrays in the model's own input order and layout, and returns
+its outputs as numpy arrays in the model's output order. (On-device runs go through runners/ and
+the harness instead; this is the host-side reference.)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from edgepack.model import ModelFormat, ModelHandle
+from edgepack.quiet import captured_output
+
+
+class Engine(Protocol):
+    input_names: list[str]
+    output_names: list[str]
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]: ...
+
+
+class OnnxEngine:
+    def __init__(self, path: Path | bytes) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = 1
+        source = str(path) if isinstance(path, Path) else path
+        self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        return [np.asarray(v) for v in self.session.run(None, dict(zip(self.input_names, inputs, strict=True)))]
+
+
+class TfliteEngine:
+    def __init__(self, path: Path) -> None:
+        from edgepack.model import tflite_interpreter
+
+        self.interpreter = tflite_interpreter(path, num_threads=1)
+        with captured_output():  # the runtime announces its XNNPACK delegate on stderr
+            self.interpreter.allocate_tensors()
+        self.inputs = self.interpreter.get_input_details()
+        self.outputs = self.interpreter.get_output_details()
+        self.input_names = [d["name"] for d in self.inputs]
+        self.output_names = [d["name"] for d in self.outputs]
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        for detail, value in zip(self.inputs, inputs, strict=True):
+            if tuple(detail["shape"]) != value.shape:
+                self.interpreter.resize_tensor_input(detail["index"], list(value.shape))
+                self.interpreter.allocate_tensors()
+                self.inputs = self.interpreter.get_input_details()
+                self.outputs = self.interpreter.get_output_details()
+            self.interpreter.set_tensor(detail["index"], value.astype(detail["dtype"], copy=False))
+        self.interpreter.invoke()
+        return [np.array(self.interpreter.get_tensor(d["index"])) for d in self.outputs]
+
+
+class TorchEngine:
+    def __init__(self, module: Any, input_names: list[str]) -> None:
+        self.module = module
+        self.input_names = input_names
+        self.output_names: list[str] = []
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        with torch.no_grad():
+            result = self.module(*[torch.from_numpy(np.ascontiguousarray(x)) for x in inputs])
+        flat = list(result) if isinstance(result, tuple | list) else [result]
+        if not self.output_names:
+            self.output_names = [f"output_{i}" for i in range(len(flat))]
+        return [t.detach().cpu().numpy() for t in flat]
+
+
+class KerasEngine:
+    def __init__(self, path: Path) -> None:
+        import keras
+
+        self.model = keras.models.load_model(str(path), compile=False)
+        self.input_names = [str(getattr(t, "name", f"input_{i}")).split(":")[0]
+                            for i, t in enumerate(self.model.inputs)]
+        self.output_names = [f"output_{i}" for i in range(len(self.model.outputs))]
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        result = self.model(inputs if len(inputs) > 1 else inputs[0], training=False)
+        flat = list(result) if isinstance(result, tuple | list) else [result]
+        return [np.asarray(t) for t in flat]
+
+
+class SavedModelEngine:
+    def __init__(self, path: Path) -> None:
+        import tensorflow as tf
+
+        self.tf = tf
+        self.function = tf.saved_model.load(str(path)).signatures["serving_default"]
+        _, kwargs = self.function.structured_input_signature
+        self.input_names = sorted(kwargs)
+        self.output_names = sorted(self.function.structured_outputs)
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        feeds = {n: self.tf.constant(x) for n, x in zip(self.input_names, inputs, strict=True)}
+        result = self.function(**feeds)
+        return [np.asarray(result[name]) for name in self.output_names]
+
+
+def engine_for(handle: ModelHandle) -> Engine:
+    """An engine for a model the user gave (any format edgepack reads)."""
+    if handle.format is ModelFormat.ONNX:
+        assert handle.path is not None
+        return OnnxEngine(handle.path)
+    if handle.format is ModelFormat.TFLITE:
+        assert handle.path is not None
+        return TfliteEngine(handle.path)
+    if handle.format is ModelFormat.KERAS:
+        assert handle.path is not None
+        return KerasEngine(handle.path)
+    if handle.format is ModelFormat.SAVEDMODEL:
+        assert handle.path is not None
+        return SavedModelEngine(handle.path)
+    from edgepack.convert.torch_source import torch_module_of
+
+    return TorchEngine(torch_module_of(handle), [s.name for s in handle.inputs])
+
+
+def engine_for_file(path: Path, fmt: str) -> Engine:
+    """An engine for an artifact edgepack wrote."""
+    if fmt == "onnx":
+        return OnnxEngine(path)
+    if fmt == "tflite":
+        return TfliteEngine(path)
+    if fmt == "savedmodel":
+        return SavedModelEngine(path)
+    if fmt == "torch":
+        import torch
+
+        module = torch.jit.load(str(path / "model.pt"), map_location="cpu").eval()
+        return TorchEngine(module, [])
+    raise ValueError(f"no engine for format {fmt}")
