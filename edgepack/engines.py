@@ -115,7 +115,15 @@ def engine_for(handle: ModelHandle) -> Engine:
     """An engine for a model the user gave (any format edgepack reads)."""
     if handle.format is ModelFormat.ONNX:
         assert handle.path is not None
-        return OnnxEngine(handle.path)
+        try:
+            return OnnxEngine(handle.path)
+        except Exception as exc:  # onnxruntime's own exception types (Fail, InvalidGraph, NotImplemented)
+            from edgepack.errors import ModelFileError
+
+            first = str(exc).strip().splitlines()[0][:200]
+            raise ModelFileError(handle.path, f"ONNX Runtime cannot run it ({first})",
+                                 "edgepack checks every conversion against the source run by ONNX Runtime"
+                                 ) from None
     if handle.format is ModelFormat.TFLITE:
         assert handle.path is not None
         return TfliteEngine(handle.path)

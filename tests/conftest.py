@@ -37,6 +37,48 @@ def digits_onnx(digits_model, artifacts_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def digits_pt2(digits_model, artifacts_dir: Path) -> Path:
+    """The trained digits CNN as a torch.export ExportedProgram file."""
+    import torch
+
+    path = artifacts_dir / "digits.pt2"
+    torch.export.save(torch.export.export(digits_model, (torch.zeros(INPUT_SHAPE),)), str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def mobilenet_onnx(artifacts_dir: Path) -> Path:
+    """The MobileNetV2-like model (depthwise convs, residual adds) at 3x32x32, exported to ONNX."""
+    import torch
+
+    from edgepack.convert.torch_to_onnx import export_to_onnx
+    from edgepack.examples.mobilenet import mobilenet_like
+
+    return export_to_onnx(mobilenet_like(), (torch.zeros(1, 3, 32, 32),), artifacts_dir / "mobilenet.onnx",
+                          input_names=["image"]).path
+
+
+@pytest.fixture(scope="session")
+def keras_digits(digits: DigitsData, artifacts_dir: Path) -> Path:
+    """A Keras digits CNN (NHWC), trained for a few epochs, saved as .keras."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((8, 8, 1), batch_size=None, name="image"),
+        keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
+        keras.layers.MaxPooling2D(2),
+        keras.layers.Flatten(),
+        keras.layers.Dense(10),
+    ])
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(digits.x_train.transpose(0, 2, 3, 1), digits.y_train, epochs=15, batch_size=64, verbose=0)
+    path = artifacts_dir / "keras_digits.keras"
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def digits_tflite(digits_onnx: Path, digits: DigitsData, artifacts_dir: Path) -> Path:
     """The ONNX export converted by onnx2tf (the real converter), fp32."""
     from edgepack.convert.onnx_to_tflite import convert_onnx_to_tflite

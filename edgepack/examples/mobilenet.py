@@ -88,8 +88,7 @@ def keras_mobilenet_like(size: int = 32, classes: int = 10, seed: int = 0) -> An
     rng = np.random.default_rng(seed)
     for layer in model.layers:
         if isinstance(layer, layers.BatchNormalization):
-            gamma, beta, mean, var = layer.get_weights()
-            n = len(gamma)
+            n = len(layer.get_weights()[0])
             layer.set_weights([rng.random(n) * 0.5 + 0.75, rng.normal(size=n) * 0.1,
                                rng.normal(size=n) * 0.1, rng.random(n) * 0.5 + 0.75])
     return model
