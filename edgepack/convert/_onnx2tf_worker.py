@@ -6,18 +6,14 @@ import json
 import sys
 from pathlib import Path
 
+from edgepack.convert.onnx_to_tflite import ONNX2TF_OPTIONS
+
 
 def main(job_path: str) -> int:
     job = json.loads(Path(job_path).read_text(encoding="utf-8"))
     import onnx2tf
 
-    onnx2tf.convert(
-        input_onnx_file_path=job["onnx"],
-        output_folder_path=job["out"],
-        copy_onnx_input_output_names_to_tflite=True,
-        output_signaturedefs=True,
-        non_verbose=True,
-    )
+    onnx2tf.convert(input_onnx_file_path=job["onnx"], output_folder_path=job["out"], **ONNX2TF_OPTIONS)
     return 0
 
 

@@ -26,6 +26,9 @@ ROUTE = "onnx->tflite (onnx2tf)"
 # onnx2tf reads this file from its working directory instead of downloading it (utils/common_functions).
 _SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 _UNREACHABLE_PROXY = "http://127.0.0.1:9"
+#: How edgepack calls onnx2tf.convert (also used by benchmarks/onnx_node_coverage.py).
+ONNX2TF_OPTIONS = {"copy_onnx_input_output_names_to_tflite": True, "output_signaturedefs": True,
+                   "non_verbose": True}
 
 
 @dataclass
@@ -34,6 +37,22 @@ class TfliteOutputs:
     float16: Path | None
     saved_model: Path | None
     notes: list[str] = field(default_factory=list)
+
+
+def write_sample_images(directory: Path, calib_nchw: np.ndarray | None = None) -> None:
+    """Put onnx2tf's sample file where it looks first, so it never downloads one."""
+    np.save(directory / _SAMPLE_FILE, sample_images(calib_nchw))
+
+
+def offline_env(env: dict[str, str]) -> dict[str, str]:
+    """Environment for onnx2tf: this interpreter's scripts on PATH (onnxsim), proxies leading nowhere."""
+    env = dict(env)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.update({"TF_CPP_MIN_LOG_LEVEL": "3", "HTTP_PROXY": _UNREACHABLE_PROXY,
+                "HTTPS_PROXY": _UNREACHABLE_PROXY, "http_proxy": _UNREACHABLE_PROXY,
+                "https_proxy": _UNREACHABLE_PROXY, "NO_PROXY": "", "no_proxy": "",
+                "CUDA_VISIBLE_DEVICES": "-1"})
+    return env
 
 
 def sample_images(calib_nchw: np.ndarray | None, count: int = 20) -> np.ndarray:
@@ -59,15 +78,10 @@ def convert_onnx_to_tflite(onnx_path: Path, out_dir: Path, *, calib: np.ndarray 
     with tempfile.TemporaryDirectory(prefix="edgepack-onnx2tf-") as tmp:
         work = Path(tmp)
         shutil.copyfile(onnx_path, work / "model.onnx")
-        np.save(work / _SAMPLE_FILE, sample_images(calib))
+        write_sample_images(work, calib)
         job = {"onnx": str(work / "model.onnx"), "out": str(work / "out")}
         (work / "job.json").write_text(json.dumps(job))
-        env = dict(os.environ)
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-        env.update({"TF_CPP_MIN_LOG_LEVEL": "3", "HTTP_PROXY": _UNREACHABLE_PROXY,
-                    "HTTPS_PROXY": _UNREACHABLE_PROXY, "http_proxy": _UNREACHABLE_PROXY,
-                    "https_proxy": _UNREACHABLE_PROXY, "NO_PROXY": "", "no_proxy": "",
-                    "CUDA_VISIBLE_DEVICES": "-1"})
+        env = offline_env(dict(os.environ))
         try:
             proc = subprocess.run(
                 [sys.executable, "-m", "edgepack.convert._onnx2tf_worker", str(work / "job.json")],
