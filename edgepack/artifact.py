@@ -27,6 +27,8 @@ class Binding:
     layout: str  # in the artifact
     source_layout: str
     perm: tuple[int, ...] | None  # source layout -> artifact layout; None: identical
+    scale: float | None = None  # int8/uint8 I/O: real = (q - zero_point) * scale
+    zero_point: int | None = None
 
     def to_source(self, array: Any) -> Any:
         """Transpose an artifact-layout array back into the source layout."""
@@ -80,3 +82,33 @@ def layout_of_perm(source_layout: str, perm: tuple[int, ...] | None) -> str:
     if perm is None or len(source_layout) != len(perm):
         return source_layout
     return "".join(source_layout[i] for i in perm)
+
+
+def install(staged: Path, artifact: Artifact, output: Path) -> Artifact:
+    """Move a finished file or directory into ``output`` with its metadata, atomically.
+
+    ``staged`` must be on the same filesystem as ``output`` (a temporary directory beside it).
+    The artifact's ``path`` becomes ``output``; its sha256 and size are those of ``staged``.
+    """
+    import json
+    import os
+    import shutil
+
+    artifact.path = output
+    artifact.sha256, artifact.size_bytes = file_sha256(staged)
+    meta = staged / "edgepack.json" if staged.is_dir() else staged.parent / f"{output.name}.edgepack.json"
+    meta.write_text(json.dumps(artifact.to_dict(), indent=2, default=str) + "\n")
+    if output.is_dir():
+        shutil.rmtree(output)
+    os.replace(staged, output)
+    if not output.is_dir():
+        os.replace(meta, artifact.metadata_path)
+    return artifact
+
+
+def staging_dir(output: Path) -> Path:
+    """A fresh hidden directory beside ``output``, so that the final rename is atomic."""
+    import tempfile
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=".edgepack-", dir=output.parent))

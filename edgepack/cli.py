@@ -78,6 +78,54 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preprocessing(args: argparse.Namespace) -> Any:
+    from edgepack.data import ImagePreprocessing
+
+    def floats(text: str | None, default: tuple[float, ...]) -> tuple[float, ...]:
+        return tuple(float(v) for v in text.split(",")) if text else default
+
+    size = tuple(int(v) for v in args.resize.lower().split("x")) if args.resize else None
+    try:
+        return ImagePreprocessing(floats(args.mean, (0.0, 0.0, 0.0)), floats(args.std, (1.0, 1.0, 1.0)),
+                                  args.channel_order, size)  # type: ignore[arg-type]
+    except ValueError:
+        from edgepack.errors import UsageError
+
+        raise UsageError("--mean/--std take numbers like 0.485,0.456,0.406", "fix the flag") from None
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from edgepack.compress.quantize import default_format, quantize_model
+    from edgepack.data import load_dataset
+    from edgepack.model import load_model
+    from edgepack.render import render_quantization
+
+    profile = _registry(args).get(args.device)
+    handle = load_model(args.model, torch_module=args.torch_module, input_shape=args.input_shape)
+    prep = _preprocessing(args)
+    calib = load_dataset(args.calib, handle.inputs, purpose="calibration", preprocessing=prep)
+    eval_data = load_dataset(args.eval, handle.inputs, purpose="evaluation", preprocessing=prep) if args.eval else None
+    fmt = args.format or default_format(profile)
+    suffix = ".onnx" if fmt == "onnx" else ".tflite"
+    output = Path(args.output) if args.output else Path.cwd() / f"{handle.name}_{args.mode}{suffix}"
+    result = quantize_model(handle, calib, profile, output, fmt=fmt, mode=args.mode, eval_data=eval_data,
+                            max_accuracy_drop=args.max_accuracy_drop, calibrate_method=args.calibration,
+                            io_dtype=args.io_dtype)
+    if args.json:
+        _emit_json(result.to_dict())
+    else:
+        print(render_quantization(result))
+    return 0
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--eval", metavar="PATH", help="held-out data; an .npz with x and y (labels) gives accuracy")
+    parser.add_argument("--resize", metavar="HxW", help="image data: resize to this (default: the model's input)")
+    parser.add_argument("--mean", metavar="R,G,B", help="image data: subtract after scaling to [0, 1]")
+    parser.add_argument("--std", metavar="R,G,B", help="image data: divide by after subtracting the mean")
+    parser.add_argument("--channel-order", choices=["rgb", "bgr"], default="rgb")
+
+
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", help="model file (.onnx .tflite .keras .h5 .pt .pt2) or "
                         "SavedModel directory")
@@ -125,6 +173,25 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--device", default="host", metavar="NAME",
                          help="profile whose route order and tolerances apply (default: host)")
     convert.set_defaults(handler=cmd_convert)
+
+    quantize = commands.add_parser(
+        "quantize", parents=[common],
+        help="int8/fp16/dynamic quantization calibrated on your data, checked with the real runtime")
+    _add_model_arguments(quantize)
+    quantize.add_argument("--calib", required=True, metavar="PATH",
+                          help=".npy/.npz, a directory of them or of images, or pkg.mod:function")
+    _add_data_arguments(quantize)
+    quantize.add_argument("--mode", choices=["int8", "fp16", "dynamic"], default="int8")
+    quantize.add_argument("--format", choices=["tflite", "onnx"], help="default: the device's first runtime")
+    quantize.add_argument("--device", default="host", metavar="NAME")
+    quantize.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="PTS",
+                          help="percentage points of accuracy (with labels) or of top-1 agreement (default 1.0)")
+    quantize.add_argument("--calibration", choices=["minmax", "entropy", "percentile"], default="minmax",
+                          help="ONNX activation calibration method")
+    quantize.add_argument("--io-dtype", choices=["float32", "int8", "uint8"],
+                          help="TFLite int8 input/output type (default: what the device takes)")
+    quantize.add_argument("-o", "--output", metavar="OUT")
+    quantize.set_defaults(handler=cmd_quantize)
     return parser
 
 

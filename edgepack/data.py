@@ -2,8 +2,10 @@
 
 Accepted: a ``.npy`` file (first axis = samples) for a single-input model; a ``.npz`` file with one
 array per input name (or ``x``, and ``y`` for integer labels); a directory of such files, concatenated
-in name order. Shape or dtype that does not fit the model, or too few samples, is a
-:class:`DataError` naming what was expected and what was given.
+in name order; a directory of images (jpg/png), resized to the model's input and normalised as
+:class:`ImagePreprocessing` says; or ``pkg.mod:function`` returning an iterable of samples (arrays,
+or dicts by input name). Shape or dtype that does not fit the model, an empty set, or too few
+samples is a :class:`DataError` naming what was expected and what was given.
 """
 
 from __future__ import annotations
@@ -57,16 +59,38 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
                     "give .npy/.npz files or a directory of them")
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+@dataclass(frozen=True)
+class ImagePreprocessing:
+    """How image files become model input: RGB or BGR, scaled to [0, 1], then ``(x - mean) / std``."""
+
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    channel_order: str = "rgb"
+    size: tuple[int, int] | None = None  # (height, width); default: the model's input
+
+    def to_dict(self) -> dict[str, object]:
+        return {"mean": list(self.mean), "std": list(self.std), "channel_order": self.channel_order,
+                "size": list(self.size) if self.size else None, "scale": "1/255"}
+
+
 def load_dataset(path: str | Path, inputs: list[TensorSpec], *, purpose: str = "calibration",
-                 min_samples: int = 1) -> Dataset:
+                 min_samples: int = 1, preprocessing: ImagePreprocessing | None = None) -> Dataset:
     """Read data for a model with these inputs and check it against their shapes and dtypes."""
+    if isinstance(path, str) and ":" in path and not Path(path).exists():
+        return _from_callable(path, inputs, purpose, min_samples)
     path = Path(path)
     if not path.exists():
         raise DataError(f"{purpose} data {path}: no such file or directory", "check the path")
+    if path.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir()):
+        return _check_count(_images(path, inputs, preprocessing or ImagePreprocessing(), purpose), purpose, path,
+                            min_samples)
     files = sorted(p for p in path.iterdir() if p.suffix in (".npy", ".npz")) if path.is_dir() else [path]
     if not files:
-        raise DataError(f"{purpose} data {path}: no .npy or .npz files in the directory",
-                        "put the samples there as .npy/.npz")
+        raise DataError(f"{purpose} data {path}: no .npy, .npz or image files in the directory",
+                        "put the samples there as .npy/.npz or jpg/png")
     parts = [_read_arrays(f) for f in files]
     names = [t.name for t in inputs]
     merged: dict[str, list[np.ndarray]] = {n: [] for n in names}
@@ -89,13 +113,77 @@ def load_dataset(path: str | Path, inputs: list[TensorSpec], *, purpose: str = "
     if labels and dataset.labels is not None and len(dataset.labels) != len(dataset):
         raise DataError(f"{purpose} data {path}: {len(dataset.labels)} labels for {len(dataset)} samples",
                         "give one integer label per sample")
+    return _check_count(dataset, purpose, path, min_samples)
+
+
+def _check_count(dataset: Dataset, purpose: str, path: object, min_samples: int) -> Dataset:
+    if len(dataset) == 0:
+        raise DataError(f"{purpose} data {path}: no samples", "give some samples")
     if len(dataset) < min_samples:
         raise DataError(f"{purpose} data {path}: {len(dataset)} samples, at least {min_samples} needed",
                         "give more samples")
     return dataset
 
 
-def _check(array: np.ndarray, spec: TensorSpec, purpose: str, path: Path) -> np.ndarray:
+def _images(path: Path, inputs: list[TensorSpec], prep: ImagePreprocessing, purpose: str) -> Dataset:
+    from PIL import Image
+
+    if len(inputs) != 1 or len(inputs[0].shape) != 4:
+        raise DataError(f"{purpose} data {path}: images need a model with one 4-D image input",
+                        "give .npy/.npz data instead")
+    spec = inputs[0]
+    channels_first = spec.layout == "NCHW"
+    dims = spec.shape[1:]
+    channels, height, width = (dims[0], dims[1], dims[2]) if channels_first else (dims[2], dims[0], dims[1])
+    if prep.size:
+        height, width = prep.size
+    if not all(isinstance(d, int) for d in (channels, height, width)):
+        raise DataError(f"{purpose} data {path}: the model's image size is dynamic ({list(spec.shape)})",
+                        "pass --input-shape or --resize HxW")
+    images = []
+    for file in sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        try:
+            with Image.open(file) as image:
+                mode = "L" if channels == 1 else "RGB"
+                pixels = np.asarray(image.convert(mode).resize((int(width), int(height)), Image.BILINEAR),
+                                    dtype=np.float32) / 255.0
+        except OSError as exc:
+            raise DataError(f"{purpose} data {file}: not a readable image ({exc})", "remove or replace it") from None
+        pixels = pixels[..., None] if pixels.ndim == 2 else pixels
+        if prep.channel_order == "bgr":
+            pixels = pixels[..., ::-1]
+        pixels = (pixels - np.asarray(prep.mean[: pixels.shape[-1]], np.float32)) / np.asarray(
+            prep.std[: pixels.shape[-1]], np.float32)
+        images.append(np.transpose(pixels, (2, 0, 1)) if channels_first else pixels)
+    return Dataset({spec.name: _check(np.stack(images), spec, purpose, path)})
+
+
+def _from_callable(spec_text: str, inputs: list[TensorSpec], purpose: str, min_samples: int) -> Dataset:
+    from edgepack.model import resolve_factory
+
+    try:
+        samples = list(resolve_factory(spec_text)())
+    except TypeError as exc:
+        raise DataError(f"{purpose} data {spec_text}: did not return an iterable of samples ({exc})",
+                        "return a list or generator of arrays") from None
+    names = [t.name for t in inputs]
+    merged: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for sample in samples:
+        values = sample if isinstance(sample, dict) else dict(zip(names, [sample], strict=False))
+        for name in names:
+            if name not in values:
+                raise DataError(f"{purpose} data {spec_text}: a sample has no input '{name}'",
+                                "yield dicts keyed by the model's input names")
+            array = np.asarray(values[name])
+            merged[name].append(array if array.ndim == len(inputs[names.index(name)].shape) else array[None])
+    if not samples:
+        raise DataError(f"{purpose} data {spec_text}: no samples", "return some samples")
+    dataset = Dataset({n: _check(np.concatenate(v), spec, purpose, spec_text)  # type: ignore[arg-type]
+                       for (n, v), spec in zip(merged.items(), inputs, strict=True)})
+    return _check_count(dataset, purpose, spec_text, min_samples)
+
+
+def _check(array: np.ndarray, spec: TensorSpec, purpose: str, path: object) -> np.ndarray:
     expected = [d if isinstance(d, int) else None for d in spec.shape[1:]]
     given = list(array.shape[1:])
     shape_text = "x".join(str(d) if d else "?" for d in ["N", *expected])  # type: ignore[list-item]

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from edgepack.model import ModelFormat, ModelHandle
-from edgepack.quiet import captured_output
+from edgepack.quiet import captured_output, import_tensorflow
 
 
 class Engine(Protocol):
@@ -58,9 +58,26 @@ class TfliteEngine:
                 self.interpreter.allocate_tensors()
                 self.inputs = self.interpreter.get_input_details()
                 self.outputs = self.interpreter.get_output_details()
-            self.interpreter.set_tensor(detail["index"], value.astype(detail["dtype"], copy=False))
+            self.interpreter.set_tensor(detail["index"], quantize_input(value, detail))
         self.interpreter.invoke()
-        return [np.array(self.interpreter.get_tensor(d["index"])) for d in self.outputs]
+        return [dequantize_output(np.array(self.interpreter.get_tensor(d["index"])), d) for d in self.outputs]
+
+
+def quantize_input(value: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    """Float data into an int8/uint8 input with the tensor's own scale and zero point."""
+    dtype = np.dtype(detail["dtype"])
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    if dtype.kind in "iu" and value.dtype.kind == "f" and scale:
+        info = np.iinfo(dtype)
+        return np.clip(np.round(value / scale + zero_point), info.min, info.max).astype(dtype)
+    return value.astype(dtype, copy=False)
+
+
+def dequantize_output(value: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    if value.dtype.kind in "iu" and scale:
+        return ((value.astype(np.float32) - zero_point) * scale).astype(np.float32)
+    return value
 
 
 class TorchEngine:
@@ -82,6 +99,7 @@ class TorchEngine:
 
 class KerasEngine:
     def __init__(self, path: Path) -> None:
+        import_tensorflow()
         import keras
 
         self.model = keras.models.load_model(str(path), compile=False)
@@ -97,8 +115,7 @@ class KerasEngine:
 
 class SavedModelEngine:
     def __init__(self, path: Path) -> None:
-        import tensorflow as tf
-
+        tf: Any = import_tensorflow()
         self.tf = tf
         self.function = tf.saved_model.load(str(path)).signatures["serving_default"]
         _, kwargs = self.function.structured_input_signature

@@ -383,7 +383,10 @@ def _savedmodel_specs(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
 
 
 def _import_tensorflow_keras() -> Any:
+    from edgepack.quiet import import_tensorflow
+
     try:
+        import_tensorflow()
         import keras
     except ImportError:
         from edgepack.errors import MissingDependencyError

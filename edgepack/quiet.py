@@ -34,3 +34,11 @@ def captured_output() -> Iterator[Captured]:
             os.close(saved[1])
             sink.seek(0)
             captured.text = sink.read().decode(errors="replace")
+
+
+def import_tensorflow() -> object:
+    """``import tensorflow`` without its start-up log lines on the terminal."""
+    with captured_output():
+        import keras  # noqa: F401  (Keras 3 sets up its TensorFlow backend on import)
+        import tensorflow as tf
+    return tf

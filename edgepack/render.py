@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from edgepack.compress.quantize import QuantizeResult
 from edgepack.convert.convert import ConversionResult
 from edgepack.inspection import Inspection
 from edgepack.profiles import DeviceProfile
@@ -149,4 +150,35 @@ def render_conversion(result: ConversionResult) -> str:
         change = f" (source layout {b.source_layout})" if b.perm else ""
         lines.append(f"  output          {b.name}: {list(b.shape)} {b.dtype} {b.layout}{change}")
     lines += [f"  note            {n}" for n in a.notes]
+    return "\n".join(lines)
+
+
+def render_quantization(result: QuantizeResult) -> str:
+    a, f = result.artifact, result.fidelity
+    worst = max(f.outputs, key=lambda o: o.max_abs_error_rel)
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.2f}%"
+
+    rows = [("size", human_bytes(result.fp32_size_bytes), human_bytes(a.size_bytes),
+             f"{a.size_bytes / result.fp32_size_bytes:.2f}x" if result.fp32_size_bytes else "")]
+    if f.source_accuracy is not None:
+        drop = "" if result.accuracy_drop_pts is None else f"{-result.accuracy_drop_pts:+.2f} pts"
+        rows.append(("accuracy", pct(f.source_accuracy), pct(f.accuracy), drop))
+    rows += [("top-1 agreement", "", pct(worst.top1_agreement), ""),
+             ("cosine to fp32", "", f"{worst.cosine:.6f}", ""),
+             ("max abs error", "", f"{worst.max_abs_error:.4g}", f"{worst.max_abs_error_rel:.3g} of scale")]
+    io = ", ".join(f"{b.name} {b.dtype}" + (f" (scale {b.scale:.6g}, zero point {b.zero_point})" if b.scale else "")
+                   for b in a.inputs)
+    lines = [f"{a.route}: measured with the real runtime on {f.samples} held-out samples "
+             f"(calibrated on {result.calibration_samples})",
+             table(["", "fp32", result.mode, "change"], rows, "lrrr"), "",
+             f"wrote {a.path}", f"  metadata        {a.metadata_path}", f"  inputs          {io}"]
+    if result.float_layers:
+        lines.append(f"  kept in float   {len(result.float_layers)} layer(s), most sensitive first:")
+        lines += [f"    {fl.name} (sensitivity {fl.sensitivity:.3g}, +{human_bytes(fl.size_cost_bytes)})"
+                  for fl in result.float_layers]
+    else:
+        lines.append("  kept in float   none")
+    lines += [f"  note            {n}" for n in result.notes]
     return "\n".join(lines)

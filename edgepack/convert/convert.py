@@ -3,8 +3,6 @@ the closest, and report the others (their error or their drift) rather than hidi
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -13,14 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from edgepack.artifact import Artifact, Binding
+from edgepack.artifact import Artifact, Binding, install, staging_dir
 from edgepack.convert.errors import ConversionError
 from edgepack.convert.routes import Route, RouteOutput, routes_for
 from edgepack.convert.validate import ShapeMismatchError, ValidationReport, bind, compare
 from edgepack.data import Dataset, random_dataset
 from edgepack.engines import engine_for, engine_for_file
 from edgepack.errors import InputShapeError, UsageError
-from edgepack.model import ModelHandle, TensorSpec, default_layout, file_sha256
+from edgepack.model import ModelHandle, TensorSpec, default_layout
 from edgepack.profiles import DeviceProfile
 
 TARGETS = ("onnx", "tflite", "savedmodel", "torch")
@@ -176,12 +174,11 @@ def _artifact_input_shapes(engine: Any, probe: list[np.ndarray],
 
 def _write(handle: ModelHandle, produced: RouteOutput, route: str, inputs: list[Binding],
            outputs: list[Binding], report: ValidationReport, output: Path) -> Artifact:
-    """Move the artifact into place atomically, then its metadata."""
+    """Move the artifact into place atomically, with its metadata."""
     output = output.resolve()
     if handle.path is not None and output == handle.path.resolve():
         raise UsageError(f"-o {output} is the source model", "write the result somewhere else")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".edgepack-", dir=output.parent))
+    staging = staging_dir(output)
     try:
         staged = staging / output.name
         if produced.path.is_dir():
@@ -193,16 +190,8 @@ def _write(handle: ModelHandle, produced: RouteOutput, route: str, inputs: list[
             if b.perm is not None:
                 notes.append(f"input '{b.source_name}' is {b.layout} here; give data in {b.source_layout}, "
                              f"transposed by {list(b.perm)}")
-        sha, size = file_sha256(staged)
         artifact = Artifact(output, produced.format, route, handle.sha256, inputs, outputs,
-                            validation=report.to_dict(), notes=notes, sha256=sha, size_bytes=size)
-        staged_meta = staged / "edgepack.json" if staged.is_dir() else staging / f"{output.name}.edgepack.json"
-        staged_meta.write_text(json.dumps(artifact.to_dict(), indent=2, default=str) + "\n")
-        if output.is_dir():
-            shutil.rmtree(output)
-        os.replace(staged, output)
-        if not output.is_dir():
-            os.replace(staged_meta, artifact.metadata_path)
-        return artifact
+                            validation=report.to_dict(), notes=notes)
+        return install(staged, artifact, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

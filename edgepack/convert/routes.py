@@ -89,7 +89,7 @@ def _tf2onnx(handle: ModelHandle, work: Path) -> Path:
     else:
         saved = handle.path
         if handle.format is ModelFormat.KERAS:
-            saved = _keras_saved_model(handle.path, work / "keras_saved_model")
+            saved = keras_saved_model(handle.path, work / "keras_saved_model")
         source = ["--saved-model", str(saved)]
     proc = subprocess.run([sys.executable, "-m", "tf2onnx.convert", *source, "--output", str(out),
                            "--opset", "17"], capture_output=True, text=True, env=_subprocess_env(),
@@ -100,11 +100,15 @@ def _tf2onnx(handle: ModelHandle, work: Path) -> Path:
     return out
 
 
-def _keras_saved_model(path: Path, out: Path) -> Path:
+def keras_saved_model(path: Path, out: Path) -> Path:
+    from edgepack.quiet import import_tensorflow
+
+    import_tensorflow()
     import keras
 
     model = keras.models.load_model(str(path), compile=False)
-    model.export(str(out), format="tf_saved_model", verbose=False)
+    with captured_output():
+        model.export(str(out), format="tf_saved_model", verbose=False)
     return out
 
 
@@ -163,7 +167,7 @@ def _to_onnx(handle: ModelHandle, work: Path, calib: np.ndarray | None) -> Route
 
 def _keras_export(handle: ModelHandle, work: Path, calib: np.ndarray | None) -> RouteOutput:
     assert handle.path is not None
-    return RouteOutput(_keras_saved_model(handle.path, work / "saved_model"), "savedmodel", False)
+    return RouteOutput(keras_saved_model(handle.path, work / "saved_model"), "savedmodel", False)
 
 
 def _onnx_to_torch(handle: ModelHandle, work: Path, calib: np.ndarray | None) -> RouteOutput:

@@ -53,6 +53,13 @@ class ValidationReport:
     data: str  # "calibration" or "random"
     outputs: list[OutputDrift]
     tolerances: Tolerances
+    #: With labelled data and a classifier-like first output: accuracy of the source and of the result.
+    source_accuracy: float | None = None
+    accuracy: float | None = None
+
+    @property
+    def top1_agreement(self) -> float | None:
+        return self.outputs[0].top1_agreement if self.outputs else None
 
     @property
     def first_failure(self) -> str | None:
@@ -69,6 +76,7 @@ class ValidationReport:
     def to_dict(self) -> dict[str, Any]:
         return {"route": self.route, "samples": self.samples, "data": self.data, "passed": self.passed,
                 "first_failure": self.first_failure, "tolerances": self.tolerances.model_dump(),
+                "source_accuracy": self.source_accuracy, "accuracy": self.accuracy,
                 "outputs": [asdict(o) for o in self.outputs]}
 
 
@@ -123,7 +131,12 @@ def compare(route: str, source: Engine, artifact: Engine, inputs: list[Binding],
             refs[i].append(ref.astype(np.float64))
             gots[i].append(value.astype(np.float64))
     drifts = [_drift(b.source_name, np.stack(r), np.stack(g)) for b, r, g in zip(outputs, refs, gots, strict=True)]
-    return ValidationReport(route, count, data_kind, drifts, tolerances)
+    report = ValidationReport(route, count, data_kind, drifts, tolerances)
+    if data.labels is not None and drifts and drifts[0].top1_agreement is not None:
+        labels = data.labels[:count]
+        report.source_accuracy = float(np.mean(np.stack(refs[0]).reshape(count, -1).argmax(1) == labels))
+        report.accuracy = float(np.mean(np.stack(gots[0]).reshape(count, -1).argmax(1) == labels))
+    return report
 
 
 def _drift(name: str, ref: np.ndarray, got: np.ndarray) -> OutputDrift:

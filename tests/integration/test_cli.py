@@ -69,7 +69,7 @@ def test_inspect_example_json(capsys):
     code, out, err = run(capsys, "inspect", str(EXAMPLE), "--device", "rpi4", "--json")
     assert code == 0 and err == ""
     data = json.loads(out)
-    assert data["macs"] == 337_536 and data["params"] == 38_282
+    assert data["macs"] == 370_944 and data["params"] == 71_754
     assert data["model"]["inputs"][0] == {"name": "image", "shape": [1, 1, 8, 8], "dtype": "float32",
                                           "layout": "NCHW"}
     assert data["compatibility"]["compatible"] is True

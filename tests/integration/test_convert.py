@@ -107,7 +107,7 @@ def test_onnx_to_torch_digits(digits_onnx: Path, digits: DigitsData, host, tmp_p
     import torch
 
     state = torch.load(tmp_path / "t" / "state_dict.pt")
-    assert sum(v.numel() for k, v in state.items() if ".weight" in k or ".bias" in k) == 38_282
+    assert sum(v.numel() for k, v in state.items() if ".weight" in k or ".bias" in k) == 71_754
 
 
 def test_keras_routes(keras_digits: Path, digits: DigitsData, host, tmp_path: Path):

@@ -16,16 +16,16 @@ from edgepack.profiles import ProfileRegistry
 # digits CNN, input 1x1x8x8 (see edgepack/examples/digits.py):
 #   conv1 1->16 3x3 pad 1: out 16*8*8 = 1024 elems * (1*3*3)  =   9,216 MACs;  16*9 + 16    =    160 params
 #   conv2 16->32 3x3 pad 1: out 32*8*8 = 2048 elems * (16*3*3) = 294,912 MACs;  32*144 + 32  =  4,640 params
-#   fc1 512->64:                                  64 * 512  =  32,768 MACs;  32768 + 64   = 32,832 params
-#   fc2 64->10:                                    10 * 64  =     640 MACs;  640 + 10     =    650 params
-DIGITS_MACS = 9_216 + 294_912 + 32_768 + 640
-DIGITS_PARAMS = 160 + 4_640 + 32_832 + 650
+#   fc1 512->128:                                128 * 512  =  65,536 MACs;  65536 + 128  = 65,664 params
+#   fc2 128->10:                                  10 * 128  =   1,280 MACs;  1280 + 10    =  1,290 params
+DIGITS_MACS = 9_216 + 294_912 + 65_536 + 1_280
+DIGITS_PARAMS = 160 + 4_640 + 65_664 + 1_290
 
 
 def test_digits_onnx_counts(digits_onnx: Path):
     summary = summarize_onnx(onnx.load(str(digits_onnx)))
-    assert summary.macs == DIGITS_MACS == 337_536
-    assert summary.params == DIGITS_PARAMS == 38_282
+    assert summary.macs == DIGITS_MACS == 370_944
+    assert summary.params == DIGITS_PARAMS == 71_754
     assert sorted(layer.macs for layer in summary.layers if layer.op == "Conv") == [9_216, 294_912]
     assert summary.weight_bytes == DIGITS_PARAMS * 4
     # largest live set: the second ReLU reads conv2's output (32x8x8 fp32 = 8 KiB) and writes 8 KiB

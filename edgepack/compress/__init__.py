@@ -1,0 +1,1 @@
+"""Compression: quantization (quantize.py and its backends), pruning and distillation."""

@@ -1,0 +1,128 @@
+"""ONNX quantization with ONNX Runtime: static QDQ (per-channel weights, calibrated activations),
+dynamic (int8 weights) and fp16.
+
+Activation type follows the target's architecture: on x86 ONNX Runtime's fast int8 kernels take uint8
+activations with int8 weights (U8S8); S8S8 falls back to slower paths. On Arm both are served, and
+int8 activations are symmetric-friendly, so edgepack uses int8 there.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgepack.convert.errors import ConversionError
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def activation_type_for(architecture: str) -> str:
+    return "uint8" if architecture == "x86_64" else "int8"
+
+
+class _Reader:
+    """ONNX Runtime's CalibrationDataReader over a list of feeds (re-iterable)."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self.feeds = feeds
+        self._iter: Iterator[dict[str, np.ndarray]] = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._iter, None)
+
+    def rewind(self) -> None:
+        self._iter = iter(self.feeds)
+
+
+def preprocess(src: Path, out: Path) -> Path:
+    """ONNX Runtime's recommended pre-processing (shape inference, graph optimisation) before quantizing."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(src), str(out), skip_symbolic_shape=True)
+    except Exception:  # pre-processing is an optimisation; quantize the model as it is if it fails
+        return src
+    return out
+
+
+def quantize_onnx_static(src: Path, out: Path, feeds: list[dict[str, np.ndarray]], *, activation_type: str,
+                         calibrate_method: str = "minmax", per_channel: bool = True,
+                         nodes_to_exclude: list[str] | None = None, nodes_to_quantize: list[str] | None = None,
+                         cache: Path | None = None) -> Path:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[calibrate_method]
+    try:
+        quantize_static(
+            str(src), str(out), _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+            activation_type=QuantType.QUInt8 if activation_type == "uint8" else QuantType.QInt8,
+            weight_type=QuantType.QInt8, calibrate_method=method, nodes_to_exclude=nodes_to_exclude or [],
+            nodes_to_quantize=nodes_to_quantize, calibration_cache_path=cache,
+            extra_options={"ActivationSymmetric": activation_type == "int8"})
+    except Exception as exc:  # ONNX Runtime raises many types here
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ConversionError("onnx static quantization", first) from None
+    return _drop_value_info(out)
+
+
+def _drop_value_info(path: Path) -> Path:
+    """Intermediate shape annotations are for tools, not for running: ONNX Runtime infers them again."""
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.graph.value_info[:]
+    onnx.save(model, str(path))
+    return path
+
+
+def quantize_onnx_dynamic(src: Path, out: Path) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8)
+    return out
+
+
+def quantize_onnx_fp16(src: Path, out: Path) -> Path:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    onnx.save(model, str(out))
+    return out
+
+
+def weighted_nodes(src: Path) -> list[str]:
+    import onnx
+
+    return [n.name for n in onnx.load(str(src)).graph.node if n.op_type in WEIGHTED_OPS and n.name]
+
+
+def layer_sensitivity(src: Path, feeds: list[dict[str, np.ndarray]], held_out: list[dict[str, np.ndarray]],
+                      activation_type: str, calibrate_method: str) -> list[tuple[str, float]]:
+    """Each weighted node quantized alone, measured on held-out samples with ONNX Runtime: the error it
+    adds to the output (relative RMS), worst first. Calibration runs once and is cached."""
+    from edgepack.engines import OnnxEngine
+
+    reference = OnnxEngine(src)
+    expected = [reference.run(list(f.values()))[0] for f in held_out]
+    ranked: list[tuple[str, float]] = []
+    with tempfile.TemporaryDirectory(prefix="edgepack-sens-") as tmp:
+        cache = Path(tmp) / "calibration.cache"
+        for index, node in enumerate(weighted_nodes(src)):
+            out = quantize_onnx_static(src, Path(tmp) / f"n{index}.onnx", feeds, activation_type=activation_type,
+                                       calibrate_method=calibrate_method, nodes_to_quantize=[node], cache=cache)
+            engine = OnnxEngine(out)
+            errors = [_rel_rms(e, engine.run(list(f.values()))[0]) for e, f in zip(expected, held_out, strict=True)]
+            ranked.append((node, float(np.mean(errors))))
+    return sorted(ranked, key=lambda item: item[1], reverse=True)
+
+
+def _rel_rms(expected: Any, got: Any) -> float:
+    scale = float(np.sqrt(np.mean(np.square(expected)))) or 1.0
+    return float(np.sqrt(np.mean(np.square(expected - got)))) / scale
