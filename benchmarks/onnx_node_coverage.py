@@ -238,6 +238,8 @@ def main() -> int:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--limit", type=int, default=0, help="only the first N reference cases")
+    parser.add_argument("--per-op", type=int, default=0, metavar="N",
+                        help="only the first N reference cases of each op type (the full set takes hours here)")
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--json", type=Path, help="write every case's result here")
     args = parser.parse_args()
@@ -250,6 +252,15 @@ def main() -> int:
     cases = sorted(p for p in node_dir.iterdir() if (p / "model.onnx").exists())
     reference = [c for c in cases if ort_reproduces(c)]
     reproduced = len(reference)
+    if args.per_op:
+        seen: collections.Counter[str] = collections.Counter()
+        sampled = []
+        for case in reference:
+            op = read_case(case)[0].graph.node[0].op_type
+            if seen[op] < args.per_op:
+                seen[op] += 1
+                sampled.append(case)
+        reference = sampled
     if args.limit:
         reference = reference[: args.limit]
     print(f"{len(cases)} node cases; ONNX Runtime reproduces {reproduced}; converting {len(reference)}",
@@ -260,7 +271,9 @@ def main() -> int:
     n = max(len(results), 1)
     print(f"ONNX -> TFLite with onnx2tf over the ONNX backend node tests ({len(cases)} cases written offline "
           f"from the onnx wheel; reference set: the {reproduced} that ONNX Runtime reproduces"
-          + (f", first {len(reference)} of them" if args.limit else "") + ")")
+          + (f"; converted here: {len(reference)} of them" + (f", the first {args.per_op} per op type"
+                                                               if args.per_op else "")
+             if len(reference) < reproduced else "") + ")")
     print(table(["outcome", "cases", "share"], [
         ("reference cases", len(results), "100%"),
         ("converted", converted, f"{converted / n:.1%}"),

@@ -19,6 +19,14 @@ from edgepack.quiet import captured_output
 Feed = Callable[[], Iterator[dict[str, np.ndarray]]]  # calibration samples keyed by signature input name
 
 
+def _as_lists(feed: Feed) -> Callable[[], Iterator[list[np.ndarray]]]:
+    """The quantization debugger wants each sample as a list in input order, not a dict."""
+    def lists() -> Iterator[list[np.ndarray]]:
+        for sample in feed():
+            yield list(sample.values())
+    return lists
+
+
 def _converter(saved_model: Path, mode: str, feed: Feed | None, io_dtype: str) -> Any:
     with captured_output():
         import tensorflow as tf
@@ -56,7 +64,7 @@ def quantize_tflite(saved_model: Path, out: Path, mode: str, feed: Feed | None, 
 
                 options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(float_layers))
                 debugger = tf.lite.experimental.QuantizationDebugger(
-                    converter=converter, debug_dataset=feed, debug_options=options)
+                    converter=converter, debug_dataset=_as_lists(feed), debug_options=options)
                 flatbuffer = debugger.get_nondebug_quantized_model()
             else:
                 flatbuffer = converter.convert()
@@ -76,17 +84,32 @@ def float_tflite(saved_model: Path, out: Path) -> Path:
     return out
 
 
+def _relative_rmse(floats: Any, quantized: Any, scale: float, zero_point: int) -> float:
+    """RMS of (float - dequantized) over RMS of float, over every debug sample of one layer."""
+    f = np.concatenate([np.asarray(x, np.float64).reshape(-1) for x in floats])
+    q = np.concatenate([(np.asarray(x, np.int32).reshape(-1) - zero_point) * scale for x in quantized])
+    signal = float(np.sqrt(np.mean(f * f))) or 1.0
+    return float(np.sqrt(np.mean((f - q) ** 2))) / signal
+
+
 def layer_sensitivity(saved_model: Path, feed: Feed) -> list[tuple[str, float]]:
-    """Quantized layers ranked by RMSE / quantization scale of their output, worst first (TF's metric)."""
+    """Quantized layers ranked by the relative RMS error of their output, worst first.
+
+    Names are op output tensor names, as the debugger's ``denylisted_nodes`` takes them.
+    """
     with captured_output():
         import tensorflow as tf
 
         converter = _converter(saved_model, "int8", feed, "float32")
-        debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=feed)
+        options = tf.lite.experimental.QuantizationDebugOptions(
+            layer_direct_compare_metrics={"relative_rmse": _relative_rmse})
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=_as_lists(feed), debug_options=options)
         debugger.run()
     ranked = []
-    for name, stats in debugger.layer_statistics.items():
-        scale = float(np.asarray(stats.get("scale", [0.0])).reshape(-1)[0] or 0.0)
-        rmse = float(np.sqrt(stats.get("mean_squared_error", 0.0)))
-        ranked.append((name, rmse / scale if scale > 0 else 0.0))
+    for key, stats in debugger.layer_statistics.items():
+        # "NumericVerify/{tensor}{digit}:{index}", parsed as the debugger itself does
+        name = key.rsplit(":", 1)[0].removeprefix("NumericVerify/")
+        name = name[:-1] if name[-1:].isdigit() else name
+        ranked.append((name, float(stats.get("relative_rmse", 0.0))))
     return sorted(ranked, key=lambda item: item[1], reverse=True)
