@@ -118,6 +118,40 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ssh_options(args: argparse.Namespace) -> Any:
+    from edgepack.runners.factory import SshOptions
+
+    return SshOptions(tuple(args.host or ()), Path(args.known_hosts) if args.known_hosts else None,
+                      Path(args.identity) if args.identity else None, args.trust_new_host, args.remote_python)
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from edgepack.profiling import profile_model
+    from edgepack.render import render_profile
+
+    profile = _registry(args).get(args.device)
+    report = profile_model(Path(args.model), profile, _ssh_options(args), runs=args.runs, warmup=args.warmup,
+                           threads=args.threads, timeout_s=args.timeout)
+    if args.json:
+        _emit_json(report.to_dict())
+    else:
+        print(render_profile(report))
+    failed = [m for m in report.measurements if m.error]
+    for m in failed:
+        print(f"edgepack: {m.device}: {m.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _add_ssh_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", action="append", metavar="[USER@]HOST[:PORT]",
+                        help="the board (repeat for a pool of boards of this profile); ~/.ssh/config applies")
+    parser.add_argument("--known-hosts", metavar="FILE", help="default: ~/.ssh/known_hosts")
+    parser.add_argument("--identity", metavar="FILE", help="private key (default: ssh config, agent, ~/.ssh/id_*)")
+    parser.add_argument("--trust-new-host", action="store_true",
+                        help="accept and save the key of a host not in known_hosts (a changed key is always refused)")
+    parser.add_argument("--remote-python", metavar="PATH", help="the Python on the device (default: the profile's)")
+
+
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval", metavar="PATH", help="held-out data; an .npz with x and y (labels) gives accuracy")
     parser.add_argument("--resize", metavar="HxW", help="image data: resize to this (default: the model's input)")
@@ -192,6 +226,18 @@ def build_parser() -> argparse.ArgumentParser:
                           help="TFLite int8 input/output type (default: what the device takes)")
     quantize.add_argument("-o", "--output", metavar="OUT")
     quantize.set_defaults(handler=cmd_quantize)
+
+    profile = commands.add_parser(
+        "profile", parents=[common],
+        help="measure latency and memory on the board over SSH (or on this machine with --device host)")
+    profile.add_argument("model", help=".onnx or .tflite file")
+    profile.add_argument("--device", default="host", metavar="NAME")
+    _add_ssh_arguments(profile)
+    profile.add_argument("--runs", type=int, metavar="N", help="timed runs (default: the profile's)")
+    profile.add_argument("--warmup", type=int, metavar="N", help="untimed runs first (default: the profile's)")
+    profile.add_argument("--threads", type=int, metavar="T", help="runtime threads (default: the profile's)")
+    profile.add_argument("--timeout", type=float, default=300.0, metavar="S", help="per measurement (default 300)")
+    profile.set_defaults(handler=cmd_profile)
     return parser
 
 

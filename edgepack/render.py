@@ -9,6 +9,7 @@ from edgepack.compress.quantize import QuantizeResult
 from edgepack.convert.convert import ConversionResult
 from edgepack.inspection import Inspection
 from edgepack.profiles import DeviceProfile
+from edgepack.profiling import ProfileReport
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "") -> str:
@@ -181,4 +182,36 @@ def render_quantization(result: QuantizeResult) -> str:
     else:
         lines.append("  kept in float   none")
     lines += [f"  note            {n}" for n in result.notes]
+    return "\n".join(lines)
+
+
+def render_profile(report: ProfileReport) -> str:
+    lines = []
+    for m in report.measurements:
+        where = "this machine (local runner: measured here, not on a board)" if m.device == "local" else m.device
+        lines.append(f"{m.request.model.name} on {report.device.name}, {where}")
+        if m.error:
+            lines.append(f"  FAILED: {m.error}")
+            continue
+        r, lat = m.result, m.latency_ms
+        lines.append(table(["runtime", "threads", "runs", "load ms", "p50 ms", "p90 ms", "p99 ms", "mean ms",
+                            "min ms", "max ms", "peak RSS"],
+                           [(f"{r.get('runtime')} {r.get('runtime_version')}", r.get("threads"), len(
+                               r.get("latency_ms", {}).get("runs", [])), f"{r.get('load_ms', 0):.2f}",
+                             f"{lat['p50']:.3f}", f"{lat['p90']:.3f}", f"{lat['p99']:.3f}", f"{lat['mean']:.3f}",
+                             f"{lat['min']:.3f}", f"{lat['max']:.3f}", f"{r.get('peak_rss_mb', 0):.1f} MB")],
+                           "lrrrrrrrrrr"))
+        env = r.get("environment") or {}
+        lines.append(f"  device: {env.get('uname')}; CPU {env.get('cpu_model')} x{env.get('cpu_count')}; "
+                     f"governor {env.get('cpu_governor') or 'n/a'}; temperature "
+                     f"{str(env.get('temperature_c')) + ' C' if env.get('temperature_c') is not None else 'n/a'}; "
+                     f"Python {env.get('python')}")
+        ops = r.get("op_profile") or {}
+        if ops.get("ops"):
+            top = ops["ops"][:10]
+            lines.append("  most expensive ops (per inference):")
+            lines.append(table(["op", "type", "ms"], [(o["name"][:50], o["type"], f"{o['ms']:.4f}") for o in top],
+                               "llr"))
+        elif ops.get("unavailable"):
+            lines.append(f"  per-op profile: unavailable ({ops['unavailable']})")
     return "\n".join(lines)

@@ -1,0 +1,103 @@
+"""The runner seam: ``Runner.run(requests) -> list[Measurement]``.
+
+A failure on the device (timeout, crash, out of memory, missing runtime, lost connection) is a
+Measurement with ``error`` set, never an exception: one bad candidate must not end a search.
+Exceptions are for the user's own mistakes (unknown host key, bad identity file, missing model).
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HARNESS = Path(__file__).resolve().parent / "harness.py"
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One benchmark of one model file. ``inputs``: an .npz of input arrays, else random inputs."""
+
+    model: Path
+    threads: int = 1
+    warmup: int = 10
+    runs: int = 50
+    inputs: Path | None = None
+    want_outputs: bool = False
+    op_profile: bool = False
+    timeout_s: float = 300.0
+    runtime: str = "auto"
+
+    def harness_args(self, model: str, inputs: str | None, outputs: str | None) -> list[str]:
+        args = ["--model", model, "--runtime", self.runtime, "--threads", str(self.threads),
+                "--warmup", str(self.warmup), "--runs", str(self.runs)]
+        if inputs:
+            args += ["--inputs", inputs]
+        if outputs:
+            args += ["--save-outputs", outputs]
+        if self.op_profile:
+            args.append("--op-profile")
+        return args
+
+
+@dataclass
+class Measurement:
+    """What the harness reported (``result``), or why there is nothing (``error``)."""
+
+    request: RunRequest
+    device: str  # "local" or user@host:port
+    result: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    outputs: dict[str, Any] | None = None
+    wall_s: float = 0.0  # from the runner's side, transfers included
+    uploaded_bytes: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def latency_ms(self) -> dict[str, float]:
+        return {k: v for k, v in self.result.get("latency_ms", {}).items() if k != "runs"}
+
+    @property
+    def p50_ms(self) -> float | None:
+        return self.latency_ms.get("p50")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"device": self.device, "model": str(self.request.model), "error": self.error,
+                "wall_s": self.wall_s, "uploaded_bytes": self.uploaded_bytes, **self.result}
+
+
+class Runner(abc.ABC):
+    """Measures models on one device."""
+
+    label: str
+
+    @abc.abstractmethod
+    def run(self, requests: list[RunRequest]) -> list[Measurement]:
+        """Measure each request in order; never raises for failures on the device."""
+
+    def close(self) -> None:  # noqa: B027 - optional for runners that hold no connection
+        """Release connections; the runner may be used again afterwards."""
+
+
+def parse_harness_output(request: RunRequest, device: str, stdout: str, stderr: str, code: int | None,
+                         wall_s: float) -> Measurement:
+    """The harness prints one JSON object (last line of stdout); anything else is an error Measurement."""
+    line = next((ln for ln in reversed(stdout.strip().splitlines()) if ln.startswith("{")), "")
+    try:
+        result = json.loads(line) if line else {}
+    except json.JSONDecodeError:
+        result = {}
+    if result.get("error"):
+        message = result["error"]
+        if result.get("install"):
+            message += f"; on the device run: {result['install']}"
+        return Measurement(request, device, result, message, wall_s=wall_s)
+    if not result:
+        tail = (stderr.strip().splitlines() or ["no output"])[-1][:300]
+        return Measurement(request, device, {}, f"harness exited with code {code}: {tail}", wall_s=wall_s)
+    return Measurement(request, device, result, None, wall_s=wall_s)

@@ -1,0 +1,306 @@
+#!/usr/bin/env python3
+"""edgepack's on-device benchmark harness. Runs ON the device with the device's own Python.
+
+Imports only the standard library, numpy and whichever runtime the device has (ai_edge_litert,
+tflite_runtime, tensorflow.lite, onnxruntime) - never edgepack. Prints exactly one JSON object on
+stdout: every run's latency and its percentiles in ms, load time, peak RSS, the runtime and its
+version, the device's environment, a per-op profile where the runtime gives one, and an "error" key
+instead when something failed.
+
+    python3 harness.py --model M.tflite [--inputs X.npz] [--threads 4] [--warmup 10] [--runs 50]
+                       [--save-outputs OUT.npz] [--op-profile]
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+
+HARNESS_VERSION = "1"
+
+
+def emit(data):
+    sys.stdout.write(json.dumps(data) + "\n")
+    sys.stdout.flush()
+
+
+def fail(kind, message, **extra):
+    data = {"harness_version": HARNESS_VERSION, "error": message, "error_kind": kind}
+    data.update(extra)
+    emit(data)
+    sys.exit(3)
+
+
+def read_first(path):
+    try:
+        with open(path) as fh:
+            return fh.read().strip()
+    except OSError:
+        return None
+
+
+def environment():
+    temp = read_first("/sys/class/thermal/thermal_zone0/temp")
+    fields = {}
+    for line in (read_first("/proc/cpuinfo") or "").splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip().lower(), value.strip())
+    cpu_model = fields.get("model name") or fields.get("hardware") or fields.get("model") or None
+    return {
+        "python": platform.python_version(),
+        "uname": " ".join(platform.uname()),
+        "machine": platform.machine(),
+        "cpu_model": cpu_model,
+        "cpu_count": os.cpu_count(),
+        "cpu_governor": read_first("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+        "cpu_max_khz": read_first("/sys/devices/system/cpu/cpu0/cpufreq/scaling_max_freq"),
+        "temperature_c": round(int(temp) / 1000.0, 1) if temp and temp.lstrip("-").isdigit() else None,
+    }
+
+
+def rss_mb():
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
+
+
+def percentiles(values):
+    import numpy as np
+
+    a = np.asarray(values, dtype=np.float64)
+    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
+            "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "std": float(a.std()),
+            "min": float(a.min()), "max": float(a.max()), "runs": [round(float(v), 6) for v in a]}
+
+
+def random_input(shape, dtype, seed):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return rng.random(shape).astype(dtype)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return rng.integers(max(info.min, -128), min(info.max, 127) + 1, size=shape).astype(dtype)
+    return np.zeros(shape, dtype)
+
+
+def load_inputs(path, specs):
+    """specs: [(name, shape, dtype)]. Arrays from an .npz by name (or in order), else random."""
+    import numpy as np
+
+    if not path:
+        return [random_input(shape, dtype, i) for i, (_, shape, dtype) in enumerate(specs)]
+    with np.load(path) as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    values = []
+    for i, (name, shape, dtype) in enumerate(specs):
+        array = arrays.get(name, arrays.get("arr_%d" % i))
+        if array is None:
+            fail("bad_input", "inputs file has no array for input '%s'" % name)
+        values.append(array.astype(dtype, copy=False))
+    return values
+
+
+# --- TFLite -----------------------------------------------------------------------------------------
+
+def tflite_interpreter_class():
+    try:
+        import ai_edge_litert
+        from ai_edge_litert.interpreter import Interpreter
+        return Interpreter, "ai_edge_litert", getattr(ai_edge_litert, "__version__", "unknown")
+    except ImportError:
+        pass
+    try:
+        import tflite_runtime
+        from tflite_runtime.interpreter import Interpreter
+        return Interpreter, "tflite_runtime", getattr(tflite_runtime, "__version__", "unknown")
+    except ImportError:
+        pass
+    try:
+        import tensorflow as tf
+        return tf.lite.Interpreter, "tensorflow.lite", tf.__version__
+    except ImportError:
+        fail("missing_runtime", "no TFLite runtime on the device",
+             install="pip install ai-edge-litert   (or: pip install tflite-runtime)")
+
+
+def run_tflite(args):
+    Interpreter, runtime, version = tflite_interpreter_class()
+    start = time.perf_counter()
+    interpreter = Interpreter(model_path=args.model, num_threads=args.threads)
+    interpreter.allocate_tensors()
+    load_ms = (time.perf_counter() - start) * 1000.0
+    details = interpreter.get_input_details()
+    inputs = load_inputs(args.inputs, [(d["name"], tuple(d["shape"]), d["dtype"]) for d in details])
+    for detail, value in zip(details, inputs):
+        if tuple(value.shape) != tuple(detail["shape"]):
+            interpreter.resize_tensor_input(detail["index"], list(value.shape))
+            interpreter.allocate_tensors()
+            details = interpreter.get_input_details()
+
+    def once():
+        for detail, value in zip(details, inputs):
+            interpreter.set_tensor(detail["index"], value)
+        interpreter.invoke()
+
+    latencies = measure(once, args)
+    outputs = {d["name"]: interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()}
+    return runtime, version, load_ms, latencies, outputs, tflite_op_profile(args)
+
+
+def tflite_op_profile(args):
+    if not args.op_profile:
+        return None
+    binary = shutil.which("benchmark_model")
+    if binary is None:
+        return {"unavailable": "TFLite per-op profiling needs the benchmark_model binary on the device's PATH"}
+    try:
+        text = subprocess.run([binary, "--graph=" + args.model, "--num_threads=%d" % args.threads,
+                               "--enable_op_profiling=true", "--num_runs=%d" % max(args.runs, 10)],
+                              capture_output=True, text=True, timeout=600).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return {"unavailable": "benchmark_model failed: %s" % exc}
+    ops, section = [], False
+    for line in text.splitlines():
+        if "Run Order" in line:
+            section = True
+            continue
+        if section and line.strip().startswith("="):
+            break
+        parts = line.split()
+        if section and len(parts) >= 9 and parts[1].replace(".", "").isdigit():
+            ops.append({"type": parts[0], "ms": float(parts[3]), "name": parts[-1]})
+    return {"ops": ops} if ops else {"unavailable": "benchmark_model printed no op profile"}
+
+
+# --- ONNX Runtime -----------------------------------------------------------------------------------
+
+ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+             "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8",
+             "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
+
+
+def run_onnxruntime(args):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        fail("missing_runtime", "no ONNX Runtime on the device", install="pip install onnxruntime")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    if args.op_profile:
+        options.enable_profiling = True
+        options.profile_file_prefix = os.path.join(os.path.dirname(os.path.abspath(args.save_outputs or args.model)),
+                                                   "ort_profile")
+    start = time.perf_counter()
+    session = ort.InferenceSession(args.model, options, providers=["CPUExecutionProvider"])
+    load_ms = (time.perf_counter() - start) * 1000.0
+    specs = [(i.name, tuple(d if isinstance(d, int) else 1 for d in i.shape), ORT_TYPES.get(i.type, "float32"))
+             for i in session.get_inputs()]
+    feeds = dict(zip([s[0] for s in specs], load_inputs(args.inputs, specs)))
+    names = [o.name for o in session.get_outputs()]
+    result = {}
+
+    def once():
+        result["values"] = session.run(names, feeds)
+
+    latencies = measure(once, args)
+    profile = None
+    if args.op_profile:
+        profile = ort_op_profile(session.end_profiling(), args.warmup + args.runs)
+    return "onnxruntime", ort.__version__, load_ms, latencies, dict(zip(names, result["values"])), profile
+
+
+def ort_op_profile(path, calls):
+    try:
+        with open(path) as fh:
+            events = json.load(fh)
+    finally:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+    totals = {}
+    for event in events:
+        if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
+            continue
+        name = event["name"][: -len("_kernel_time")]
+        entry = totals.setdefault(name, {"name": name, "type": event.get("args", {}).get("op_name", "?"), "us": 0})
+        entry["us"] += event.get("dur", 0)
+    ops = [{"name": e["name"], "type": e["type"], "ms": e["us"] / 1000.0 / max(calls, 1)} for e in totals.values()]
+    return {"ops": sorted(ops, key=lambda o: o["ms"], reverse=True)}
+
+
+# --- common -----------------------------------------------------------------------------------------
+
+def measure(once, args):
+    for _ in range(args.warmup):
+        once()
+    latencies = []
+    for _ in range(args.runs):
+        start = time.perf_counter()
+        once()
+        latencies.append((time.perf_counter() - start) * 1000.0)
+    return latencies
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--runtime", choices=["auto", "tflite", "onnxruntime"], default="auto")
+    parser.add_argument("--inputs")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--save-outputs")
+    parser.add_argument("--op-profile", action="store_true")
+    args = parser.parse_args()
+    try:
+        import numpy  # noqa: F401
+    except ImportError:
+        fail("missing_runtime", "numpy is not installed on the device", install="pip install numpy")
+    if not os.path.exists(args.model):
+        fail("missing_model", "model file not found on the device: %s" % args.model)
+    runtime = args.runtime
+    if runtime == "auto":
+        runtime = "onnxruntime" if args.model.endswith(".onnx") else "tflite"
+    rss_before = rss_mb()
+    try:
+        run = run_onnxruntime if runtime == "onnxruntime" else run_tflite
+        name, version, load_ms, latencies, outputs, op_profile = run(args)
+    except MemoryError:
+        fail("out_of_memory", "the device ran out of memory")
+    except Exception as exc:  # the runtime's own errors, reported as data
+        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        fail("runtime_error", "%s: %s" % (type(exc).__name__, detail))
+    if args.save_outputs:
+        import numpy as np
+
+        np.savez(args.save_outputs, **{"output_%d" % i: v for i, v in enumerate(outputs.values())})
+    emit({
+        "harness_version": HARNESS_VERSION,
+        "runtime": name,
+        "runtime_version": version,
+        "model_bytes": os.path.getsize(args.model),
+        "threads": args.threads,
+        "warmup": args.warmup,
+        "load_ms": load_ms,
+        "latency_ms": percentiles(latencies),
+        "peak_rss_mb": rss_mb(),
+        "rss_before_load_mb": rss_before,
+        "output_names": list(outputs),
+        "op_profile": op_profile if op_profile is not None else (
+            None if not args.op_profile else {"unavailable": "not collected"}),
+        "environment": environment(),
+    })
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,307 @@
+"""SshRunner: measure on a board over SSH (paramiko), in fixed steps with the clean-up in ``finally``.
+
+1. connect (reused for a batch; host key checked against known_hosts, unknown and changed keys refused)
+2. upload the harness and the model into a content-addressed cache on the device (never twice)
+3. make a fresh temporary directory, upload the inputs there
+4. run the harness in its own process group, with a timeout that kills the whole group
+5. fetch the JSON (and outputs), 6. remove the temporary directory, whatever happened
+
+Every path and name that reaches the remote shell goes through ``shlex.quote``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgepack.errors import EdgepackError
+from edgepack.runners.base import HARNESS, Measurement, Runner, RunRequest, parse_harness_output
+
+
+class HostKeyError(EdgepackError):
+    """The device's host key is unknown or has changed."""
+
+
+class SshSetupError(EdgepackError):
+    """The user's SSH settings cannot work (bad target, identity file, authentication)."""
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    """Where and how to log in, after ~/.ssh/config has had its say."""
+
+    host: str  # what the user typed (an alias, a name or an address)
+    hostname: str
+    user: str
+    port: int
+    identity_files: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return f"{self.user}@{self.hostname}:{self.port}"
+
+    @property
+    def known_hosts_name(self) -> str:
+        return self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
+
+
+def parse_target(text: str, default_user: str, default_port: int, ssh_config: Path | None = None,
+                 identity: Path | None = None) -> SshTarget:
+    """``[user@]host[:port]``, with Host aliases, User, Port and IdentityFile from ~/.ssh/config."""
+    import paramiko
+
+    user, _, rest = text.rpartition("@")
+    host, port_text = rest, ""
+    if rest.count(":") == 1:
+        host, _, port_text = rest.partition(":")
+    if not host or (port_text and not port_text.isdigit()):
+        raise SshSetupError(f"--host '{text}' is not of the form [user@]host[:port]", "e.g. --host pi@raspberrypi:22")
+    config_path = ssh_config or Path.home() / ".ssh" / "config"
+    config = paramiko.SSHConfig.from_path(str(config_path)) if config_path.exists() else paramiko.SSHConfig()
+    entry = config.lookup(host)
+    hostname = entry.get("hostname", host)
+    port = int(port_text) if port_text else int(entry.get("port", default_port))
+    user = user or entry.get("user", default_user)
+    identities = (str(identity),) if identity else tuple(entry.get("identityfile", []))
+    if identity and not identity.exists():
+        raise SshSetupError(f"--identity {identity}: no such file", "give the path of your private key")
+    return SshTarget(host, hostname, user, port, identities)
+
+
+class _SaveNewKey:
+    """paramiko policy for --trust-new-host: accept a host with no key on record and save its key.
+
+    A *changed* key never reaches a policy: paramiko raises BadHostKeyException for it first.
+    """
+
+    def __init__(self, known_hosts: Path) -> None:
+        self.known_hosts = known_hosts
+
+    def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
+        with self.known_hosts.open("a") as fh:
+            fh.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+
+
+class _Refuse:
+    def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
+        raise HostKeyError(
+            f"{hostname} is not in known_hosts (its {key.get_name()} key is "
+            f"SHA256:{_fingerprint(key)})",
+            "check the fingerprint on the device, then add it with ssh-keyscan or pass --trust-new-host")
+
+
+def _fingerprint(key: Any) -> str:
+    import base64
+
+    return base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+
+
+@dataclass
+class SshRunner(Runner):
+    target: SshTarget
+    python: str = "python3"
+    known_hosts: Path = field(default_factory=lambda: Path.home() / ".ssh" / "known_hosts")
+    trust_new_host: bool = False
+    remote_cache: str | None = None  # default: ~/.cache/edgepack on the device
+    connect_timeout_s: float = 15.0
+
+    def __post_init__(self) -> None:
+        self.label = self.target.label
+        self._client: Any = None
+        self._cache_dir: str | None = None
+        self._uploaded: set[str] = set()
+        self._stale_dirs: list[str] = []  # temp dirs a lost connection kept us from removing
+        self.host_key_fingerprint: str | None = None
+
+    # -- 1. connect ---------------------------------------------------------------------------------
+    def _connect(self) -> Any:
+        import paramiko
+
+        if self._client is not None and self._client.get_transport() is not None \
+                and self._client.get_transport().is_active():
+            return self._client
+        self.close()
+        client = paramiko.SSHClient()
+        if self.known_hosts.exists():
+            client.load_host_keys(str(self.known_hosts))
+        client.set_missing_host_key_policy(_SaveNewKey(self.known_hosts) if self.trust_new_host else _Refuse())
+        try:
+            client.connect(self.target.hostname, port=self.target.port, username=self.target.user,
+                           key_filename=list(self.target.identity_files) or None, timeout=self.connect_timeout_s,
+                           banner_timeout=self.connect_timeout_s, auth_timeout=self.connect_timeout_s)
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            raise HostKeyError(
+                f"the host key of {self.target.known_hosts_name} has CHANGED (now SHA256:{_fingerprint(exc.key)}); "
+                "refused, even with --trust-new-host",
+                f"if the device was reinstalled, remove its old line from {self.known_hosts}") from None
+        except paramiko.AuthenticationException as exc:
+            client.close()
+            raise SshSetupError(f"{self.label}: authentication failed ({exc})",
+                                "check --identity, your ssh-agent, or the device's authorized_keys") from None
+        except HostKeyError:
+            client.close()
+            raise
+        self._client = client
+        self.host_key_fingerprint = "SHA256:" + _fingerprint(client.get_transport().get_remote_server_key())
+        self._cleanup_stale()
+        return client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        self._client = None
+
+    def _exec(self, command: str, timeout: float = 60.0) -> tuple[int, str, str]:
+        _, stdout, stderr = self._connect().exec_command(command, timeout=timeout)
+        out = stdout.read().decode(errors="replace")
+        err = stderr.read().decode(errors="replace")
+        return stdout.channel.recv_exit_status(), out, err
+
+    def _cleanup_stale(self) -> None:
+        while self._stale_dirs:
+            self._exec(f"rm -rf -- {shlex.quote(self._stale_dirs.pop())}")
+
+    # -- 2. content-addressed cache -----------------------------------------------------------------
+    def _cache(self) -> str:
+        if self._cache_dir is None:
+            sftp = self._connect().open_sftp()
+            try:
+                home = sftp.normalize(".")
+            finally:
+                sftp.close()
+            self._cache_dir = self.remote_cache or f"{home}/.cache/edgepack"
+            self._exec(f"mkdir -p -- {shlex.quote(self._cache_dir + '/models')}")
+        return self._cache_dir
+
+    def _put_cached(self, local: Path, suffix: str) -> tuple[str, int]:
+        """Upload unless the device has the same content already; returns the remote path and bytes sent."""
+        digest = hashlib.sha256(local.read_bytes()).hexdigest()
+        remote = f"{self._cache()}/models/{digest}{suffix}"
+        if remote in self._uploaded:
+            return remote, 0
+        sftp = self._connect().open_sftp()
+        try:
+            try:
+                if sftp.stat(remote).st_size == local.stat().st_size:
+                    self._uploaded.add(remote)
+                    return remote, 0
+            except FileNotFoundError:
+                pass
+            partial = f"{remote}.part-{time.time_ns()}"
+            sftp.put(str(local), partial)
+            sftp.posix_rename(partial, remote)
+        finally:
+            sftp.close()
+        self._uploaded.add(remote)
+        return remote, local.stat().st_size
+
+    # -- the batch ----------------------------------------------------------------------------------
+    def run(self, requests: list[RunRequest]) -> list[Measurement]:
+        return [self._one(r) for r in requests]
+
+    def _one(self, request: RunRequest) -> Measurement:
+        import paramiko
+
+        start = time.perf_counter()
+        try:
+            return self._measure(request, start)
+        except (HostKeyError, SshSetupError):
+            raise
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            self.close()
+            return Measurement(request, self.label, {}, f"connection lost: {type(exc).__name__}: {exc}",
+                               wall_s=time.perf_counter() - start)
+
+    def _measure(self, request: RunRequest, start: float) -> Measurement:
+        harness, sent = self._put_cached(HARNESS, ".py")
+        model, model_sent = self._put_cached(request.model, request.model.suffix)
+        code, out, err = self._exec('mktemp -d "${TMPDIR:-/tmp}/edgepack.XXXXXXXX"')
+        workdir = out.strip()
+        if code != 0 or not workdir:
+            return Measurement(request, self.label, {}, "cannot make a temporary directory on the device: "
+                               f"{err.strip()}", wall_s=time.perf_counter() - start)
+        try:
+            inputs = None
+            sftp = self._connect().open_sftp()
+            try:
+                if request.inputs is not None:
+                    inputs = f"{workdir}/inputs.npz"
+                    sftp.put(str(request.inputs), inputs)
+                    sent += request.inputs.stat().st_size
+            finally:
+                sftp.close()
+            outputs = f"{workdir}/outputs.npz" if request.want_outputs else None
+            argv = [self.python, harness, *request.harness_args(model, inputs, outputs)]
+            measurement = self._run_harness(request, workdir, argv, start)
+            measurement.uploaded_bytes = sent + model_sent
+            if measurement.ok and outputs:
+                measurement.outputs = self._fetch_npz(outputs)
+            return measurement
+        finally:
+            self._remove(workdir)
+
+    def _remove(self, workdir: str) -> None:
+        try:
+            self._exec(f"rm -rf -- {shlex.quote(workdir)}")
+        except Exception:  # connection gone: remove it when we reconnect
+            self._stale_dirs.append(workdir)
+            self.close()
+
+    # -- 4. run with a timeout that kills the remote process group ----------------------------------
+    def _run_harness(self, request: RunRequest, workdir: str, argv: list[str], start: float) -> Measurement:
+        command = " ".join(shlex.quote(a) for a in argv)
+        # setsid -w: the harness leads its own process group (and we wait for it); the first line we
+        # read is that group's id, which a timeout kills as a whole.
+        wrapped = f"cd {shlex.quote(workdir)} && exec setsid -w sh -c {shlex.quote('echo $$; exec ' + command)}"
+        channel = self._connect().get_transport().open_session()
+        channel.exec_command(wrapped)
+        stdout, stderr = b"", b""
+        deadline = time.monotonic() + request.timeout_s
+        while True:
+            if channel.recv_ready():
+                stdout += channel.recv(65536)
+            if channel.recv_stderr_ready():
+                stderr += channel.recv_stderr(65536)
+            if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
+                break
+            if time.monotonic() > deadline:
+                self._kill_group(stdout)
+                channel.close()
+                return Measurement(request, self.label, {}, f"timeout: killed after {request.timeout_s:g} s",
+                                   wall_s=time.perf_counter() - start)
+            if channel.closed and not channel.recv_ready():
+                break
+            time.sleep(0.005)
+        code = channel.recv_exit_status()
+        channel.close()
+        text = stdout.decode(errors="replace")
+        first, _, rest = text.partition("\n")
+        return parse_harness_output(request, self.label, rest if first.strip().isdigit() else text,
+                                    stderr.decode(errors="replace"), code, time.perf_counter() - start)
+
+    def _kill_group(self, stdout: bytes) -> None:
+        first = stdout.decode(errors="replace").partition("\n")[0].strip()
+        if first.isdigit():
+            pgid = shlex.quote(first)
+            self._exec(f"kill -TERM -- -{pgid} 2>/dev/null; sleep 0.5; kill -KILL -- -{pgid} 2>/dev/null; true")
+
+    def _fetch_npz(self, remote: str) -> dict[str, Any]:
+        import io
+
+        import numpy as np
+
+        sftp = self._connect().open_sftp()
+        try:
+            with sftp.open(remote, "rb") as fh:
+                data = fh.read()
+        finally:
+            sftp.close()
+        with np.load(io.BytesIO(data)) as archive:
+            return {k: archive[k] for k in archive.files}
