@@ -12,6 +12,7 @@ Every path and name that reaches the remote shell goes through ``shlex.quote``.
 from __future__ import annotations
 
 import hashlib
+import secrets
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -117,6 +118,7 @@ class SshRunner(Runner):
         self._cache_dir: str | None = None
         self._uploaded: set[str] = set()
         self._stale_dirs: list[str] = []  # temp dirs a lost connection kept us from removing
+        self._tmp_base: str | None = None
         self.host_key_fingerprint: str | None = None
 
     # -- 1. connect ---------------------------------------------------------------------------------
@@ -219,33 +221,38 @@ class SshRunner(Runner):
             return Measurement(request, self.label, {}, f"connection lost: {type(exc).__name__}: {exc}",
                                wall_s=time.perf_counter() - start)
 
+    def _temp_base(self) -> str:
+        if self._tmp_base is None:
+            _, out, _ = self._exec('printf %s "${TMPDIR:-/tmp}"')
+            self._tmp_base = out.strip() or "/tmp"
+        return self._tmp_base
+
     def _measure(self, request: RunRequest, start: float) -> Measurement:
         harness, sent = self._put_cached(HARNESS, ".py")
         model, model_sent = self._put_cached(request.model, request.model.suffix)
-        code, out, err = self._exec('mktemp -d "${TMPDIR:-/tmp}/edgepack.XXXXXXXX"')
-        workdir = out.strip()
-        if code != 0 or not workdir:
-            return Measurement(request, self.label, {}, "cannot make a temporary directory on the device: "
-                               f"{err.strip()}", wall_s=time.perf_counter() - start)
+        workdir = f"{self._temp_base()}/edgepack.{secrets.token_hex(6)}"
+        removed = False
+        sftp = self._connect().open_sftp()
         try:
+            sftp.mkdir(workdir, 0o700)
             inputs = None
-            sftp = self._connect().open_sftp()
-            try:
-                if request.inputs is not None:
-                    inputs = f"{workdir}/inputs.npz"
-                    sftp.put(str(request.inputs), inputs)
-                    sent += request.inputs.stat().st_size
-            finally:
-                sftp.close()
+            if request.inputs is not None:
+                inputs = f"{workdir}/inputs.npz"
+                sftp.put(str(request.inputs), inputs)
+                sent += request.inputs.stat().st_size
             outputs = f"{workdir}/outputs.npz" if request.want_outputs else None
             argv = [self.python, harness, *request.harness_args(model, inputs, outputs)]
             measurement = self._run_harness(request, workdir, argv, start)
             measurement.uploaded_bytes = sent + model_sent
             if measurement.ok and outputs:
-                measurement.outputs = self._fetch_npz(outputs)
+                measurement.outputs = self._fetch_npz(sftp, outputs)
+            # a run that ended normally removed its directory itself; any other needs removing here
+            removed = measurement.ok and not request.want_outputs
             return measurement
         finally:
-            self._remove(workdir)
+            sftp.close()
+            if not removed:
+                self._remove(workdir)
 
     def _remove(self, workdir: str) -> None:
         try:
@@ -257,9 +264,14 @@ class SshRunner(Runner):
     # -- 4. run with a timeout that kills the remote process group ----------------------------------
     def _run_harness(self, request: RunRequest, workdir: str, argv: list[str], start: float) -> Measurement:
         command = " ".join(shlex.quote(a) for a in argv)
-        # setsid -w: the harness leads its own process group (and we wait for it); the first line we
-        # read is that group's id, which a timeout kills as a whole.
-        wrapped = f"cd {shlex.quote(workdir)} && exec setsid -w sh -c {shlex.quote('echo $$; exec ' + command)}"
+        # One remote command per measurement (each SSH channel costs a session on the device): run the
+        # harness under setsid -w, so that it leads its own process group (the first line we read is
+        # that group's id, which a timeout kills as a whole), then remove the work directory, unless
+        # outputs are still to be fetched.
+        quoted = shlex.quote(workdir)
+        cleanup = "" if request.want_outputs else f"; rm -rf -- {quoted}"
+        wrapped = (f"cd {quoted} && setsid -w sh -c {shlex.quote('echo $$; exec ' + command)}; "
+                   f"rc=$?{cleanup}; exit $rc")
         channel = self._connect().get_transport().open_session()
         channel.exec_command(wrapped)
         stdout, stderr = b"", b""
@@ -292,16 +304,12 @@ class SshRunner(Runner):
             pgid = shlex.quote(first)
             self._exec(f"kill -TERM -- -{pgid} 2>/dev/null; sleep 0.5; kill -KILL -- -{pgid} 2>/dev/null; true")
 
-    def _fetch_npz(self, remote: str) -> dict[str, Any]:
+    def _fetch_npz(self, sftp: Any, remote: str) -> dict[str, Any]:
         import io
 
         import numpy as np
 
-        sftp = self._connect().open_sftp()
-        try:
-            with sftp.open(remote, "rb") as fh:
-                data = fh.read()
-        finally:
-            sftp.close()
+        with sftp.open(remote, "rb") as fh:
+            data = fh.read()
         with np.load(io.BytesIO(data)) as archive:
             return {k: archive[k] for k in archive.files}

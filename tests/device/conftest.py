@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.device.sshd import SSHD, SshDevice
+from edgepack.runners.loopback import SSHD, SshDevice
 
 pytestmark = pytest.mark.device
 

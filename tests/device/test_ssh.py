@@ -13,9 +13,9 @@ import pytest
 
 from edgepack.cli import main
 from edgepack.runners.base import RunRequest
+from edgepack.runners.loopback import SshDevice
 from edgepack.runners.pool import DevicePool
 from edgepack.runners.ssh import HostKeyError
-from tests.device.sshd import SshDevice
 
 pytestmark = pytest.mark.device
 

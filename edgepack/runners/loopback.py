@@ -1,4 +1,9 @@
-"""A real OpenSSH server on 127.0.0.1 standing in for a board (see shared/design/DEVICE_TESTS.md)."""
+"""A real OpenSSH server on 127.0.0.1 standing in for a board, for tests and benchmarks.
+
+Not a fake: it is OpenSSH's own sshd with its own host key and authorized key, reached by the real
+SshRunner. The "device's" Python is this interpreter (numpy, onnxruntime, ai_edge_litert), so the
+harness runs exactly as it does on a board. See shared/design/DEVICE_TESTS.md.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 SSHD = Path("/usr/sbin/sshd")
 
@@ -86,7 +92,7 @@ class SshDevice:
             subprocess.run(["kill", "-9", child], capture_output=True)
         self.proc = None
 
-    def runner(self, **overrides):  # -> SshRunner
+    def runner(self, **overrides: Any) -> Any:  # an SshRunner
         from edgepack.runners.ssh import SshRunner, parse_target
 
         target = parse_target(self.target, "root", 22, ssh_config=self.root / "no_ssh_config",
