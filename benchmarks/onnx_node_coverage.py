@@ -149,10 +149,11 @@ def _short(text: str) -> str:
 
 
 def _reason(headline: str, log: str) -> str:
-    for line in reversed(log.splitlines()):
-        if "ERROR:" in line and "ERROR: Read" not in line:
-            return _short(re.sub(r"\x1b\[[0-9;]*m", "", line.split("ERROR:", 1)[1]))
-    return _short(headline)
+    """The exception onnx2tf raised, unless it said nothing; then its own first error line."""
+    from edgepack.convert.errors import last_error_line
+
+    name, _, message = headline.partition(": ")
+    return _short(headline if message.strip() else last_error_line(log) or name)
 
 
 def worker() -> int:

@@ -42,6 +42,7 @@ class QuantizeResult:
     max_accuracy_drop_pts: float
     float_layers: list[FloatLayer] = field(default_factory=list)
     calibration_samples: int = 0
+    all_quantized_size_bytes: int = 0  # before any layer was kept in float
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -55,6 +56,7 @@ class QuantizeResult:
                 "fidelity": self.fidelity.to_dict(), "accuracy_drop_pts": self.accuracy_drop_pts,
                 "max_accuracy_drop_pts": self.max_accuracy_drop_pts, "within_bound": self.within_bound,
                 "float_layers": [f.__dict__ for f in self.float_layers],
+                "all_quantized_size_bytes": self.all_quantized_size_bytes,
                 "calibration_samples": self.calibration_samples, "notes": self.notes}
 
 
@@ -108,7 +110,14 @@ def quantize_model(handle: ModelHandle, calib: Dataset, profile: DeviceProfile, 
         candidate = quantizer.build([])
         report = _fidelity(source, candidate, base, eval_data, profile, f"{fmt} {mode}")
         drop = accuracy_drop(report)
+        if fmt == "onnx" and mode == "int8" and drop is not None and drop > max_accuracy_drop:
+            # per-tensor weights first (the smaller file); per-channel scales when that loses too much
+            quantizer.per_channel = True
+            candidate = quantizer.build([])
+            report = _fidelity(source, candidate, base, eval_data, profile, f"{fmt} {mode} per-channel")
+            drop = accuracy_drop(report)
         float_layers: list[FloatLayer] = []
+        all_quantized_size = candidate.stat().st_size
         if drop is not None and drop > max_accuracy_drop and mode == "int8":
             if io != "float32" or profile.precisions.required:
                 notes.append(f"{profile.name} runs only fully int8 models: no layer can stay in float")
@@ -119,8 +128,11 @@ def quantize_model(handle: ModelHandle, calib: Dataset, profile: DeviceProfile, 
             notes.append(f"accuracy drop {drop:.2f} points is over the bound of {max_accuracy_drop:g}")
         if drop is None:
             notes.append("no classifier-like output: fidelity is shown, accuracy-aware fallback does not apply")
-        artifact = _install(handle, candidate, fmt, mode, base, report, float_layers, output, calibrate_method, io)
-    return QuantizeResult(artifact, mode, fp32_size, report, drop, max_accuracy_drop, float_layers, len(calib), notes)
+        granularity = "per-channel" if quantizer.per_channel else "per-tensor"
+        artifact = _install(handle, candidate, fmt, mode, base, report, float_layers, output,
+                            f"{calibrate_method} calibration, {granularity} weights", io)
+    return QuantizeResult(artifact, mode, fp32_size, report, drop, max_accuracy_drop, float_layers=float_layers,
+                          calibration_samples=len(calib), all_quantized_size_bytes=all_quantized_size, notes=notes)
 
 
 def accuracy_drop(report: ValidationReport) -> float | None:
@@ -200,6 +212,7 @@ class _Quantizer:
         self.fmt, self.mode, self.base, self.calib, self.work, self.io = fmt, mode, base, calib, work, io
         self.profile, self.calibrate_method = profile, calibrate_method
         self.count = 0
+        self.per_channel = fmt == "tflite"  # the TFLite converter quantizes weights per channel
         names = [b.source_name for b in base.inputs]
         self.feeds = [{b.name: b.from_source(x) for b, x in zip(base.inputs, calib.batch(names, i), strict=True)}
                       for i in range(len(calib))]
@@ -245,7 +258,7 @@ class _Quantizer:
         return q.quantize_onnx_static(self.prepared, out, self.feeds,
                                       activation_type=q.activation_type_for(self.profile.architecture),
                                       calibrate_method=self.calibrate_method, nodes_to_exclude=float_layers,
-                                      cache=self.work / "calibration.cache")
+                                      per_channel=self.per_channel, cache=self.work / "calibration.cache")
 
     def ranking(self, held_out: Dataset) -> list[tuple[str, float]]:
         if self.fmt == "tflite":
@@ -287,7 +300,7 @@ def _fallback(quantizer: _Quantizer, source: Engine, base: _Base, held_out: Data
 
 
 def _install(handle: ModelHandle, candidate: Path, fmt: str, mode: str, base: _Base, report: ValidationReport,
-             float_layers: list[FloatLayer], output: Path, calibrate_method: str, io: str) -> Artifact:
+             float_layers: list[FloatLayer], output: Path, method: str, io: str) -> Artifact:
     output = output.resolve()
     if handle.path is not None and output == handle.path.resolve():
         raise UsageError(f"-o {output} is the source model", "write the result somewhere else")
@@ -298,7 +311,7 @@ def _install(handle: ModelHandle, candidate: Path, fmt: str, mode: str, base: _B
     try:
         staged = staging / output.name
         shutil.copyfile(candidate, staged)
-        route = f"{fmt} {mode}" + (f" ({calibrate_method} calibration)" if mode == "int8" else "")
+        route = f"{fmt} {mode}" + (f" ({method})" if mode == "int8" else "")
         artifact = Artifact(output, fmt, route, handle.sha256, inputs, outputs, precision=mode,
                             validation=report.to_dict(),
                             notes=[f"kept in float: {', '.join(f.name for f in float_layers)}"] if float_layers else [])

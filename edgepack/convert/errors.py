@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from edgepack.errors import EdgepackError
 
 
@@ -14,10 +16,18 @@ class ConversionError(EdgepackError):
         self.reason = reason
 
 
+_EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Exit)\b.*:")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def last_error_line(text: str) -> str:
-    """The most telling line of a converter's output: its last error-looking line, else the last."""
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    """The most telling line of a converter's output: the exception a traceback ends with, else the
+    first error-looking line (onnx2tf follows its real error with generic advice), else the last line."""
+    lines = [_ANSI.sub("", line).strip() for line in text.strip().splitlines() if line.strip()]
     for line in reversed(lines):
-        if any(word in line for word in ("Error", "error:", "ERROR", "Exception", "not supported")):
+        if _EXCEPTION_LINE.match(line):
             return line[:300]
+    for line in lines:
+        if any(word in line for word in ("Error", "error:", "ERROR", "not supported", "not yet implemented")):
+            return line.removeprefix("ERROR:").strip()[:300]
     return lines[-1][:300] if lines else "no output"

@@ -121,7 +121,7 @@ def test_accuracy_aware_fallback_keeps_sensitive_layers_in_float(
     assert result.within_bound
     assert result.artifact.size_bytes > strict.artifact.size_bytes
     assert sum(f.size_cost_bytes for f in result.float_layers) == result.artifact.size_bytes - \
-        strict.artifact.size_bytes
+        result.all_quantized_size_bytes
 
 
 def test_bad_calibration_data_is_refused(digits_onnx: Path, digits: DigitsData, tmp_path: Path, capsys):
