@@ -118,6 +118,29 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    from edgepack.compress.pruning import prune_model
+    from edgepack.data import load_dataset
+    from edgepack.model import load_model
+    from edgepack.render import render_pruning
+
+    profile = _registry(args).get(args.device)
+    handle = load_model(args.model, torch_module=args.torch_module, input_shape=args.input_shape)
+    prep = _preprocessing(args)
+    calib = load_dataset(args.calib, handle.inputs, purpose="calibration", preprocessing=prep)
+    eval_data = load_dataset(args.eval, handle.inputs, purpose="evaluation", preprocessing=prep) if args.eval else None
+    suffix = ".onnx" if args.format == "onnx" else ".tflite"
+    output = Path(args.output) if args.output else Path.cwd() / f"{handle.name}_pruned{suffix}"
+    result = prune_model(handle, calib, profile, output, max_size_mb=args.max_size_mb, ratio=args.ratio,
+                         fmt=args.format, precision=args.precision, importance=args.importance,
+                         distill_epochs=args.distill_epochs, eval_data=eval_data, time_budget_s=args.time_budget)
+    if args.json:
+        _emit_json(result.to_dict())
+    else:
+        print(render_pruning(result))
+    return 0
+
+
 def _ssh_options(args: argparse.Namespace) -> Any:
     from edgepack.runners.factory import SshOptions
 
@@ -226,6 +249,25 @@ def build_parser() -> argparse.ArgumentParser:
                           help="TFLite int8 input/output type (default: what the device takes)")
     quantize.add_argument("-o", "--output", metavar="OUT")
     quantize.set_defaults(handler=cmd_quantize)
+
+    prune = commands.add_parser(
+        "prune", parents=[common],
+        help="structured pruning to a size budget, then distillation from the original model")
+    _add_model_arguments(prune)
+    prune.add_argument("--calib", required=True, metavar="PATH", help="samples to prune and distill on")
+    _add_data_arguments(prune)
+    budget = prune.add_mutually_exclusive_group()
+    budget.add_argument("--max-size-mb", type=float, metavar="X", help="size of the final file (MB = 10^6 bytes)")
+    budget.add_argument("--ratio", type=float, metavar="R", help="fraction of channels to remove, e.g. 0.5")
+    prune.add_argument("--device", default="host", metavar="NAME", help="its memory budget applies without "
+                       "--max-size-mb/--ratio")
+    prune.add_argument("--format", choices=["onnx", "tflite"], default="onnx")
+    prune.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+    prune.add_argument("--importance", choices=["magnitude", "taylor"], default="magnitude")
+    prune.add_argument("--distill-epochs", type=int, default=10, metavar="N")
+    prune.add_argument("--time-budget", type=float, default=300.0, metavar="S", help="for distillation")
+    prune.add_argument("-o", "--output", metavar="OUT")
+    prune.set_defaults(handler=cmd_prune)
 
     profile = commands.add_parser(
         "profile", parents=[common],

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from edgepack.compress.pruning import PruneResult
 from edgepack.compress.quantize import QuantizeResult
 from edgepack.convert.convert import ConversionResult
 from edgepack.inspection import Inspection
@@ -214,4 +215,27 @@ def render_profile(report: ProfileReport) -> str:
                                "llr"))
         elif ops.get("unavailable"):
             lines.append(f"  per-op profile: unavailable ({ops['unavailable']})")
+    return "\n".join(lines)
+
+
+def render_pruning(result: PruneResult) -> str:
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.2f}%"
+
+    rows = [(s.name, f"{s.params:,}", f"{s.macs:,}", human_bytes(s.size_bytes),
+             "-" if s.latency_ms is None else f"{s.latency_ms:.4f}", pct(s.accuracy), pct(s.agreement))
+            for s in result.stages]
+    a = result.artifact
+    lines = [f"Pruned {result.ratio:.1%} of the channels" + (
+        f" to fit {human_bytes(result.budget_bytes)}" if result.budget_bytes else ""),
+        table(["stage", "params", "MACs", "ONNX size", "p50 ms (local)", "accuracy", "agreement"], rows,
+              "lrrrrrr"),
+        "", f"wrote {a.path} ({human_bytes(a.size_bytes)}, {a.format}, {a.precision})",
+        f"  metadata        {a.metadata_path}",
+        f"  history         {a.path.parent / (a.path.name + '.pruning.json')} (replay it on the original)"]
+    if result.distill_report:
+        r = result.distill_report
+        lines.append(f"  distillation    {r.epochs_run} epochs, {r.seconds:.1f} s; {r.stopped_because}")
+    lines += [f"  note            {n}" for n in result.notes]
+    lines.append("  latency         measured on this machine by the local runner, not on a board")
     return "\n".join(lines)

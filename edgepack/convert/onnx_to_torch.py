@@ -235,9 +235,12 @@ def _reshape(a: dict[str, Any], consts: list[np.ndarray | None]) -> Callable[...
     target = _ints(consts[1], [])
 
     def reshape(x: Any) -> Any:
-        if len(target) == 2 and x.dim() > 2 and target[0] in (0, -1, x.shape[0]) \
-                and (target[1] == -1 or target[1] == x[0].numel()):
-            return torch.flatten(x, 1)  # keeps working after channels are pruned
+        # A flatten to [batch, features] (exported at batch 1): keep it a flatten, so that it works for
+        # any batch and after channels are pruned.
+        # ([1, K] at batch 1 can only be a flatten: K was the per-sample size when it was exported).
+        if len(target) == 2 and x.dim() > 2 and (target[0] in (0, 1, x.shape[0])
+                                                 or (target[0] == -1 and target[1] == x[0].numel())):
+            return torch.flatten(x, 1)
         shape = [x.shape[i] if d == 0 else d for i, d in enumerate(target)]
         return x.reshape(shape)
     return reshape

@@ -1,0 +1,234 @@
+"""``edgepack prune``: prune to a size budget (or a ratio), win accuracy back by distillation, and show
+parameters, MACs, file size, measured latency and accuracy before pruning, after it, and after
+distillation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgepack.artifact import Artifact
+from edgepack.compress.distill import DistillReport, distill
+from edgepack.compress.prune import (
+    PrunedModel,
+    PruningError,
+    count_params,
+    prune,
+    prune_to_budget,
+    sensitivity_scan,
+)
+from edgepack.data import DataError, Dataset
+from edgepack.errors import UsageError
+from edgepack.model import ModelFormat, ModelHandle
+from edgepack.profiles import DeviceProfile
+
+
+@dataclass
+class Stage:
+    name: str
+    params: int
+    macs: int
+    size_bytes: int  # the ONNX fp32 export of this stage (the final row: the real artifact)
+    latency_ms: float | None
+    accuracy: float | None
+    agreement: float  # top-1 agreement with the original on held-out samples
+
+
+@dataclass
+class PruneResult:
+    artifact: Artifact
+    stages: list[Stage]
+    ratio: float
+    history: list[list[Any]]
+    protected: list[str]
+    budget_bytes: int | None
+    distill_report: DistillReport | None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"artifact": self.artifact.to_dict(), "ratio": self.ratio, "budget_bytes": self.budget_bytes,
+                "protected_layers": self.protected, "pruning_history": self.history,
+                "stages": [s.__dict__ for s in self.stages],
+                "distillation": self.distill_report.__dict__ if self.distill_report else None, "notes": self.notes}
+
+
+def torch_module_for_pruning(handle: ModelHandle, work: Path) -> Any:
+    """An nn.Module Torch-Pruning can follow: the user's own module, or one built from the ONNX graph."""
+    if handle.format is ModelFormat.TORCH_MODULE:
+        from edgepack.convert.torch_source import torch_module_of
+
+        return torch_module_of(handle)
+    import onnx
+
+    from edgepack.convert.onnx_to_torch import build_torch_module
+    from edgepack.convert.routes import onnx_of
+
+    path, _, _ = onnx_of(handle, work)
+    return build_torch_module(onnx.load(str(path)))
+
+
+def prune_model(handle: ModelHandle, calib: Dataset, profile: DeviceProfile, output: Path, *,
+                max_size_mb: float | None = None, ratio: float | None = None, fmt: str = "onnx",
+                precision: str = "fp32", importance: str = "magnitude", distill_epochs: int = 10,
+                eval_data: Dataset | None = None, time_budget_s: float = 300.0) -> PruneResult:
+    import torch
+
+    from edgepack.convert.convert import require_static_inputs
+
+    require_static_inputs(handle)
+    if len(handle.inputs) != 1:
+        raise UsageError("edgepack prune handles single-input models", "")
+    if ratio is not None and not 0 <= ratio < 1:
+        raise UsageError(f"--ratio {ratio} is not in [0, 1)", "e.g. --ratio 0.5 removes half the channels")
+    name = handle.inputs[0].name
+    if eval_data is None:
+        if len(calib) < 10:
+            raise DataError(f"calibration data has {len(calib)} samples; pruning needs at least 10",
+                            "give more samples")
+        cut = int(len(calib) * 0.8)
+        calib, eval_data = calib.split(cut)
+    x, held = calib.inputs[name], eval_data.inputs[name]  # samples stacked on the batch axis
+    example = (torch.zeros(*[int(d) for d in handle.inputs[0].shape]),)  # type: ignore[misc]
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="edgepack-prune-") as tmp:
+        work = Path(tmp)
+        original = torch_module_for_pruning(handle, work).eval()
+        size_of = _sizer(original, example, name, fmt, precision, calib, work)
+        budget = int(max_size_mb * 1e6) if max_size_mb else None
+        if budget is None and ratio is None:
+            budget = int(profile.memory_budget_mb * 1e6)
+            notes.append(f"budget from the {profile.name} profile: {profile.memory_budget_mb:g} MB")
+
+        def agreement_of(module: Any) -> float:
+            from edgepack.compress.distill import agreement
+
+            return agreement(original, module, held)
+
+        probe_ratio = ratio if ratio is not None else 0.5
+        scan = sensitivity_scan(original, example, probe_ratio, agreement_of, importance)
+        losses = [c for _, c in scan]
+        median = float(np.median(losses)) if losses else 0.0
+        protected = [n for n, c in scan if c > max(0.2, 2 * median)]
+        if protected:
+            notes.append(f"sensitivity scan kept whole: {', '.join(protected)}")
+        if ratio is not None:
+            pruned = prune(original, example, ratio, importance=importance, protected=protected, calib=x)
+        else:
+            assert budget is not None
+            pruned = prune_to_budget(original, example, budget, size_of, importance=importance,
+                                     protected=protected, calib=x)
+        stages = [_stage("before pruning", original, original, example, name, held, eval_data.labels, work),
+                  _stage("after pruning", pruned.module, original, example, name, held, eval_data.labels, work)]
+        report = None
+        student = pruned.module
+        if distill_epochs > 0 and pruned.history:
+            student, report = distill(original, pruned.module, x, labels=calib.labels, held_out=held,
+                                      epochs=distill_epochs, time_budget_s=time_budget_s)
+            stages.append(_stage("after distillation", student, original, example, name, held, eval_data.labels,
+                                 work))
+        artifact = _write(handle, student, example, name, fmt, precision, calib, profile, output, work, pruned)
+        if budget is not None and artifact.size_bytes > budget:
+            notes.append(f"the {fmt} {precision} file is {artifact.size_bytes} bytes, over the budget of {budget}")
+    return PruneResult(artifact, stages, pruned.ratio, pruned.history_json(), protected, budget, report, notes)
+
+
+def _sizer(original: Any, example: tuple[Any, ...], name: str, fmt: str, precision: str, calib: Dataset,
+           work: Path) -> Any:
+    """Bytes of a module's artifact. ONNX: the real exported (and quantized) file every time. TFLite:
+    the ONNX export scaled by the TFLite/ONNX ratio measured on the original (onnx2tf takes ~15 s a
+    call); the final file is measured for real."""
+    from edgepack.compress.prune import onnx_size
+
+    def onnx_bytes(module: Any) -> int:
+        if precision == "fp32":
+            return onnx_size(module, example, [name])
+        from edgepack.compress.quantize_onnx import quantize_onnx_static
+        from edgepack.convert.torch_to_onnx import export_to_onnx
+
+        path = export_to_onnx(module, example, work / "size.onnx", input_names=[name]).path
+        feeds = [{name: calib.inputs[name][i:i + 1]} for i in range(min(16, len(calib)))]
+        return quantize_onnx_static(path, work / "size_q.onnx", feeds, activation_type="uint8").stat().st_size
+
+    if fmt == "onnx":
+        return onnx_bytes
+    scale = _tflite_scale(original, example, name, precision, calib, work) / onnx_bytes(original)
+    return lambda module: int(onnx_bytes(module) * scale)
+
+
+def _tflite_scale(original: Any, example: tuple[Any, ...], name: str, precision: str, calib: Dataset,
+                  work: Path) -> int:
+    artifact = _artifact_of(original, example, name, "tflite", precision, calib, work / "scale")
+    return artifact.size_bytes
+
+
+def _artifact_of(module: Any, example: tuple[Any, ...], name: str, fmt: str, precision: str, calib: Dataset,
+                 out: Path, profile: DeviceProfile | None = None) -> Artifact:
+    from edgepack.compress.quantize import quantize_model
+    from edgepack.convert.convert import convert_model
+    from edgepack.convert.torch_to_onnx import export_to_onnx
+    from edgepack.model import load_model
+    from edgepack.profiles import ProfileRegistry
+
+    profile = profile or ProfileRegistry.discover().get("host")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    onnx_path = export_to_onnx(module, example, out.parent / f"{out.name}.export.onnx", input_names=[name]).path
+    handle = load_model(onnx_path)
+    if precision == "int8":
+        return quantize_model(handle, calib, profile, out, fmt=fmt, mode="int8", max_accuracy_drop=100.0).artifact
+    if fmt == "onnx":
+        shutil.copyfile(onnx_path, out)
+        return Artifact(out, "onnx", "torch.onnx", handle.sha256, [], [])
+    return convert_model(handle, fmt, out, profile, calib).artifact
+
+
+def _stage(label: str, module: Any, original: Any, example: tuple[Any, ...], name: str, held: np.ndarray,
+           labels: np.ndarray | None, work: Path) -> Stage:
+    import onnx
+    import torch
+
+    from edgepack.analysis.onnx_graph import summarize_onnx
+    from edgepack.compress.distill import agreement
+    from edgepack.convert.torch_to_onnx import export_to_onnx
+    from edgepack.runners.base import RunRequest
+    from edgepack.runners.local import LocalRunner
+
+    path = export_to_onnx(module, example, work / f"{label.replace(' ', '_')}.onnx", input_names=[name]).path
+    summary = summarize_onnx(onnx.load(str(path)))
+    measurement = LocalRunner().run([RunRequest(path, threads=1, warmup=10, runs=100)])[0]
+    accuracy = None
+    if labels is not None:
+        with torch.no_grad():
+            accuracy = float((module(torch.from_numpy(held)).argmax(1).numpy() == labels).mean())
+    return Stage(label, count_params(module), summary.macs, path.stat().st_size, measurement.p50_ms, accuracy,
+                 agreement(original, module, held))
+
+
+def _write(handle: ModelHandle, student: Any, example: tuple[Any, ...], name: str, fmt: str, precision: str,
+           calib: Dataset, profile: DeviceProfile, output: Path, work: Path, pruned: PrunedModel) -> Artifact:
+    from edgepack.artifact import install, staging_dir
+
+    built = _artifact_of(student, example, name, fmt, precision, calib, work / "final" / f"model.{fmt}", profile)
+    output = output.resolve()
+    staging = staging_dir(output)
+    try:
+        staged = staging / output.name
+        shutil.copyfile(built.path, staged)
+        built.source_sha256 = handle.sha256
+        built.notes = [*built.notes, f"pruned {pruned.ratio:.1%} of the channels; history in the "
+                                     f"{output.name}.edgepack.json 'pruning_history'"]
+        built.validation = {**(built.validation or {}), "pruning_history": pruned.history_json()}
+        artifact = install(staged, built, output)
+        (output.parent / f"{output.name}.pruning.json").write_text(json.dumps(
+            {"ratio": pruned.ratio, "history": pruned.history_json(), "protected": pruned.protected}, indent=1))
+        return artifact
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+__all__ = ["PruneResult", "PruningError", "Stage", "prune_model"]
