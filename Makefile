@@ -12,11 +12,13 @@ install: $(STAMP)
 # torch is pinned and installed first: this machine carries the CPU wheel of 2.13.0 on disk, and a
 # looser requirement resolved later would pull a multi-GB CUDA build. tf-keras goes in with --no-deps
 # because its metadata asks for a tensorflow (not tensorflow-cpu) it does not need.
-$(STAMP): pyproject.toml Makefile
+# Everything else is pinned by requirements/constraints.txt: without pins, pip's resolver gives up
+# ("resolution-too-deep") on litert-torch's large dependency tree.
+$(STAMP): pyproject.toml Makefile requirements/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[all,dev]'
+	$(BIN)/python -m pip install -q -c requirements/constraints.txt -e '.[all,dev]'
 	$(BIN)/python -m pip install -q --no-deps tf-keras==2.21.0
 	touch $(STAMP)
 

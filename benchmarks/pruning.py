@@ -61,7 +61,8 @@ def main() -> int:
         for name, model, x_train, x_test, y_train, y_test, _ in (digits(), mobilenet(args.mobilenet_size)):
             example = (torch.zeros(1, *x_train.shape[1:]),)
             base = _stage("base", model, model, example, "image", x_test, y_test, work)
-            def quality(stage: Any, module: Any, original: Any = model, labelled: bool = y_test is not None) -> str:
+            def quality(stage: Any, module: Any, original: Any = model, labelled: bool = y_test is not None,
+                        x_test: np.ndarray = x_test) -> str:
                 if labelled:
                     return f"{100 * stage.accuracy:.2f}%"
                 with torch.no_grad():
