@@ -21,6 +21,30 @@ def _emit_json(data: Any) -> None:
     sys.stdout.write("\n")
 
 
+def _show(args: argparse.Namespace, result: Any, render: Callable[[Any], str]) -> None:
+    """``--json``: the result's dict on stdout; otherwise its table."""
+    if args.json:
+        _emit_json(result.to_dict())
+    else:
+        print(render(result))
+
+
+def _handle(args: argparse.Namespace) -> Any:
+    from edgepack.model import load_model
+
+    return load_model(args.model, torch_module=args.torch_module, input_shape=args.input_shape)
+
+
+def _datasets(args: argparse.Namespace, handle: Any) -> tuple[Any, Any]:
+    """``--calib`` and ``--eval`` (None when not given), read with the image preprocessing flags."""
+    from edgepack.data import load_dataset
+
+    prep = _preprocessing(args)
+    calib = load_dataset(args.calib, handle.inputs, purpose="calibration", preprocessing=prep)
+    eval_data = load_dataset(args.eval, handle.inputs, purpose="evaluation", preprocessing=prep) if args.eval else None
+    return calib, eval_data
+
+
 def _registry(args: argparse.Namespace) -> Any:
     from edgepack.profiles import ProfileRegistry
 
@@ -47,34 +71,23 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from edgepack.inspection import inspect_model
-    from edgepack.model import load_model
     from edgepack.render import render_inspection
 
     device = _registry(args).get(args.device) if args.device else None
-    handle = load_model(args.model, torch_module=args.torch_module, input_shape=args.input_shape)
-    result = inspect_model(handle, device)
-    if args.json:
-        _emit_json(result.to_dict())
-    else:
-        print(render_inspection(result))
+    _show(args, inspect_model(_handle(args), device), render_inspection)
     return 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from edgepack.convert.convert import convert_model, default_output
     from edgepack.data import load_dataset
-    from edgepack.model import load_model
     from edgepack.render import render_conversion
 
     profile = _registry(args).get(args.device)
-    handle = load_model(args.model, torch_module=args.torch_module, input_shape=args.input_shape)
+    handle = _handle(args)
     data = load_dataset(args.calib, handle.inputs, purpose="calibration") if args.calib else None
     output = Path(args.output) if args.output else default_output(handle, args.to)
-    result = convert_model(handle, args.to, output, profile, data)
-    if args.json:
-        _emit_json(result.to_dict())
-    else:
-        print(render_conversion(result))
+    _show(args, convert_model(handle, args.to, output, profile, data), render_conversion)
     return 0
 
 
@@ -96,48 +109,34 @@ def _preprocessing(args: argparse.Namespace) -> Any:
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     from edgepack.compress.quantize import default_format, quantize_model
-    from edgepack.data import load_dataset
-    from edgepack.model import load_model
     from edgepack.render import render_quantization
 
     profile = _registry(args).get(args.device)
-    handle = load_model(args.model, torch_module=args.torch_module, input_shape=args.input_shape)
-    prep = _preprocessing(args)
-    calib = load_dataset(args.calib, handle.inputs, purpose="calibration", preprocessing=prep)
-    eval_data = load_dataset(args.eval, handle.inputs, purpose="evaluation", preprocessing=prep) if args.eval else None
+    handle = _handle(args)
+    calib, eval_data = _datasets(args, handle)
     fmt = args.format or default_format(profile)
     suffix = ".onnx" if fmt == "onnx" else ".tflite"
     output = Path(args.output) if args.output else Path.cwd() / f"{handle.name}_{args.mode}{suffix}"
     result = quantize_model(handle, calib, profile, output, fmt=fmt, mode=args.mode, eval_data=eval_data,
                             max_accuracy_drop=args.max_accuracy_drop, calibrate_method=args.calibration,
                             io_dtype=args.io_dtype)
-    if args.json:
-        _emit_json(result.to_dict())
-    else:
-        print(render_quantization(result))
+    _show(args, result, render_quantization)
     return 0
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
     from edgepack.compress.pruning import prune_model
-    from edgepack.data import load_dataset
-    from edgepack.model import load_model
     from edgepack.render import render_pruning
 
     profile = _registry(args).get(args.device)
-    handle = load_model(args.model, torch_module=args.torch_module, input_shape=args.input_shape)
-    prep = _preprocessing(args)
-    calib = load_dataset(args.calib, handle.inputs, purpose="calibration", preprocessing=prep)
-    eval_data = load_dataset(args.eval, handle.inputs, purpose="evaluation", preprocessing=prep) if args.eval else None
+    handle = _handle(args)
+    calib, eval_data = _datasets(args, handle)
     suffix = ".onnx" if args.format == "onnx" else ".tflite"
     output = Path(args.output) if args.output else Path.cwd() / f"{handle.name}_pruned{suffix}"
     result = prune_model(handle, calib, profile, output, max_size_mb=args.max_size_mb, ratio=args.ratio,
                          fmt=args.format, precision=args.precision, importance=args.importance,
                          distill_epochs=args.distill_epochs, eval_data=eval_data, time_budget_s=args.time_budget)
-    if args.json:
-        _emit_json(result.to_dict())
-    else:
-        print(render_pruning(result))
+    _show(args, result, render_pruning)
     return 0
 
 
@@ -155,10 +154,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     profile = _registry(args).get(args.device)
     report = profile_model(Path(args.model), profile, _ssh_options(args), runs=args.runs, warmup=args.warmup,
                            threads=args.threads, timeout_s=args.timeout)
-    if args.json:
-        _emit_json(report.to_dict())
-    else:
-        print(render_profile(report))
+    _show(args, report, render_profile)
     failed = [m for m in report.measurements if m.error]
     for m in failed:
         print(f"edgepack: {m.device}: {m.error}", file=sys.stderr)

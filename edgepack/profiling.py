@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgepack.errors import ModelFileError, UsageError
 from edgepack.profiles import DeviceProfile
-from edgepack.runners.base import Measurement, Runner, RunRequest
+from edgepack.runners.base import Measurement, RunRequest
 from edgepack.runners.factory import SshOptions, runners_for
+from edgepack.runners.pool import DevicePool
 
 
 @dataclass
@@ -46,30 +46,8 @@ def profile_model(model: Path, profile: DeviceProfile, options: SshOptions, *, r
     bench = profile.benchmark
     request = RunRequest(model, threads=threads or bench.threads, warmup=bench.warmup if warmup is None else warmup,
                          runs=runs or bench.runs, op_profile=True, timeout_s=timeout_s)
-    runners = runners_for(profile, options)
+    pool = DevicePool(runners_for(profile, options))
     try:
-        return ProfileReport(profile, _on_every_runner(runners, request))
+        return ProfileReport(profile, pool.run_everywhere(request))
     finally:
-        for runner in runners:
-            runner.close()
-
-
-def _on_every_runner(runners: list[Runner], request: RunRequest) -> list[Measurement]:
-    """The same request on every board, in parallel: one measurement per board."""
-    results: list[Measurement | None] = [None] * len(runners)
-    errors: list[BaseException] = []
-
-    def work(index: int, runner: Runner) -> None:
-        try:
-            results[index] = runner.run([request])[0]
-        except BaseException as exc:  # user errors (host keys, bad flags) are re-raised in the caller
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(i, r)) for i, r in enumerate(runners)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return [m for m in results if m is not None]
+        pool.close()

@@ -4,8 +4,28 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
 
 from edgepack.runners.base import Measurement, Runner, RunRequest
+
+
+def _in_parallel(tasks: list[Callable[[], None]]) -> None:
+    """Run each task in its own thread; the first exception (a user error, e.g. a host key) is re-raised."""
+    errors: list[BaseException] = []
+
+    def guarded(task: Callable[[], None]) -> None:
+        try:
+            task()
+        except BaseException as exc:  # re-raised in the caller's thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(t,), daemon=True) for t in tasks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
 
 
 class DevicePool(Runner):
@@ -16,32 +36,33 @@ class DevicePool(Runner):
         self.label = ", ".join(r.label for r in runners)
 
     def run(self, requests: list[RunRequest]) -> list[Measurement]:
+        """Each request on whichever board is free; results in the order of the requests."""
         if len(self.runners) == 1:
             return self.runners[0].run(requests)
         todo: queue.Queue[tuple[int, RunRequest]] = queue.Queue()
         for item in enumerate(requests):
             todo.put(item)
         results: list[Measurement | None] = [None] * len(requests)
-        errors: list[BaseException] = []
 
-        def work(runner: Runner) -> None:
-            while not errors:
+        def drain(runner: Runner) -> None:
+            while True:
                 try:
                     index, request = todo.get_nowait()
                 except queue.Empty:
                     return
-                try:
-                    results[index] = runner.run([request])[0]
-                except BaseException as exc:  # a user error (e.g. host key) stops the pool; re-raised below
-                    errors.append(exc)
+                results[index] = runner.run([request])[0]
 
-        threads = [threading.Thread(target=work, args=(r,), daemon=True) for r in self.runners]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
+        _in_parallel([lambda r=r: drain(r) for r in self.runners])
+        return [m for m in results if m is not None]
+
+    def run_everywhere(self, request: RunRequest) -> list[Measurement]:
+        """The same request on every board at once: one measurement per board, in board order."""
+        results: list[Measurement | None] = [None] * len(self.runners)
+
+        def one(index: int) -> None:
+            results[index] = self.runners[index].run([request])[0]
+
+        _in_parallel([lambda i=i: one(i) for i in range(len(self.runners))])
         return [m for m in results if m is not None]
 
     def close(self) -> None:
