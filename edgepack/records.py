@@ -1,0 +1,78 @@
+"""Append-only records of measurements, so that nothing is measured twice.
+
+One JSON object per line in ``<cache>/records.jsonl`` (``~/.cache/edgepack`` unless ``--cache DIR``),
+keyed by what was measured: the artifact's sha256, the device's identity (profile name and host key
+fingerprint, or "local"), the runtime, the thread count and the harness version. A build killed
+midway loses at most the measurement in flight: every record is flushed and fsynced as it is written,
+and a torn last line (a crash mid-write) is skipped on reading.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "edgepack"
+
+
+@dataclass(frozen=True)
+class RecordKey:
+    artifact_sha256: str
+    device: str  # profile name + host key fingerprint, e.g. "rpi4@SHA256:abc..." or "host@local"
+    runtime: str  # "tflite" | "onnxruntime" | "auto"
+    threads: int
+    harness_version: str
+
+    def as_tuple(self) -> tuple[str, str, str, int, str]:
+        return (self.artifact_sha256, self.device, self.runtime, self.threads, self.harness_version)
+
+
+class Records:
+    """The store. ``get`` answers from memory; ``add`` appends one line and syncs it to disk."""
+
+    def __init__(self, cache_dir: Path | None = None) -> None:
+        self.path = (cache_dir or default_cache_dir()) / "records.jsonl"
+        self._index: dict[tuple[str, str, str, int, str], dict[str, Any]] = {}
+        for record in self._read():
+            self._index[RecordKey(**record["key"]).as_tuple()] = record["result"]
+
+    def _read(self) -> Iterator[dict[str, Any]]:
+        if not self.path.exists():
+            return
+        with self.path.open(encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # a torn line from a crash mid-write
+                    continue
+                if isinstance(record, dict) and "key" in record and "result" in record:
+                    yield record
+
+    def get(self, key: RecordKey) -> dict[str, Any] | None:
+        return self._index.get(key.as_tuple())
+
+    def add(self, key: RecordKey, result: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"key": asdict(key), "result": result}, default=str)
+        with self.path.open("a+b") as fh:
+            if fh.tell() > 0:  # after a torn line, start on a line of our own
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":
+                    fh.write(b"\n")
+            fh.write(line.encode() + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._index[key.as_tuple()] = result
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def for_device(self, device: str) -> list[tuple[RecordKey, dict[str, Any]]]:
+        return [(RecordKey(*k), v) for k, v in self._index.items() if k[1] == device]
