@@ -145,7 +145,7 @@ def convert_case(case: Path, onnx2tf: Any, work: Path) -> dict[str, Any]:
 def _short(text: str) -> str:
     first = text.strip().splitlines()[0] if text.strip() else ""
     first = re.sub(r"/\S+", "", first)  # file paths
-    return re.sub(r"0x[0-9a-f]+|\d+", "N", first)[:90]
+    return re.sub(r"0x[0-9a-f]+|\b\d+\b", "N", first)[:90]
 
 
 def _reason(headline: str, log: str) -> str:

@@ -5,7 +5,8 @@
 For the digits CNN (trained here; accuracy on the test split) and the MobileNetV2-like model (random
 weights, so no accuracy: cosine similarity of its logits to the unpruned model's on held-out crops of
 scikit-learn's two photos):
-parameters, MACs, the ONNX file's size, median single-thread latency measured by the harness in a
+with channel counts exact and rounded to multiples of 8 (edgepack's default): parameters, MACs, the ONNX
+file's size, median single-thread latency measured by the harness in a
 fresh process (ONNX Runtime, this x86_64 machine), and accuracy / agreement after pruning and after
 distillation from the unpruned model.
 """
@@ -72,13 +73,14 @@ def main() -> int:
 
             rows.append((name, "0 (original)", f"{base.params:,}", f"{base.macs:,}", human_bytes(base.size_bytes),
                          f"{base.latency_ms:.4f}", quality(base, model), "-"))
-            for ratio in (0.3, 0.5, 0.7):
-                pruned = prune(model, example, ratio)
+            for ratio, round_to in ((0.3, None), (0.3, 8), (0.5, None), (0.5, 8), (0.7, None), (0.7, 8)):
+                pruned = prune(model, example, ratio, round_to=round_to)
                 after = _stage(f"r{ratio}", pruned.module, model, example, "image", x_test, y_test, work)
                 student, _ = distill(model, pruned.module, x_train, labels=y_train, held_out=x_test,
                                      epochs=args.distill_epochs, progress=False)
                 distilled = _stage(f"d{ratio}", student, model, example, "image", x_test, y_test, work)
-                rows.append((name, f"{ratio}", f"{after.params:,}", f"{after.macs:,}", human_bytes(after.size_bytes),
+                label = f"{ratio}" + (f", round {round_to}" if round_to else ", exact")
+                rows.append((name, label, f"{after.params:,}", f"{after.macs:,}", human_bytes(after.size_bytes),
                              f"{after.latency_ms:.4f} ({after.latency_ms / base.latency_ms:.2f}x)",
                              quality(after, pruned.module), quality(distilled, student)))
     print("Structured pruning (Torch-Pruning, magnitude importance; latency: ONNX Runtime, 1 thread, median, "

@@ -135,7 +135,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else Path.cwd() / f"{handle.name}_pruned{suffix}"
     result = prune_model(handle, calib, profile, output, max_size_mb=args.max_size_mb, ratio=args.ratio,
                          fmt=args.format, precision=args.precision, importance=args.importance,
-                         distill_epochs=args.distill_epochs, eval_data=eval_data, time_budget_s=args.time_budget)
+                         distill_epochs=args.distill_epochs, eval_data=eval_data, time_budget_s=args.time_budget,
+                         round_to=args.round_to if args.round_to > 1 else None)
     _show(args, result, render_pruning)
     return 0
 
@@ -261,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
     prune.add_argument("--importance", choices=["magnitude", "taylor"], default="magnitude")
     prune.add_argument("--distill-epochs", type=int, default=10, metavar="N")
+    prune.add_argument("--round-to", type=int, default=8, metavar="N",
+                       help="keep channel counts multiples of N, so kernels stay on their fast path (1: exact)")
     prune.add_argument("--time-budget", type=float, default=300.0, metavar="S", help="for distillation")
     prune.add_argument("-o", "--output", metavar="OUT")
     prune.set_defaults(handler=cmd_prune)

@@ -71,10 +71,17 @@ def _importance(kind: str) -> Any:
     raise PruningError(f"unknown importance '{kind}'", "use magnitude or taylor")
 
 
+#: Channel counts are kept multiples of this: kernels block channels by 4-16 (NEON, AVX, ONNX Runtime's
+#: NCHWc layouts); an odd count falls off the fast path, and fewer MACs can then cost more milliseconds.
+ROUND_TO = 8
+
+
 def prune(module: Any, example: tuple[Any, ...], ratio: float, *, importance: str = "magnitude",
-          protected: list[str] | None = None, calib: np.ndarray | None = None) -> PrunedModel:
+          protected: list[str] | None = None, calib: np.ndarray | None = None,
+          round_to: int | None = ROUND_TO) -> PrunedModel:
     """Remove ``ratio`` of the channels of every prunable group (the output layer and ``protected``
-    layers keep theirs). Taylor importance needs ``calib`` (it back-propagates the outputs' norm)."""
+    layers keep theirs), keeping channel counts multiples of ``round_to``. Taylor importance needs
+    ``calib`` (it back-propagates the outputs' norm)."""
     import torch
     import torch_pruning as tp
 
@@ -83,7 +90,7 @@ def prune(module: Any, example: tuple[Any, ...], ratio: float, *, importance: st
     ignored = _classifier_layers(model, example) + [m for m, n in names.items() if n in (protected or [])]
     try:
         pruner = tp.pruner.MetaPruner(model, example, importance=_importance(importance), pruning_ratio=ratio,
-                                      ignored_layers=ignored, round_to=None)
+                                      ignored_layers=ignored, round_to=round_to)
         if importance == "taylor":
             if calib is None:
                 raise PruningError("Taylor importance needs calibration data", "pass --calib")
@@ -135,19 +142,26 @@ def sensitivity_scan(module: Any, example: tuple[Any, ...], ratio: float, score:
 
 def prune_to_budget(module: Any, example: tuple[Any, ...], budget_bytes: int, size_of: Callable[[Any], int], *,
                     importance: str = "magnitude", protected: list[str] | None = None,
-                    calib: np.ndarray | None = None, max_ratio: float = 0.95, steps: int = 12) -> PrunedModel:
+                    calib: np.ndarray | None = None, max_ratio: float = 0.95, steps: int = 12,
+                    round_to: int | None = ROUND_TO) -> PrunedModel:
     """The smallest pruning ratio whose artifact (``size_of`` measures the real file) fits the budget."""
     if size_of(module) <= budget_bytes:
         return PrunedModel(copy.deepcopy(module).eval(), 0.0, [], list(protected or []))
     low, high = 0.0, max_ratio
-    best = prune(module, example, high, importance=importance, protected=protected, calib=calib)
+    best = prune(module, example, high, importance=importance, protected=protected, calib=calib,
+                 round_to=round_to)
+    while not best.history and high > 0.1:  # rounding can make a very high ratio prune nothing at all
+        high -= 0.05
+        best = prune(module, example, high, importance=importance, protected=protected, calib=calib,
+                     round_to=round_to)
     if size_of(best.module) > budget_bytes:
         raise PruningError(f"even {max_ratio:.0%} of the channels pruned, the model is "
                            f"{size_of(best.module) / 1e6:.2f} MB, over the {budget_bytes / 1e6:.2f} MB budget",
                            "quantize too (--precision int8) or raise the budget")
     for _ in range(steps):
         middle = (low + high) / 2
-        candidate = prune(module, example, middle, importance=importance, protected=protected, calib=calib)
+        candidate = prune(module, example, middle, importance=importance, protected=protected, calib=calib,
+                          round_to=round_to)
         if size_of(candidate.module) <= budget_bytes:
             high, best = middle, candidate
         else:

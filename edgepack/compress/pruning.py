@@ -16,6 +16,7 @@ import numpy as np
 from edgepack.artifact import Artifact
 from edgepack.compress.distill import DistillReport, distill
 from edgepack.compress.prune import (
+    ROUND_TO,
     PrunedModel,
     PruningError,
     count_params,
@@ -76,7 +77,8 @@ def torch_module_for_pruning(handle: ModelHandle, work: Path) -> Any:
 def prune_model(handle: ModelHandle, calib: Dataset, profile: DeviceProfile, output: Path, *,
                 max_size_mb: float | None = None, ratio: float | None = None, fmt: str = "onnx",
                 precision: str = "fp32", importance: str = "magnitude", distill_epochs: int = 10,
-                eval_data: Dataset | None = None, time_budget_s: float = 300.0) -> PruneResult:
+                eval_data: Dataset | None = None, time_budget_s: float = 300.0,
+                round_to: int | None = ROUND_TO) -> PruneResult:
     import torch
 
     from edgepack.convert.convert import require_static_inputs
@@ -118,11 +120,21 @@ def prune_model(handle: ModelHandle, calib: Dataset, profile: DeviceProfile, out
         if protected:
             notes.append(f"sensitivity scan kept whole: {', '.join(protected)}")
         if ratio is not None:
-            pruned = prune(original, example, ratio, importance=importance, protected=protected, calib=x)
+            pruned = prune(original, example, ratio, importance=importance, protected=protected, calib=x,
+                           round_to=round_to)
         else:
             assert budget is not None
             pruned = prune_to_budget(original, example, budget, size_of, importance=importance,
-                                     protected=protected, calib=x)
+                                     protected=protected, calib=x, round_to=round_to)
+            if round_to and pruned.history and size_of(pruned.module) < 0.85 * budget:
+                # channel counts rounded to multiples of round_to move in steps too coarse for this
+                # model: take exact counts when they use the budget better
+                exact = prune_to_budget(original, example, budget, size_of, importance=importance,
+                                        protected=protected, calib=x, round_to=None)
+                if size_of(exact.module) > size_of(pruned.module):
+                    notes.append(f"channel counts rounded to multiples of {round_to} left over 15% of the budget "
+                                 "unused; exact counts used instead")
+                    pruned = exact
         stages = [_stage("before pruning", original, original, example, name, held, eval_data.labels, work),
                   _stage("after pruning", pruned.module, original, example, name, held, eval_data.labels, work)]
         report = None
