@@ -48,10 +48,13 @@ def export_handle_to_onnx(handle: ModelHandle, out_path: Path) -> ExportResult:
         assert handle.path is not None
         import torch
 
+        from edgepack.quiet import captured_output
+
         program = load_exported_program(handle.path)
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        torch.onnx.export(program, (), dynamo=True, external_data=False).save(str(out_path),
-                                                                              external_data=False)
+        with captured_output():  # the exporter prints its progress on stdout
+            torch.onnx.export(program, (), dynamo=True, external_data=False).save(str(out_path),
+                                                                                  external_data=False)
         return ExportResult(out_path, "dynamo")
     return export_to_onnx(torch_module_of(handle), example_inputs(handle), out_path,
                           input_names=[s.name for s in handle.inputs])

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from edgepack.convert.errors import ConversionError
+from edgepack.quiet import captured_output
 
 
 @dataclass
@@ -30,7 +31,7 @@ def export_to_onnx(module: Any, example_inputs: tuple[Any, ...], out_path: Path,
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), captured_output():  # the exporter prints its progress on stdout
             warnings.simplefilter("ignore")
             program = torch.onnx.export(module, example_inputs, dynamo=True, external_data=False,
                                         input_names=input_names, verbose=False)
@@ -39,7 +40,7 @@ def export_to_onnx(module: Any, example_inputs: tuple[Any, ...], out_path: Path,
     except Exception as dynamo_error:  # the dynamo exporter raises many types; the fallback says why
         dynamo_reason = f"{type(dynamo_error).__name__}: {str(dynamo_error).strip().splitlines()[0][:200]}"
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), captured_output():
             warnings.simplefilter("ignore")
             torch.onnx.export(module, example_inputs, str(out_path), dynamo=False,
                               input_names=input_names, opset_version=17)

@@ -191,3 +191,13 @@ def test_convert_cli_json(digits_onnx: Path, digits: DigitsData, tmp_path: Path,
     code = main(["convert", str(digits_onnx), "--to", "tflite", "-o", str(tmp_path / "x.tflite"), "--calib", str(bad)])
     err = capsys.readouterr().err
     assert code == 2 and "expects samples of shape Nx1x8x8" in err and "given 5x1x4x4" in err
+
+
+def test_json_stdout_stays_clean_for_torch_sources(tmp_path: Path, capsys):
+    """The dynamo exporter and litert-torch print progress; none of it may reach --json stdout."""
+    code = main(["convert", "--torch-module", "edgepack.examples.digits:digits_cnn", "--input-shape", "1,1,8,8",
+                 "--to", "tflite", "-o", str(tmp_path / "m.tflite"), "--json"])
+    out = capsys.readouterr().out
+    assert code == 0
+    data = json.loads(out)
+    assert {a["route"] for a in data["attempts"]} == {"litert-torch", "torch.onnx + onnx2tf"}
