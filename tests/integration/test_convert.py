@@ -193,11 +193,14 @@ def test_convert_cli_json(digits_onnx: Path, digits: DigitsData, tmp_path: Path,
     assert code == 2 and "expects samples of shape Nx1x8x8" in err and "given 5x1x4x4" in err
 
 
-def test_json_stdout_stays_clean_for_torch_sources(tmp_path: Path, capsys):
+def test_json_stdout_stays_clean_for_torch_sources(tmp_path: Path):
     """The dynamo exporter and litert-torch print progress; none of it may reach --json stdout."""
-    code = main(["convert", "--torch-module", "edgepack.examples.digits:digits_cnn", "--input-shape", "1,1,8,8",
-                 "--to", "tflite", "-o", str(tmp_path / "m.tflite"), "--json"])
-    out = capsys.readouterr().out
-    assert code == 0
-    data = json.loads(out)
+    import subprocess
+    import sys
+
+    proc = subprocess.run([str(Path(sys.executable).parent / "edgepack"), "convert", "--torch-module",
+                           "edgepack.examples.digits:digits_cnn", "--input-shape", "1,1,8,8", "--to", "tflite",
+                           "-o", str(tmp_path / "m.tflite"), "--json"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-500:]
+    data = json.loads(proc.stdout)
     assert {a["route"] for a in data["attempts"]} == {"litert-torch", "torch.onnx + onnx2tf"}
