@@ -1,0 +1,100 @@
+"""Which candidate to measure next: ``propose()`` -> candidate or None (done), ``observe(...)``.
+
+Measure the fp32 baseline first; then, again and again, the candidate the predictor ranks best among
+those not yet measured and not known to break a constraint; refit after each measurement. Stop when
+no unmeasured candidate can beat the best measured feasible one by more than the predictor's margin,
+or when ``max_measurements`` are spent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from edgepack.predict import Features, Predictor
+from edgepack.search.space import CompressionPlan, Constraints
+
+
+@dataclass
+class Candidate:
+    plan: CompressionPlan
+    features: Features
+    size_mb: float
+    accuracy_drop: float | None = None  # known once built and checked on held-out data
+    latency_ms: float | None = None  # measured p50
+    peak_rss_mb: float | None = None
+
+    @property
+    def measured(self) -> bool:
+        return self.latency_ms is not None
+
+
+@dataclass
+class Strategy:
+    candidates: list[Candidate]
+    predictor: Predictor
+    constraints: Constraints
+    objective: str = "latency"  # or "size"
+    max_measurements: int = 10
+    findings: list[str] = field(default_factory=list)
+
+    def predicted(self, c: Candidate) -> float:
+        return c.latency_ms if c.latency_ms is not None else self.predictor.latency_ms(c.features)
+
+    def blockers(self, c: Candidate, predicted: bool = False) -> list[str]:
+        latency = self.predicted(c) if predicted or c.measured else None
+        rss = c.peak_rss_mb if c.peak_rss_mb is not None else (
+            self.predictor.peak_rss_mb(c.features) if predicted else None)
+        return self.constraints.violations(c.size_mb, rss, latency, c.accuracy_drop)
+
+    def feasible_measured(self) -> list[Candidate]:
+        return [c for c in self.candidates if c.measured and not self.blockers(c)]
+
+    def best(self) -> Candidate | None:
+        feasible = self.feasible_measured()
+        if not feasible:
+            return None
+        key = (lambda c: (c.latency_ms, c.size_mb)) if self.objective == "latency" else \
+            (lambda c: (c.size_mb, c.latency_ms))
+        return min(feasible, key=key)  # type: ignore[arg-type]
+
+    def propose(self) -> Candidate | None:
+        measured = [c for c in self.candidates if c.measured]
+        if len(measured) >= self.max_measurements:
+            return None
+        if not measured:
+            baselines = [c for c in self.candidates if c.plan.is_baseline]
+            return max(baselines or self.candidates, key=lambda c: c.plan.threads)
+        # size and accuracy are known before measuring: never measure what they already rule out
+        open_ = [c for c in self.candidates if not c.measured
+                 and not self.constraints.violations(c.size_mb, None, None, c.accuracy_drop)]
+        if not open_:
+            return None
+        best = self.best()
+        margin = self.predictor.margin
+        if self.objective == "latency":
+            pick = min(open_, key=self.predicted)
+            if best is not None and best.latency_ms is not None \
+                    and self.predicted(pick) * (1 - margin) >= best.latency_ms:
+                return None
+            return pick
+        hopeful = [c for c in open_ if self.constraints.max_latency_ms is None
+                   or self.predicted(c) * (1 - margin) <= self.constraints.max_latency_ms]
+        if not hopeful:
+            return None
+        pick = min(hopeful, key=lambda c: (c.size_mb, self.predicted(c)))
+        if best is not None and pick.size_mb >= best.size_mb:
+            return None
+        return pick
+
+    def observe(self, candidate: Candidate, latency_ms: float, peak_rss_mb: float | None = None) -> None:
+        candidate.latency_ms, candidate.peak_rss_mb = latency_ms, peak_rss_mb
+        self.predictor.observe(candidate.features, latency_ms, peak_rss_mb)
+        plan = candidate.plan
+        if plan.precision != "fp32":
+            twin = next((c for c in self.candidates if c.measured and c.plan.precision == "fp32"
+                         and (c.plan.format, c.plan.prune_ratio, c.plan.threads)
+                         == (plan.format, plan.prune_ratio, plan.threads)), None)
+            if twin is not None and twin.latency_ms is not None and latency_ms > twin.latency_ms:
+                self.findings.append(
+                    f"{plan.precision} {plan.format} was measured SLOWER than fp32 on this board "
+                    f"({latency_ms:.3f} ms vs {twin.latency_ms:.3f} ms, {plan.threads} threads); moving on")

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from edgepack.predict import Features, Predictor
+from edgepack.search.space import CompressionPlan, Constraints
+from edgepack.search.strategy import Candidate, Strategy
+
+
+def board_latency(plan: CompressionPlan) -> float:
+    """A made-up board where int8 TFLite is SLOWER than fp32 (no fast int8 kernels), ONNX int8 is fast,
+    pruning helps and 4 threads help up to 2.5x."""
+    base = 10.0 * (1 - plan.prune_ratio * 0.8)
+    factor = {("tflite", "int8"): 1.2, ("onnx", "int8"): 0.45, ("tflite", "fp32"): 1.0, ("onnx", "fp32"): 1.1}
+    return base * factor[(plan.format, plan.precision)] / {1: 1.0, 2: 1.8, 4: 2.5}[plan.threads]
+
+
+def candidates() -> list[Candidate]:
+    result = []
+    for fmt in ("tflite", "onnx"):
+        for precision in ("fp32", "int8"):
+            for ratio in (0.0, 0.3, 0.5, 0.7):
+                for threads in (1, 2, 4):
+                    plan = CompressionPlan(fmt, precision, ratio, threads)
+                    roofline = 2.0 * (1 - ratio) * (0.5 if precision == "int8" else 1.0) / threads
+                    size = 4.0 * (1 - ratio) * (0.27 if precision == "int8" else 1.0)
+                    drop = 0.3 + 2.5 * ratio  # pruning costs accuracy
+                    result.append(Candidate(plan, Features(roofline, 50, precision, int(size * 1e6), 10_000),
+                                            size, accuracy_drop=drop))
+    return result
+
+
+def run(strategy: Strategy) -> int:
+    count = 0
+    while (candidate := strategy.propose()) is not None:
+        strategy.observe(candidate, board_latency(candidate.plan))
+        count += 1
+    return count
+
+
+def test_finds_the_fastest_feasible_with_a_third_of_the_measurements():
+    pool = candidates()
+    constraints = Constraints(max_accuracy_drop=1.5)
+    strategy = Strategy(pool, Predictor(), constraints, max_measurements=len(pool))
+    used = run(strategy)
+    feasible = [c for c in pool if not constraints.violations(c.size_mb, None, None, c.accuracy_drop)]
+    truth = min(board_latency(c.plan) for c in feasible)
+    best = strategy.best()
+    assert best is not None and best.latency_ms is not None
+    assert best.latency_ms <= truth * 1.05
+    assert used <= len(pool) // 3
+    assert (pool[0].plan.is_baseline and pool[0].measured) or any(c.plan.is_baseline and c.measured for c in pool)
+
+
+def test_says_when_int8_is_slower_than_fp32():
+    pool = [c for c in candidates() if c.plan.format == "tflite" and c.plan.prune_ratio == 0.0]
+    strategy = Strategy(pool, Predictor(), Constraints(), max_measurements=len(pool))
+    fp32, int8 = (next(c for c in pool if c.plan.precision == p and c.plan.threads == 4) for p in ("fp32", "int8"))
+    strategy.observe(fp32, board_latency(fp32.plan))
+    assert not strategy.findings
+    strategy.observe(int8, board_latency(int8.plan))
+    assert len(strategy.findings) == 1 and "int8 tflite was measured SLOWER than fp32" in strategy.findings[0]
+
+
+def test_size_objective_and_budget():
+    pool = candidates()
+    strategy = Strategy(pool, Predictor(), Constraints(max_latency_ms=3.0, max_accuracy_drop=2.0), objective="size",
+                        max_measurements=8)
+    used = run(strategy)
+    best = strategy.best()
+    assert used <= 8 and best is not None and best.latency_ms is not None and best.latency_ms <= 3.0
