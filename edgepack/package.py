@@ -1,0 +1,185 @@
+"""The deployable package: ``dist/<model>-<device>/`` and ``dist/<model>-<device>.tar.gz``, written
+atomically (built in a temporary directory beside it, then renamed into place).
+
+Contents: the model file; ``manifest.json`` (versions, hashes, plan, I/O with layout and quantization,
+preprocessing, measured figures and the device's environment, constraints and whether each held,
+tool versions, every file's sha256); ``run.py`` (runs on the device with whatever runtime it has);
+``README.md``; ``report.html`` (Pareto plot of size against latency, the candidate table, the chosen
+candidate's per-op profile).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from edgepack import __version__
+from edgepack.artifact import Artifact
+
+RUN_PY = Path(__file__).resolve().parent / "templates" / "run.py"
+TOOLS = ("onnx", "onnxruntime", "tensorflow-cpu", "ai-edge-litert", "onnx2tf", "torch", "torch-pruning",
+         "litert-torch", "numpy")
+
+
+@dataclass
+class PackageContents:
+    name: str  # <model>-<device>
+    artifact: Artifact
+    source_name: str
+    source_sha256: str
+    device: str
+    plan: dict[str, Any]
+    measurement: dict[str, Any] | None = None  # the harness's JSON for the chosen candidate
+    candidates: list[dict[str, Any]] = field(default_factory=list)  # size_mb, latency_ms, label, pareto, ...
+    constraints: dict[str, Any] = field(default_factory=dict)  # name -> {"limit": x, "value": y, "held": bool}
+    preprocessing: dict[str, Any] | None = None
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {}
+    for name in TOOLS:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def manifest_for(contents: PackageContents, model_file: str) -> dict[str, Any]:
+    a = contents.artifact
+
+    def io(binding: Any) -> dict[str, Any]:
+        data = {"name": binding.name, "source_name": binding.source_name, "shape": list(binding.shape),
+                "dtype": binding.dtype, "layout": binding.layout, "source_layout": binding.source_layout,
+                "perm": list(binding.perm) if binding.perm else None, "scale": binding.scale,
+                "zero_point": binding.zero_point}
+        inverse = sorted(range(len(binding.perm)), key=binding.perm.__getitem__) if binding.perm else None
+        data["source_shape"] = [binding.shape[i] for i in inverse] if inverse else list(binding.shape)
+        return data
+
+    return {
+        "edgepack_version": __version__,
+        "model_file": model_file,
+        "format": a.format,
+        "source": {"name": contents.source_name, "sha256": contents.source_sha256},
+        "artifact_sha256": a.sha256,
+        "device": contents.device,
+        "plan": contents.plan,
+        "route": a.route,
+        "inputs": [io(b) for b in a.inputs],
+        "outputs": [io(b) for b in a.outputs],
+        "preprocessing": contents.preprocessing,
+        "validation": a.validation,
+        "measured": contents.measurement,
+        "constraints": contents.constraints,
+        "tool_versions": tool_versions(),
+    }
+
+
+def write_package(contents: PackageContents, dist: Path) -> Path:
+    """Write ``dist/<name>/`` and ``dist/<name>.tar.gz``; returns the directory."""
+    dist.mkdir(parents=True, exist_ok=True)
+    final = dist / contents.name
+    staging = Path(tempfile.mkdtemp(prefix=".edgepack-package-", dir=dist))
+    try:
+        root = staging / contents.name
+        root.mkdir()
+        model_file = f"model.{contents.artifact.format}"
+        shutil.copyfile(contents.artifact.path, root / model_file)
+        shutil.copyfile(RUN_PY, root / "run.py")
+        manifest = manifest_for(contents, model_file)
+        (root / "README.md").write_text(_readme(contents, manifest))
+        (root / "report.html").write_text(_report(contents))
+        manifest["files"] = {p.name: _sha256(p) for p in sorted(root.iterdir())}
+        (root / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        archive = staging / f"{contents.name}.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(root, arcname=contents.name)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(root, final)
+        os.replace(archive, dist / f"{contents.name}.tar.gz")
+        return final
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _readme(contents: PackageContents, manifest: dict[str, Any]) -> str:
+    i = manifest["inputs"][0]
+    measured = contents.measurement or {}
+    latency = measured.get("latency_ms", {})
+    return (f"# {contents.name}\n\nBuilt by edgepack {__version__} from `{contents.source_name}` for "
+            f"`{contents.device}`.\n\n"
+            f"Plan: {json.dumps(contents.plan)}\n\n"
+            + (f"Measured on the device: p50 {latency.get('p50', float('nan')):.3f} ms, "
+               f"p90 {latency.get('p90', float('nan')):.3f} ms, peak RSS {measured.get('peak_rss_mb', 0):.1f} MB "
+               f"({measured.get('runtime')} {measured.get('runtime_version')}).\n\n" if latency else "")
+            + "## Run it\n\n```sh\npip install numpy ai-edge-litert    # or tflite-runtime, or onnxruntime for .onnx\n"
+            f"python3 run.py sample.npy\n```\n\n`sample.npy`: one sample of shape {i['source_shape']} "
+            f"({i['source_layout']}, {i['dtype'] if not i['scale'] else 'float32'}), in the layout the original "
+            "model took; run.py transposes and quantizes it as manifest.json says.\n\n"
+            "Check the files against `manifest.json` (`files`: sha256 of each).\n")
+
+
+def _report(contents: PackageContents) -> str:
+    rows = contents.candidates
+    width, height, pad = 640, 360, 50
+    points = [r for r in rows if r.get("latency_ms") is not None]
+    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">',
+           f'<line x1="{pad}" y1="{height - pad}" x2="{width - 10}" y2="{height - pad}" stroke="black"/>',
+           f'<line x1="{pad}" y1="10" x2="{pad}" y2="{height - pad}" stroke="black"/>',
+           f'<text x="{width // 2}" y="{height - 10}" text-anchor="middle">size (MB)</text>',
+           f'<text x="12" y="{height // 2}" transform="rotate(-90 12 {height // 2})" text-anchor="middle">'
+           'p50 latency (ms)</text>']
+    if points:
+        max_size = max(r["size_mb"] for r in points) or 1.0
+        max_ms = max(r["latency_ms"] for r in points) or 1.0
+        for r in points:
+            x = pad + (width - pad - 20) * r["size_mb"] / max_size
+            y = height - pad - (height - pad - 20) * r["latency_ms"] / max_ms
+            color = "crimson" if r.get("chosen") else ("navy" if r.get("pareto") else "gray")
+            label = html.escape(str(r.get("label", "")))
+            svg.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{6 if r.get("pareto") else 4}" fill="{color}">'
+                       f'<title>{label}: {r["size_mb"]:.3f} MB, {r["latency_ms"]:.3f} ms</title></circle>')
+    svg.append("</svg>")
+    headers = ["candidate", "size MB", "p50 ms", "p90 ms", "accuracy / fidelity", "feasible", "measured", "Pareto"]
+    table = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
+            r.get("label"), f"{r.get('size_mb', 0):.3f}", _fmt(r.get("latency_ms")), _fmt(r.get("p90_ms")),
+            r.get("quality", ""), "yes" if r.get("feasible") else "no",
+            "measured" if r.get("measured") else "predicted",
+            "*" if r.get("pareto") else "")) + "</tr>" for r in rows)
+    ops = ((contents.measurement or {}).get("op_profile") or {}).get("ops") or []
+    op_rows = "".join(f"<tr><td>{html.escape(o['name'])}</td><td>{html.escape(o['type'])}</td>"
+                      f"<td>{o['ms']:.4f}</td></tr>" for o in ops[:20])
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>edgepack report: "
+            f"{html.escape(contents.name)}</title><style>body{{font-family:sans-serif}}td,th{{padding:2px 8px;"
+            "text-align:right}}</style></head><body>"
+            f"<h1>{html.escape(contents.name)}</h1><p>Red: chosen; blue: Pareto front (size, latency); grey: "
+            "dominated.</p>" + "".join(svg)
+            + "<h2>Candidates</h2><table><tr>" + "".join(f"<th>{h}</th>" for h in headers) + f"</tr>{table}</table>"
+            + "<h2>Per-op profile of the chosen candidate</h2>"
+            + (f"<table><tr><th>op</th><th>type</th><th>ms</th></tr>{op_rows}</table>" if op_rows else
+               "<p>unavailable</p>") + "</body></html>")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
+    """For (size, latency) pairs: True where no other point is at least as good in both and better in one."""
+    return [not any((s2 <= s and l2 <= lat) and (s2 < s or l2 < lat) for s2, l2 in points) for s, lat in points]

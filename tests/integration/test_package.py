@@ -1,0 +1,67 @@
+"""The deployable package: files match the manifest, run.py runs the model, the archive holds the same."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgepack.compress.quantize import quantize_model
+from edgepack.data import Dataset
+from edgepack.examples.digits import DigitsData
+from edgepack.model import load_model
+from edgepack.package import PackageContents, pareto_front, write_package
+from edgepack.profiles import ProfileRegistry
+
+pytestmark = pytest.mark.slow
+
+
+def test_pareto_front():
+    assert pareto_front([(1.0, 5.0), (2.0, 2.0), (3.0, 3.0), (1.0, 5.0)]) == [True, True, False, True]
+
+
+def test_package_with_int8_io_runs_on_the_device_side(digits_onnx: Path, digits: DigitsData, digits_model,
+                                                      tmp_path: Path):
+    coral = ProfileRegistry.discover().get("coral-edgetpu")
+    result = quantize_model(load_model(digits_onnx), Dataset({"image": digits.x_train[:200]}), coral,
+                            tmp_path / "q.tflite", eval_data=Dataset({"image": digits.x_test}, digits.y_test))
+    candidates = [{"label": "tflite int8", "size_mb": result.artifact.size_bytes / 1e6, "latency_ms": 0.5,
+                   "feasible": True, "measured": True, "pareto": True, "chosen": True},
+                  {"label": "tflite fp32", "size_mb": result.fp32_size_bytes / 1e6, "latency_ms": 0.7,
+                   "feasible": False, "measured": False, "pareto": False}]
+    contents = PackageContents("digits-coral-edgetpu", result.artifact, digits_onnx.name,
+                               load_model(digits_onnx).sha256, "coral-edgetpu",
+                               {"format": "tflite", "precision": "int8", "prune_ratio": 0.0, "threads": 1},
+                               candidates=candidates, constraints={"max_size_mb": {"limit": 1, "held": True}})
+    root = write_package(contents, tmp_path / "dist")
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["artifact_sha256"] == result.artifact.sha256
+    for name, digest in manifest["files"].items():
+        assert hashlib.sha256((root / name).read_bytes()).hexdigest() == digest, name
+    assert manifest["inputs"][0]["dtype"] == "int8" and manifest["inputs"][0]["scale"]
+    assert manifest["inputs"][0]["source_shape"] == [1, 1, 8, 8] and manifest["inputs"][0]["layout"] == "NHWC"
+    assert "onnxruntime" in manifest["tool_versions"]
+    report = (root / "report.html").read_text()
+    assert report.count("<circle") == 2 and "crimson" in report
+    with tarfile.open(tmp_path / "dist" / "digits-coral-edgetpu.tar.gz") as tar:
+        assert sorted(m.name for m in tar.getmembers() if m.isfile()) == sorted(
+            f"digits-coral-edgetpu/{n}" for n in [*manifest["files"], "manifest.json"])
+    import torch
+
+    agree = 0
+    for i in range(20):
+        sample = tmp_path / "sample.npy"
+        np.save(sample, digits.x_test[i])
+        proc = subprocess.run([sys.executable, str(root / "run.py"), str(sample)], capture_output=True, text=True,
+                              check=True, cwd=tmp_path)
+        top = json.loads(proc.stdout)["top"][0]["class"]
+        with torch.no_grad():
+            agree += top == int(digits_model(torch.from_numpy(digits.x_test[i:i + 1])).argmax())
+    assert agree >= 19
+    assert not list((tmp_path / "dist").glob(".edgepack-*"))
