@@ -29,6 +29,7 @@ device-deps:
 demo: $(STAMP)
 	$(BIN)/edgepack devices
 	$(BIN)/edgepack inspect edgepack/examples/digits_cnn.onnx --device rpi4
+	$(BIN)/edgepack profile edgepack/examples/digits_cnn.onnx --device host --runs 100
 
 test: $(STAMP) device-deps
 	$(BIN)/ruff check edgepack tests benchmarks
