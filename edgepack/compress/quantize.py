@@ -16,7 +16,7 @@ from edgepack.convert.validate import ValidationReport, bind, compare
 from edgepack.data import DataError, Dataset
 from edgepack.engines import Engine, engine_for, engine_for_file
 from edgepack.errors import UsageError
-from edgepack.model import ModelFormat, ModelHandle, TensorSpec, default_layout
+from edgepack.model import ModelFormat, ModelHandle
 from edgepack.profiles import DeviceProfile
 
 MODES = ("int8", "fp16", "dynamic")
@@ -160,15 +160,17 @@ def _check_request(profile: DeviceProfile, fmt: str, mode: str) -> None:
 
 # --- the fp32 starting point ------------------------------------------------------------------------
 
-def _identity_bindings(handle: ModelHandle, source: Engine, sample: list[np.ndarray],
-                       channels_last: bool) -> tuple[list[Binding], list[Binding]]:
-    outputs = source.run(sample)
-    out_specs = [TensorSpec(s.name if i < len(handle.outputs) else f"output_{i}", tuple(o.shape), o.dtype.name,
-                            default_layout(o.ndim, channels_last)) for i, (s, o) in
-                 enumerate(zip([*handle.outputs, *[handle.outputs[-1]] * len(outputs)], outputs, strict=False))]
+def _identity_bindings(handle: ModelHandle, source: Engine, sample: list[np.ndarray]
+                       ) -> tuple[list[Binding], list[Binding]]:
+    """Bindings for a base that is the source itself (same layout in and out)."""
+    from edgepack.convert.convert import source_output_specs
+
+    out_specs = source_output_specs(handle, source.run(sample))
     inputs = bind("identity", handle.inputs, [(tuple(int(d) for d in s.shape), s.dtype, s.name)  # type: ignore[arg-type]
                                               for s in handle.inputs], False)
-    return inputs, bind("identity", out_specs, [(s.shape, s.dtype, s.name) for s in out_specs], False)  # type: ignore[misc]
+    outputs = bind("identity", out_specs, [(tuple(int(d) for d in s.shape), s.dtype, s.name)  # type: ignore[arg-type]
+                                           for s in out_specs], False)
+    return inputs, outputs
 
 
 def _onnx_base(handle: ModelHandle, work: Path, profile: DeviceProfile, calib: Dataset) -> _Base:
@@ -179,7 +181,7 @@ def _onnx_base(handle: ModelHandle, work: Path, profile: DeviceProfile, calib: D
     if handle.format is ModelFormat.ONNX:
         path, _, _ = onnx_of(handle, work)
         names = [s.name for s in handle.inputs]
-        inputs, outputs = _identity_bindings(handle, engine_for(handle), calib.batch(names, 0), False)
+        inputs, outputs = _identity_bindings(handle, engine_for(handle), calib.batch(names, 0))
         return _Base(path, inputs, outputs)
     result = convert_model(handle, "onnx", work / "base.onnx", profile, calib)
     return _Base(result.artifact.path, result.artifact.inputs, result.artifact.outputs)
@@ -193,12 +195,12 @@ def _tflite_base(handle: ModelHandle, work: Path, profile: DeviceProfile, calib:
     names = [s.name for s in handle.inputs]
     if handle.format is ModelFormat.SAVEDMODEL:
         assert handle.path is not None
-        inputs, outputs = _identity_bindings(handle, engine_for(handle), calib.batch(names, 0), True)
+        inputs, outputs = _identity_bindings(handle, engine_for(handle), calib.batch(names, 0))
         return _Base(handle.path, inputs, outputs)
     if handle.format is ModelFormat.KERAS:
         assert handle.path is not None
         saved = keras_saved_model(handle.path, work / "keras_saved_model")
-        inputs, outputs = _identity_bindings(handle, engine_for(handle), calib.batch(names, 0), True)
+        inputs, outputs = _identity_bindings(handle, engine_for(handle), calib.batch(names, 0))
         return _Base(saved, inputs, outputs)
     result = convert_model(handle, "savedmodel", work / "base_saved_model", profile, calib)
     return _Base(result.artifact.path, result.artifact.inputs, result.artifact.outputs)

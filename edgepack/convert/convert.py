@@ -70,7 +70,8 @@ def ordered_routes(handle: ModelHandle, target: str, profile: DeviceProfile) -> 
     return sorted(routes, key=lambda r: preference.get(r.key, len(preference)))
 
 
-def _source_output_specs(handle: ModelHandle, outputs: list[np.ndarray]) -> list[TensorSpec]:
+def source_output_specs(handle: ModelHandle, outputs: list[np.ndarray]) -> list[TensorSpec]:
+    """Specs of the source's outputs as one run produced them (torch handles declare no output shapes)."""
     channels_last = handle.format.is_tensorflow or handle.format.value == "tflite"
     names = [s.name for s in handle.outputs] if len(handle.outputs) == len(outputs) else \
         [f"output_{i}" for i in range(len(outputs))]
@@ -96,7 +97,7 @@ def convert_model(handle: ModelHandle, target: str, output: Path, profile: Devic
     source = engine_for(handle)
     names = [s.name for s in handle.inputs]
     calib = data.inputs[names[0]] if len(names) == 1 else None
-    source_outputs = _source_output_specs(handle, source.run(data.batch(names, 0)))
+    source_outputs = source_output_specs(handle, source.run(data.batch(names, 0)))
 
     attempts: list[RouteAttempt] = []
     best: tuple[RouteAttempt, RouteOutput, list[Binding], list[Binding], ValidationReport] | None = None
