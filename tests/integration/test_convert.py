@@ -204,3 +204,17 @@ def test_json_stdout_stays_clean_for_torch_sources(tmp_path: Path):
     assert proc.returncode == 0, proc.stderr[-500:]
     data = json.loads(proc.stdout)
     assert {a["route"] for a in data["attempts"]} == {"litert-torch", "torch.onnx + onnx2tf"}
+
+
+def test_drift_past_tolerance_names_route_and_output(digits_onnx: Path, tmp_path: Path, capsys):
+    from edgepack.profiles import BUILTIN_DIR
+
+    strict = tmp_path / "strict-host.toml"
+    strict.write_text((BUILTIN_DIR / "host.toml").read_text() + "\n[tolerances]\nmax_abs_error_rel = 1e-12\n")
+    out = tmp_path / "d_torch"
+    code = main(["convert", str(digits_onnx), "--to", "torch", "-o", str(out), "--profile", str(strict),
+                 "--device", "strict-host"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "conversion onnx-to-torch failed: drifted past tolerance: output 'linear_1'" in err
+    assert "(tolerance 1e-12)" in err and not out.exists()
