@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from edgepack.errors import first_line
 from edgepack.model import ModelFormat, ModelHandle
 from edgepack.quiet import captured_output, import_tensorflow
 
@@ -137,7 +138,7 @@ def engine_for(handle: ModelHandle) -> Engine:
         except Exception as exc:  # onnxruntime's own exception types (Fail, InvalidGraph, NotImplemented)
             from edgepack.errors import ModelFileError
 
-            first = str(exc).strip().splitlines()[0][:200]
+            first = first_line(exc)
             raise ModelFileError(handle.path, f"ONNX Runtime cannot run it ({first})",
                                  "edgepack checks every conversion against the source run by ONNX Runtime"
                                  ) from None

@@ -70,3 +70,12 @@ class MissingDependencyError(EdgepackError):
             f"pip install 'edgepack[{extra}]'",
         )
         self.package = package
+
+
+def first_line(exc: BaseException, limit: int = 200, *, with_type: bool = False) -> str:
+    """The first line of an exception's message (libraries raise pages), or its type when it has none."""
+    text = str(exc).strip()
+    line = text.splitlines()[0][:limit] if text else ""
+    if with_type:
+        return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+    return line or type(exc).__name__

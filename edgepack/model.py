@@ -17,7 +17,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from edgepack.errors import InputShapeError, ModelFileError, UsageError
+from edgepack.errors import InputShapeError, ModelFileError, UsageError, first_line
 
 Dim = int | str | None  # int: fixed; str: a named dynamic dimension; None: unnamed dynamic
 
@@ -249,7 +249,7 @@ def _onnx_specs(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
-        first = str(exc).strip().splitlines()[0][:200]
+        first = first_line(exc)
         raise ModelFileError(path, f"is not a valid ONNX model ({first})",
                              "the file may be truncated or corrupt; export it again") from None
     return onnx_graph_specs(model)
@@ -308,7 +308,7 @@ def tflite_interpreter(path: Path, num_threads: int | None = None, *, delegates:
         with captured_output():  # the runtime announces its XNNPACK delegate on stderr
             return module.Interpreter(**kwargs)
     except (ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ModelFileError(path, f"is not a readable TFLite model ({first})",
                              "the file may be truncated or corrupt; convert it again") from None
 
@@ -339,7 +339,7 @@ def _keras_specs(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
     try:
         model = keras.models.load_model(str(path), compile=False)
     except Exception as exc:  # Keras raises many types for a bad file; all mean "cannot read it"
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ModelFileError(path, f"is not a readable Keras model ({first})",
                              "the file may be truncated or corrupt; save it again") from None
 
@@ -363,7 +363,7 @@ def _savedmodel_specs(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as exc:  # TensorFlow raises many types for a bad directory
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ModelFileError(path, f"is not a readable SavedModel ({first})",
                              "the directory may be incomplete; save it again") from None
     signature = loaded.signatures.get("serving_default")
@@ -412,7 +412,7 @@ def load_torchscript(path: Path) -> Any:
     try:
         return torch.jit.load(str(path), map_location="cpu")
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0][:200]
+        first = first_line(exc)
         raise ModelFileError(path, f"is not a readable TorchScript archive ({first})",
                              "a pickled nn.Module or state_dict is not TorchScript: save with "
                              "torch.jit.save, or pass --torch-module pkg.mod:factory") from None
@@ -462,7 +462,7 @@ def load_exported_program(path: Path) -> Any:
     try:
         return torch.export.load(str(path))
     except (RuntimeError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ModelFileError(path, f"is not a readable ExportedProgram ({first})",
                              "save it with torch.export.save") from None
 

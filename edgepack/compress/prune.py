@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edgepack.errors import EdgepackError
+from edgepack.errors import EdgepackError, first_line
 
 History = list[tuple[str, bool, list[int]]]
 
@@ -100,8 +100,7 @@ def prune(module: Any, example: tuple[Any, ...], ratio: float, *, importance: st
     except PruningError:
         raise
     except Exception as exc:  # Torch-Pruning raises what the traced op raised
-        raise PruningError(f"Torch-Pruning cannot prune this model: {type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0][:200] if str(exc) else ''}",
+        raise PruningError(f"Torch-Pruning cannot prune this model: {first_line(exc, with_type=True)}",
                            "a layer or op it cannot follow; try --ratio 0 or another model") from None
     model.zero_grad(set_to_none=True)
     return PrunedModel(model.eval(), ratio, pruner.pruning_history(), list(protected or []))

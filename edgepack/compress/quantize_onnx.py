@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgepack.convert.errors import ConversionError
+from edgepack.errors import first_line
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -67,7 +68,7 @@ def quantize_onnx_static(src: Path, out: Path, feeds: list[dict[str, np.ndarray]
             nodes_to_quantize=nodes_to_quantize, calibration_cache_path=cache,
             extra_options={"ActivationSymmetric": activation_type == "int8"})
     except Exception as exc:  # ONNX Runtime raises many types here
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, 300)
         raise ConversionError("onnx static quantization", first) from None
     return _drop_value_info(out)
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from edgepack.convert.errors import ConversionError
+from edgepack.errors import first_line
 from edgepack.quiet import captured_output
 
 Feed = Callable[[], Iterator[dict[str, np.ndarray]]]  # calibration samples keyed by signature input name
@@ -69,7 +70,7 @@ def quantize_tflite(saved_model: Path, out: Path, mode: str, feed: Feed | None, 
             else:
                 flatbuffer = converter.convert()
     except Exception as exc:  # the converter raises ConverterError, ValueError, RuntimeError
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, 300)
         raise ConversionError(f"tflite {mode} quantization", first) from None
     out.write_bytes(flatbuffer)
     return out

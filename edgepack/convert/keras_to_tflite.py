@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 from edgepack.convert.errors import ConversionError
+from edgepack.errors import first_line
 from edgepack.quiet import captured_output
 
 ROUTE = "keras/savedmodel->tflite (TFLiteConverter)"
@@ -31,6 +32,6 @@ def convert_tensorflow_to_tflite(model_path: Path, out_path: Path) -> Path:
                 converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
                 flatbuffer = converter.convert()
         except Exception as exc:  # the converter raises ConverterError, ValueError, ...: all one cause
-            raise ConversionError(ROUTE, str(exc).strip().splitlines()[0][:300]) from None
+            raise ConversionError(ROUTE, first_line(exc, 300)) from None
     out_path.write_bytes(flatbuffer)
     return out_path

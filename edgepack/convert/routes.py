@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepack.convert.errors import ConversionError, last_error_line
+from edgepack.errors import first_line
 from edgepack.model import ModelFormat, ModelHandle
 from edgepack.quiet import captured_output
 
@@ -148,8 +149,7 @@ def _litert_torch(handle: ModelHandle, work: Path, calib: np.ndarray | None) -> 
         with captured_output():
             litert_torch.convert(module, example).export(str(out))
     except Exception as exc:  # litert-torch raises many types; the route's failure is reported
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise ConversionError("litert-torch", f"{type(exc).__name__}: {first}") from None
+        raise ConversionError("litert-torch", first_line(exc, with_type=True)) from None
     return RouteOutput(out, "tflite", False)
 
 

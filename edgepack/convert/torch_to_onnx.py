@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from edgepack.convert.errors import ConversionError
+from edgepack.errors import first_line
 from edgepack.quiet import captured_output
 
 
@@ -38,7 +39,7 @@ def export_to_onnx(module: Any, example_inputs: tuple[Any, ...], out_path: Path,
             program.save(str(out_path), external_data=False)
         return ExportResult(out_path, "dynamo")
     except Exception as dynamo_error:  # the dynamo exporter raises many types; the fallback says why
-        dynamo_reason = f"{type(dynamo_error).__name__}: {str(dynamo_error).strip().splitlines()[0][:200]}"
+        dynamo_reason = first_line(dynamo_error, with_type=True)
     try:
         with warnings.catch_warnings(), captured_output():
             warnings.simplefilter("ignore")
@@ -46,7 +47,7 @@ def export_to_onnx(module: Any, example_inputs: tuple[Any, ...], out_path: Path,
                               input_names=input_names, opset_version=17)
     except Exception as legacy_error:  # both exporters failed: report both, drop the half file
         out_path.unlink(missing_ok=True)
-        legacy_reason = str(legacy_error).strip().splitlines()[0][:200]
+        legacy_reason = first_line(legacy_error)
         raise ConversionError("torch->onnx", f"dynamo exporter: {dynamo_reason}; legacy exporter: "
                               f"{legacy_reason}", "the model may use an op ONNX cannot express") from None
     return ExportResult(out_path, "torchscript (legacy)",
