@@ -72,15 +72,9 @@ def onnx_of(handle: ModelHandle, work: Path) -> tuple[Path, list[str], str]:
     return _tf2onnx(handle, work), [], "tf2onnx"
 
 
-def _subprocess_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    env["CUDA_VISIBLE_DEVICES"] = "-1"
-    return env
-
-
 def _tf2onnx(handle: ModelHandle, work: Path) -> Path:
+    from edgepack.convert.onnx_to_tflite import offline_env
+
     if importlib.util.find_spec("tf2onnx") is None:
         raise ConversionError("tf2onnx", "tf2onnx is not installed", "pip install tf2onnx")
     assert handle.path is not None
@@ -93,7 +87,7 @@ def _tf2onnx(handle: ModelHandle, work: Path) -> Path:
             saved = keras_saved_model(handle.path, work / "keras_saved_model")
         source = ["--saved-model", str(saved)]
     proc = subprocess.run([sys.executable, "-m", "tf2onnx.convert", *source, "--output", str(out),
-                           "--opset", "17"], capture_output=True, text=True, env=_subprocess_env(),
+                           "--opset", "17"], capture_output=True, text=True, env=offline_env(dict(os.environ)),
                           timeout=900, check=False)
     if proc.returncode != 0 or not out.exists():
         raise ConversionError("tf2onnx", last_error_line(proc.stderr + proc.stdout),
