@@ -73,6 +73,21 @@ class Artifact:
         return data
 
 
+    @classmethod
+    def load(cls, path: Path) -> Artifact:
+        """The artifact at ``path``, as its sidecar ``.edgepack.json`` describes it."""
+        import json
+
+        probe = cls(path, "", "", "", [], [], sha256="-")
+        data = json.loads(probe.metadata_path.read_text())
+        data.pop("edgepack_version", None)
+        data["path"] = path
+        for side in ("inputs", "outputs"):
+            data[side] = [Binding(**{**b, "shape": tuple(b["shape"]),
+                                     "perm": tuple(b["perm"]) if b["perm"] is not None else None})
+                          for b in data[side]]
+        return cls(**data)
+
 
 def channels_last_perm(rank: int) -> tuple[int, ...]:
     return (0, *range(2, rank), 1)

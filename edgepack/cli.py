@@ -162,6 +162,66 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _floats(text: str | None, flag: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        from edgepack.errors import UsageError
+
+        raise UsageError(f"{flag} takes numbers separated by commas, not '{text}'", f"e.g. {flag} 0,0.3,0.5") from None
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from edgepack.data import IMAGE_SUFFIXES
+    from edgepack.pipeline import BuildOptions, build
+    from edgepack.records import default_cache_dir
+    from edgepack.render import no_feasible_message, render_build
+    from edgepack.search.space import PRUNE_RATIOS, Constraints
+
+    profile = _registry(args).get(args.device)
+    handle = _handle(args)
+    calib, eval_data = _datasets(args, handle) if args.calib else (None, None)
+    images = args.calib and Path(args.calib).is_dir() and any(
+        p.suffix.lower() in IMAGE_SUFFIXES for p in Path(args.calib).iterdir())
+    threads = _floats(args.threads, "--threads")
+    options = BuildOptions(
+        Constraints(args.max_size_mb, args.max_ram_mb, args.max_latency_ms, args.max_accuracy_drop),
+        objective=args.objective, max_measurements=args.max_measurements,
+        formats=args.formats.split(",") if args.formats else None,
+        precisions=args.precisions.split(",") if args.precisions else None,
+        threads=[int(t) for t in threads] if threads else None,
+        prune_ratios=tuple(_floats(args.prune, "--prune") or PRUNE_RATIOS), runs=args.runs, warmup=args.warmup,
+        timeout_s=args.timeout, output_dir=Path(args.output), distill_epochs=args.distill_epochs,
+        cache_dir=Path(args.cache) if args.cache else default_cache_dir(),
+        preprocessing=_preprocessing(args).to_dict() if images else None)
+    result = build(handle, profile, options, _ssh_options(args), calib, eval_data,
+                   say=lambda line: print(f"edgepack: {line}", file=sys.stderr, flush=True))
+    _show(args, result, render_build)
+    if result.chosen is None:
+        print(f"edgepack: error: {no_feasible_message(result.to_dict())}; loosen a constraint or widen the search",
+              file=sys.stderr)
+        return USER_ERROR_EXIT_CODE
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from edgepack.deploy import deploy_package
+
+    profile = _registry(args).get(args.device)
+    deployments = deploy_package(Path(args.package), profile, _ssh_options(args), args.remote_dir, args.timeout)
+    if args.json:
+        _emit_json([d.to_dict() for d in deployments])
+        return 0
+    for d in deployments:
+        top = (d.smoke_test.get("top") or [{}])[0]
+        smoke = f"top class {top['class']} (score {top['score']:.3g})" if top else d.smoke_test.get("skipped", "")
+        print(f"{d.host}: {d.files_verified} files verified by sha256 on the device; run.py sample.npy: {smoke}")
+        print(f"{d.host}: {d.current} -> {d.path}" + (f" (previous: {d.previous})" if d.previous else ""))
+    return 0
+
+
 def _add_ssh_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", action="append", metavar="[USER@]HOST[:PORT]",
                         help="the board (repeat for a pool of boards of this profile); ~/.ssh/config applies")
@@ -279,6 +339,48 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--threads", type=int, metavar="T", help="runtime threads (default: the profile's)")
     profile.add_argument("--timeout", type=float, default=300.0, metavar="S", help="per measurement (default 300)")
     profile.set_defaults(handler=cmd_profile)
+
+    build = commands.add_parser(
+        "build", parents=[common],
+        help="search formats, precisions, pruning and threads, measuring on the board; write a package")
+    _add_model_arguments(build)
+    build.add_argument("--device", required=True, metavar="NAME", help="device profile (host: this machine)")
+    _add_ssh_arguments(build)
+    build.add_argument("--calib", metavar="PATH", help="your samples (.npy/.npz, a directory, images, "
+                       "pkg.mod:function): calibrate int8, distil pruned models, hold some out to check accuracy")
+    _add_data_arguments(build)
+    build.add_argument("--max-size-mb", type=float, metavar="X", help="model file size (default: the profile's "
+                       "memory budget)")
+    build.add_argument("--max-ram-mb", type=float, metavar="X", help="peak resident memory measured on the device")
+    build.add_argument("--max-latency-ms", type=float, metavar="X", help="p50 latency measured on the device")
+    build.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="PTS",
+                       help="against the original on held-out data, in points (default 1.0)")
+    build.add_argument("--objective", choices=["latency", "size"], default="latency",
+                       help="what to minimise among the feasible (default: p50 latency)")
+    build.add_argument("--max-measurements", type=int, default=12, metavar="N",
+                       help="measurements on the device at most (default 12)")
+    build.add_argument("--formats", metavar="F,...", help="search only these formats (onnx, tflite)")
+    build.add_argument("--precisions", metavar="P,...", help="search only these (fp32, fp16, int8, dynamic)")
+    build.add_argument("--prune", metavar="R,...", help="pruning ratios to try (default 0,0.3,0.5,0.7)")
+    build.add_argument("--threads", metavar="T,...", help="thread counts to try (default 1, 2, 4, ... cores)")
+    build.add_argument("--distill-epochs", type=int, default=10, metavar="N")
+    build.add_argument("--runs", type=int, metavar="N", help="timed runs per measurement (default: the profile's)")
+    build.add_argument("--warmup", type=int, metavar="N", help="untimed runs first (default: the profile's)")
+    build.add_argument("--timeout", type=float, default=300.0, metavar="S", help="per measurement (default 300)")
+    build.add_argument("-o", "--output", default="dist", metavar="DIR", help="where the package goes (default dist)")
+    build.add_argument("--cache", metavar="DIR", help="records and built artifacts (default ~/.cache/edgepack)")
+    build.set_defaults(handler=cmd_build)
+
+    deploy = commands.add_parser(
+        "deploy", parents=[common],
+        help="upload a package, verify it on the board, smoke-test it, switch 'current' atomically")
+    deploy.add_argument("package", help="the directory or .tar.gz that edgepack build wrote")
+    deploy.add_argument("--device", required=True, metavar="NAME")
+    _add_ssh_arguments(deploy)
+    deploy.add_argument("--remote-dir", default="edgepack", metavar="DIR",
+                        help="on the device, relative to the home directory (default: edgepack)")
+    deploy.add_argument("--timeout", type=float, default=120.0, metavar="S", help="for the smoke test")
+    deploy.set_defaults(handler=cmd_deploy)
     return parser
 
 

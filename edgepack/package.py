@@ -42,6 +42,7 @@ class PackageContents:
     candidates: list[dict[str, Any]] = field(default_factory=list)  # size_mb, latency_ms, label, pareto, ...
     constraints: dict[str, Any] = field(default_factory=dict)  # name -> {"limit": x, "value": y, "held": bool}
     preprocessing: dict[str, Any] | None = None
+    sample: Any = None  # one input sample in the source layout: sample.npy, for run.py's smoke test
 
 
 def tool_versions() -> dict[str, str]:
@@ -100,6 +101,10 @@ def write_package(contents: PackageContents, dist: Path) -> Path:
         model_file = f"model.{contents.artifact.format}"
         shutil.copyfile(contents.artifact.path, root / model_file)
         shutil.copyfile(RUN_PY, root / "run.py")
+        if contents.sample is not None:
+            import numpy as np
+
+            np.save(root / "sample.npy", np.asarray(contents.sample))
         manifest = manifest_for(contents, model_file)
         (root / "README.md").write_text(_readme(contents, manifest))
         (root / "report.html").write_text(_report(contents))
@@ -124,7 +129,8 @@ def _readme(contents: PackageContents, manifest: dict[str, Any]) -> str:
     return (f"# {contents.name}\n\nBuilt by edgepack {__version__} from `{contents.source_name}` for "
             f"`{contents.device}`.\n\n"
             f"Plan: {json.dumps(contents.plan)}\n\n"
-            + (f"Measured on the device: p50 {latency.get('p50', float('nan')):.3f} ms, "
+            + (f"Measured on {measured.get('measured_on', 'the device')}: "
+               f"p50 {latency.get('p50', float('nan')):.3f} ms, "
                f"p90 {latency.get('p90', float('nan')):.3f} ms, peak RSS {measured.get('peak_rss_mb', 0):.1f} MB "
                f"({measured.get('runtime')} {measured.get('runtime_version')}).\n\n" if latency else "")
             + "## Run it\n\n```sh\npip install numpy ai-edge-litert    # or tflite-runtime, or onnxruntime for .onnx\n"
@@ -180,6 +186,10 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
-    """For (size, latency) pairs: True where no other point is at least as good in both and better in one."""
-    return [not any((s2 <= s and l2 <= lat) and (s2 < s or l2 < lat) for s2, l2 in points) for s, lat in points]
+def pareto_front(points: list[tuple[float, ...]]) -> list[bool]:
+    """For tuples to minimise (size, latency, ...): True where no other point is at least as good in every
+    figure and better in one."""
+    def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+        return all(x <= y for x, y in zip(a, b, strict=True)) and any(x < y for x, y in zip(a, b, strict=True))
+
+    return [not any(dominates(other, p) for other in points) for p in points]

@@ -1,26 +1,34 @@
-"""Latency and memory predictor per device: the profile's roofline, refitted to what was measured.
+"""Latency and memory predictor per device: the profile's roofline, corrected by what was measured.
 
-Before any measurement a candidate's latency is its roofline lower bound divided by a prior kernel
-efficiency, plus a per-layer dispatch cost. As measurements arrive, the model
+The prior for a candidate is physical: its roofline lower bound over a typical kernel efficiency
+(one per arithmetic precision), plus a dispatch cost per op. What the prior gets wrong is mostly a
+factor that depends on the plan (this runtime's int8 kernels are fast here, a second thread only adds
+synchronisation for a model this small, pruning saves fewer milliseconds than MACs), so the model is
 
-    latency_ms = a[precision] * roofline_ms + b * layers + c
+    log(latency_ms) = log(prior_ms) + b0 + b[format] + b[precision] + b[threads] + b[prune]
+                      + b[format x precision] + b[format x threads] + g * log(prior_ms)
 
-is refitted by non-negative least squares (one ``a`` per arithmetic precision: int8, fp16 and fp32
-kernels reach different fractions of peak). ``margin`` is the relative error the fit makes on the
-points it has seen, left out one at a time; the search uses it to decide when to stop measuring.
-Peak memory is fitted the same way from weight bytes and peak activation bytes.
+fitted by ridge regression on the measurements: every correction starts at zero (the prior) and
+moves as far as the measurements carry it, so a plan whose levels were each measured somewhere is
+predicted from them, and one never measured falls back to the prior scaled by the device's overall
+speed (b0). ``margin`` is the relative error of predictions made without the point being predicted
+(leave one out); the search uses it to decide when to stop measuring. Peak memory is a straight line
+in weight + activation bytes, fitted the same way.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-PRIOR_EFFICIENCY = 0.25  # fraction of peak that mobile CPU kernels typically reach
+PRIOR_EFFICIENCY = {"fp32": 0.25, "fp16": 0.25, "int8": 0.15}  # fraction of peak kernels typically reach
 PRIOR_LAYER_MS = 0.005  # dispatch cost per op
 PRIOR_BASE_MB = 30.0  # interpreter + runtime resident memory
-PRECISIONS = ("fp32", "fp16", "int8")
+RIDGE_MAIN = 0.3  # in log units: how far one measurement moves a correction shared by many plans
+RIDGE_PAIR = 1.0  # interactions need more evidence
+MARGIN_FLOOR = 0.10  # no predictor is trusted closer than run-to-run noise on a shared board
 
 
 @dataclass(frozen=True)
@@ -29,43 +37,61 @@ class Features:
 
     roofline_ms: float
     layers: int
-    precision: str  # fp32 | fp16 | int8 (dynamic counts as fp32 arithmetic)
+    precision: str  # the arithmetic: fp32 | fp16 | int8
     weight_bytes: int
     peak_activation_bytes: int
+    format: str = "onnx"  # onnx | tflite: which runtime dispatches the ops
+    threads: int = 1
+    quantization: str = ""  # the plan's precision (fp32, fp16, int8, dynamic); default: ``precision``
+    prune_ratio: float = 0.0
 
-    def row(self) -> np.ndarray:
-        precision = self.precision if self.precision in PRECISIONS else "fp32"
-        return np.array([self.roofline_ms if p == precision else 0.0 for p in PRECISIONS]
-                        + [float(self.layers), 1.0])
+    @property
+    def prior_ms(self) -> float:
+        efficiency = PRIOR_EFFICIENCY.get(self.precision, PRIOR_EFFICIENCY["fp32"])
+        return max(self.roofline_ms / efficiency + PRIOR_LAYER_MS * self.layers, 1e-6)
+
+    def terms(self) -> dict[str, float]:
+        """The corrections that apply to this candidate, by name (value 1, or log work)."""
+        q = self.quantization or self.precision
+        t = str(self.threads)
+        one = {f"format={self.format}": 1.0, f"precision={q}": 1.0, f"threads={t}": 1.0,
+               f"prune={self.prune_ratio:g}": 1.0, f"format*precision={self.format},{q}": 1.0,
+               f"format*threads={self.format},{t}": 1.0}
+        return {**one, "log_prior": math.log(self.prior_ms)}
 
 
 @dataclass
 class Predictor:
     observations: list[tuple[Features, float, float | None]] = field(default_factory=list)  # (f, ms, rss MB)
-    _coef: np.ndarray | None = None
+    _fit_cache: tuple[dict[str, float], float, float] | None = None  # (coefficients, b0, mean log prior)
 
     def observe(self, features: Features, latency_ms: float, peak_rss_mb: float | None = None) -> None:
         self.observations.append((features, latency_ms, peak_rss_mb))
-        self._coef = self._fit(self.observations) if len(self.observations) >= 2 else None
+        self._fit_cache = self._fit(self.observations)
 
     @staticmethod
-    def _fit(observations: list[tuple[Features, float, float | None]]) -> np.ndarray:
-        from scipy.optimize import nnls
+    def _fit(observations: list[tuple[Features, float, float | None]]) -> tuple[dict[str, float], float, float]:
+        names = sorted({name for f, _, _ in observations for name in f.terms()})
+        center = float(np.mean([math.log(f.prior_ms) for f, _, _ in observations]))
+        x = np.array([[_value(f, n, center) for n in names] for f, _, _ in observations])
+        y = np.array([math.log(max(ms, 1e-6)) - math.log(f.prior_ms) for f, ms, _ in observations])
+        penalty = np.diag([RIDGE_PAIR if "*" in n else RIDGE_MAIN for n in names])
+        # b0 is not penalised: centre the data on it, solve the ridge, put it back
+        x_mean, y_mean = x.mean(0), y.mean()
+        coef = np.linalg.solve((x - x_mean).T @ (x - x_mean) + penalty, (x - x_mean).T @ (y - y_mean))
+        b0 = float(y_mean - x_mean @ coef)
+        return dict(zip(names, coef.tolist(), strict=True)), b0, center
 
-        x = np.stack([f.row() for f, _, _ in observations])
-        y = np.array([ms for _, ms, _ in observations])
-        prior = np.array([1 / PRIOR_EFFICIENCY] * len(PRECISIONS) + [PRIOR_LAYER_MS, 0.0])
-        # Ridge towards the prior, so that a precision never measured keeps its prior slope.
-        weight = 0.1
-        x_aug = np.vstack([x, weight * np.eye(len(prior))])
-        y_aug = np.concatenate([y, weight * prior])
-        coef, _ = nnls(x_aug, y_aug)
-        return coef
+    @staticmethod
+    def _predict(fit: tuple[dict[str, float], float, float] | None, features: Features) -> float:
+        if fit is None:
+            return features.prior_ms
+        coef, b0, center = fit
+        correction = b0 + sum(coef.get(n, 0.0) * _value(features, n, center) for n in features.terms())
+        return features.prior_ms * math.exp(correction)
 
     def latency_ms(self, features: Features) -> float:
-        if self._coef is None:
-            return features.roofline_ms / PRIOR_EFFICIENCY + PRIOR_LAYER_MS * features.layers
-        return float(features.row() @ self._coef)
+        return self._predict(self._fit_cache, features)
 
     def peak_rss_mb(self, features: Features) -> float:
         model_mb = (features.weight_bytes + features.peak_activation_bytes) / 1e6
@@ -78,12 +104,18 @@ class Predictor:
 
     @property
     def margin(self) -> float:
-        """Median relative error, each measured point predicted by a fit without it (1.0 before 3 points)."""
+        """How far off the predictor may be: the 75th percentile of leave-one-out relative errors, never
+        below MARGIN_FLOOR (1.0, i.e. no trust, before 3 measurements)."""
         if len(self.observations) < 3:
             return 1.0
         errors = []
         for i, (features, ms, _) in enumerate(self.observations):
             rest = self.observations[:i] + self.observations[i + 1:]
-            predicted = float(features.row() @ self._fit(rest))
-            errors.append(abs(predicted - ms) / ms if ms > 0 else 0.0)
-        return float(np.median(errors))
+            errors.append(abs(self._predict(self._fit(rest), features) - ms) / ms if ms > 0 else 0.0)
+        return max(MARGIN_FLOOR, float(np.percentile(errors, 75)))
+
+
+def _value(features: Features, name: str, center: float) -> float:
+    if name == "log_prior":
+        return math.log(features.prior_ms) - center
+    return features.terms().get(name, 0.0)

@@ -239,3 +239,51 @@ def render_pruning(result: PruneResult) -> str:
     lines += [f"  note            {n}" for n in result.notes]
     lines.append("  latency         measured on this machine by the local runner, not on a board")
     return "\n".join(lines)
+
+
+def render_build(result: Any) -> str:
+    """The candidate table (measured first, fastest first), then what was chosen and why, or what blocks."""
+    data = result.to_dict()
+    rank = {"measured": 0, "predicted": 1, "skipped": 2, "failed": 3, "not built": 4}
+    rows = sorted(data["candidates"], key=lambda r: (not r["chosen"], rank[r["status"]],
+                                                     r["latency_ms"] or r["predicted_ms"] or 0.0))
+
+    def ms(r: dict[str, Any], key: str) -> str:
+        if r[key] is not None:
+            return f"{r[key]:.3f}"
+        return f"~{r['predicted_ms']:.3f}" if key == "latency_ms" and r["predicted_ms"] is not None else "-"
+
+    cells = [[("> " if r["chosen"] else "  ") + r["label"],
+              "-" if r["size_mb"] is None else f"{r['size_mb']:.3f}", ms(r, "latency_ms"), ms(r, "p90_ms"),
+              "-" if r["accuracy_drop"] is None else f"{r['accuracy_drop']:.2f}",
+              "yes" if r["feasible"] else ("no: " + "; ".join(r["blocked_by"]) if r["blocked_by"] else "-"),
+              r["status"] if not r["error"] else f"failed: {r['error'][:60]}", "*" if r["pareto"] else ""]
+             for r in rows]
+    lines = [table(["candidate", "size MB", "p50 ms", "p90 ms", "acc. drop", "feasible", "status", "Pareto"],
+                   cells, "lrrrrlll"),
+             f"(~: predicted, not measured; accuracy drop in points against the original on held-out data; "
+             f"Pareto: size, p50, accuracy drop among the measured; measured on {data['measured_on']})"]
+    m, p = data["measurements"], data["predictor"]
+    lines.append(f"measurements: {m['new']} new, {m['cached']} from the records "
+                 f"({sum(r['status'] == 'measured' for r in rows)} of {len(rows)} candidates measured)")
+    if p["median_error"] is not None:
+        lines.append(f"predictor: median error {p['median_error']:.0%} on the {p['measured_candidates']} measured "
+                     f"candidates (each predicted before it was measured); {p['within_10pct']:.0%} within 10%")
+    lines += [f"finding: {f}" for f in data["findings"]] + [f"note: {n}" for n in data["notes"]]
+    if data["chosen"]:
+        c = data["chosen"]
+        lines.append(f"chosen: {c['label']}: p50 {c['latency_ms']:.3f} ms, {c['size_mb']:.3f} MB"
+                     + ("" if c["accuracy_drop"] is None else f", accuracy drop {c['accuracy_drop']:.2f} pts"))
+        lines.append(f"package: {data['package']}")
+    else:
+        lines.append(no_feasible_message(data))
+    return "\n".join(lines)
+
+
+def no_feasible_message(data: dict[str, Any]) -> str:
+    near = sorted((r for r in data["candidates"] if r["blocked_by"]),
+                  key=lambda r: (len(r["blocked_by"]), r["latency_ms"] or r["predicted_ms"] or 0.0))[:3]
+    text = "no candidate meets the constraints"
+    if near:
+        text += "; nearest: " + " | ".join(f"{r['label']} ({'; '.join(r['blocked_by'])})" for r in near)
+    return text

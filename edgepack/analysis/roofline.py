@@ -40,8 +40,11 @@ def peak_for(profile: DeviceProfile, precision: str) -> tuple[str, float]:
     return "fp32" if precision == "dynamic" else precision, roof.fp32_gflops
 
 
-def estimate_latency(summary: GraphSummary, profile: DeviceProfile) -> RooflineEstimate:
+def estimate_latency(summary: GraphSummary, profile: DeviceProfile, threads: int | None = None) -> RooflineEstimate:
+    """``threads``: the compute peak scales with the share of the cores used (default: all of them)."""
     precision, peak_gops = peak_for(profile, summary.precision)
+    if threads is not None and profile.cores > 0:
+        peak_gops *= min(threads, profile.cores) / profile.cores
     bandwidth = profile.roofline.memory_gbps * 1e9
     total_s = 0.0
     compute_bound = memory_bound = 0

@@ -160,7 +160,7 @@ def _check_request(profile: DeviceProfile, fmt: str, mode: str) -> None:
 
 # --- the fp32 starting point ------------------------------------------------------------------------
 
-def _identity_bindings(handle: ModelHandle, source: Engine, sample: list[np.ndarray]
+def identity_bindings(handle: ModelHandle, source: Engine, sample: list[np.ndarray]
                        ) -> tuple[list[Binding], list[Binding]]:
     """Bindings for a base that is the source itself (same layout in and out)."""
     from edgepack.convert.convert import source_output_specs
@@ -181,7 +181,7 @@ def _onnx_base(handle: ModelHandle, work: Path, profile: DeviceProfile, calib: D
     if handle.format is ModelFormat.ONNX:
         path, _, _ = onnx_of(handle, work)
         names = [s.name for s in handle.inputs]
-        inputs, outputs = _identity_bindings(handle, engine_for(handle), calib.batch(names, 0))
+        inputs, outputs = identity_bindings(handle, engine_for(handle), calib.batch(names, 0))
         return _Base(path, inputs, outputs)
     result = convert_model(handle, "onnx", work / "base.onnx", profile, calib)
     return _Base(result.artifact.path, result.artifact.inputs, result.artifact.outputs)
@@ -195,12 +195,12 @@ def _tflite_base(handle: ModelHandle, work: Path, profile: DeviceProfile, calib:
     names = [s.name for s in handle.inputs]
     if handle.format is ModelFormat.SAVEDMODEL:
         assert handle.path is not None
-        inputs, outputs = _identity_bindings(handle, engine_for(handle), calib.batch(names, 0))
+        inputs, outputs = identity_bindings(handle, engine_for(handle), calib.batch(names, 0))
         return _Base(handle.path, inputs, outputs)
     if handle.format is ModelFormat.KERAS:
         assert handle.path is not None
         saved = keras_saved_model(handle.path, work / "keras_saved_model")
-        inputs, outputs = _identity_bindings(handle, engine_for(handle), calib.batch(names, 0))
+        inputs, outputs = identity_bindings(handle, engine_for(handle), calib.batch(names, 0))
         return _Base(saved, inputs, outputs)
     result = convert_model(handle, "savedmodel", work / "base_saved_model", profile, calib)
     return _Base(result.artifact.path, result.artifact.inputs, result.artifact.outputs)

@@ -2,6 +2,8 @@
 
 ``python -m edgepack.examples.digits OUT.onnx`` trains it (about 98% test accuracy in a few seconds
 on a CPU) and exports it to ONNX; that is how ``edgepack/examples/digits_cnn.onnx`` was made.
+``python -m edgepack.examples.digits --data DIR`` writes the demo's data: ``calib.npz`` (300 training
+images) and ``eval.npz`` (the held-out test split with labels, never seen in training).
 """
 
 from __future__ import annotations
@@ -93,5 +95,18 @@ def main(out: str) -> int:
     return 0
 
 
+def write_demo_data(folder: str) -> int:
+    data = load_digits_data()
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "calib.npz", x=data.x_train[:300])
+    np.savez(out / "eval.npz", x=data.x_test, y=data.y_test)
+    print(f"wrote {out / 'calib.npz'} (300 training images) and {out / 'eval.npz'} "
+          f"({len(data.x_test)} held-out images with labels)")
+    return 0
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--data":
+        sys.exit(write_demo_data(sys.argv[2]))
     sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "digits_cnn.onnx"))

@@ -80,6 +80,10 @@ class Runner(abc.ABC):
     def run(self, requests: list[RunRequest]) -> list[Measurement]:
         """Measure each request in order; never raises for failures on the device."""
 
+    def identity(self) -> str:
+        """What identifies the device in the records ("local", or its SSH host key fingerprint)."""
+        return self.label
+
     def close(self) -> None:  # noqa: B027 - optional for runners that hold no connection
         """Release connections; the runner may be used again afterwards."""
 

@@ -22,6 +22,8 @@ from typing import Any
 from edgepack.errors import EdgepackError
 from edgepack.runners.base import HARNESS, Measurement, Runner, RunRequest, parse_harness_output
 
+PID_FILE = ".edgepack-harness.pid"
+
 
 class HostKeyError(EdgepackError):
     """The device's host key is unknown or has changed."""
@@ -119,6 +121,7 @@ class SshRunner(Runner):
         self._uploaded: set[str] = set()
         self._stale_dirs: list[str] = []  # temp dirs a lost connection kept us from removing
         self._tmp_base: str | None = None
+        self._orphans_checked = False
         self.host_key_fingerprint: str | None = None
 
     # -- 1. connect ---------------------------------------------------------------------------------
@@ -153,7 +156,23 @@ class SshRunner(Runner):
         self._client = client
         self.host_key_fingerprint = "SHA256:" + _fingerprint(client.get_transport().get_remote_server_key())
         self._cleanup_stale()
+        if not self._orphans_checked:
+            self._orphans_checked = True
+            self._remove_orphans()
         return client
+
+    def identity(self) -> str:
+        """The host key fingerprint: a reinstalled or different board is a different device."""
+        self._connect()
+        assert self.host_key_fingerprint is not None
+        return self.host_key_fingerprint
+
+    def execute(self, command: str, timeout: float = 60.0) -> tuple[int, str, str]:
+        """Run one shell command on the device (the caller quotes every path in it); returns code, out, err."""
+        return self._exec(command, timeout)
+
+    def open_sftp(self) -> Any:
+        return self._connect().open_sftp()
 
     def close(self) -> None:
         if self._client is not None:
@@ -165,6 +184,14 @@ class SshRunner(Runner):
         out = stdout.read().decode(errors="replace")
         err = stderr.read().decode(errors="replace")
         return stdout.channel.recv_exit_status(), out, err
+
+    def _remove_orphans(self) -> None:
+        """Work directories of runs whose connection died (here or in an earlier, killed edgepack):
+        removed once their harness is no longer running. A directory without a pid file may belong to
+        a run being set up right now by another edgepack, and is left alone."""
+        pattern = shlex.quote(self._temp_base()) + "/edgepack.*"
+        self._exec(f"for d in {pattern}; do [ -f \"$d/{PID_FILE}\" ] || continue; "
+                   f"kill -0 \"$(cat \"$d/{PID_FILE}\")\" 2>/dev/null || rm -rf -- \"$d\"; done; true")
 
     def _cleanup_stale(self) -> None:
         while self._stale_dirs:
@@ -269,9 +296,12 @@ class SshRunner(Runner):
         # that group's id, which a timeout kills as a whole), then remove the work directory, unless
         # outputs are still to be fetched.
         quoted = shlex.quote(workdir)
-        cleanup = "" if request.want_outputs else f"; rm -rf -- {quoted}"
-        wrapped = (f"cd {quoted} && setsid -w sh -c {shlex.quote('echo $$; exec ' + command)}; "
-                   f"rc=$?{cleanup}; exit $rc")
+        # (with outputs to fetch, only the pid file goes: the directory is no orphan, we still read it)
+        cleanup = f"; rm -f -- {quoted}/{PID_FILE}" if request.want_outputs else f"; rm -rf -- {quoted}"
+        # The harness's pid also goes into the directory: if this connection dies mid-run, the harness
+        # finishes on its own and a later connection removes the directory once that pid is gone.
+        inner = shlex.quote(f"echo $$; echo $$ > {PID_FILE}; exec {command}")
+        wrapped = f"cd {quoted} && setsid -w sh -c {inner}; rc=$?{cleanup}; exit $rc"
         channel = self._connect().get_transport().open_session()
         channel.exec_command(wrapped)
         stdout, stderr = b"", b""

@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from edgepack.errors import UsageError
 from edgepack.profiles import DeviceProfile
 
 PRUNE_RATIOS = (0.0, 0.3, 0.5, 0.7)
@@ -28,6 +29,16 @@ class CompressionPlan:
     @property
     def is_baseline(self) -> bool:
         return self.precision == "fp32" and self.prune_ratio == 0.0
+
+    @property
+    def artifact(self) -> tuple[str, str, float]:
+        """What decides the file: plans differing only in threads share one artifact."""
+        return (self.format, self.precision, self.prune_ratio)
+
+    @property
+    def label(self) -> str:
+        pruned = f" pruned {self.prune_ratio:.0%}" if self.prune_ratio else ""
+        return f"{self.format} {self.precision}{pruned} x{self.threads}"
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "key": self.key}
@@ -51,17 +62,38 @@ def thread_counts(cores: int) -> list[int]:
     return counts
 
 
-def plans_for(profile: DeviceProfile, prune_ratios: tuple[float, ...] = PRUNE_RATIOS) -> list[CompressionPlan]:
-    """format x precision x pruning x threads, as far as the profile allows (ONNX has no fp16 on CPUs)."""
-    precisions = [p for p in profile.precisions.supported
-                  if not profile.precisions.required or p in profile.precisions.required]
+def _narrow(kind: str, allowed: list[Any], wanted: list[Any] | None, profile: DeviceProfile) -> list[Any]:
+    if wanted is None:
+        return allowed
+    unknown = [w for w in wanted if w not in allowed]
+    if unknown:
+        raise UsageError(f"{profile.name} does not allow {kind} {', '.join(map(str, unknown))}",
+                         f"pick from {', '.join(map(str, allowed))}")
+    return [a for a in allowed if a in wanted]
+
+
+def plans_for(profile: DeviceProfile, prune_ratios: tuple[float, ...] = PRUNE_RATIOS, *,
+              formats: list[str] | None = None, precisions: list[str] | None = None,
+              threads: list[int] | None = None) -> list[CompressionPlan]:
+    """format x precision x pruning x threads, as far as the profile allows (ONNX has no fp16 on CPUs);
+    ``formats``, ``precisions`` and ``threads`` narrow the space to what the user asked for."""
+    allowed = [p for p in profile.precisions.supported
+               if not profile.precisions.required or p in profile.precisions.required]
+    wanted_precisions = _narrow("precision", allowed, precisions, profile)
+    wanted_formats = _narrow("format", formats_for(profile), formats, profile)
+    if threads is not None and any(t < 1 or t > profile.cores for t in threads):
+        raise UsageError(f"{profile.name} has {profile.cores} cores; --threads {threads} is out of range",
+                         f"pick thread counts from 1 to {profile.cores}")
+    thread_list = sorted(set(threads)) if threads else thread_counts(profile.cores)
+    if any(not 0 <= r < 1 for r in prune_ratios):
+        raise UsageError(f"prune ratios {list(prune_ratios)} must be in [0, 1)", "e.g. --prune 0,0.3,0.5")
     plans = []
-    for fmt in formats_for(profile):
-        for precision in precisions:
+    for fmt in wanted_formats:
+        for precision in wanted_precisions:
             if fmt == "onnx" and precision == "fp16" and profile.device_class == "cpu":
                 continue  # ONNX Runtime's CPU provider computes fp16 models in fp32 after a cast
-            for ratio in prune_ratios:
-                for threads in thread_counts(profile.cores):
+            for ratio in sorted(set(prune_ratios)):
+                for threads in thread_list:
                     plans.append(CompressionPlan(fmt, precision, ratio, threads))
     return plans
 

@@ -1,6 +1,7 @@
 """Which candidate to measure next: ``propose()`` -> candidate or None (done), ``observe(...)``.
 
-Measure the fp32 baseline first; then, again and again, the candidate the predictor ranks best among
+Measure the fp32 baseline first, and the most promising candidate of each other runtime once (a
+runtime never measured has only the prior); then, again and again, the candidate the predictor ranks best among
 those not yet measured and not known to break a constraint; refit after each measurement. Stop when
 no unmeasured candidate can beat the best measured feasible one by more than the predictor's margin,
 or when ``max_measurements`` are spent.
@@ -9,6 +10,7 @@ or when ``max_measurements`` are spent.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from edgepack.predict import Features, Predictor
 from edgepack.search.space import CompressionPlan, Constraints
@@ -18,14 +20,26 @@ from edgepack.search.space import CompressionPlan, Constraints
 class Candidate:
     plan: CompressionPlan
     features: Features
-    size_mb: float
+    size_mb: float  # an estimate until built
     accuracy_drop: float | None = None  # known once built and checked on held-out data
     latency_ms: float | None = None  # measured p50
     peak_rss_mb: float | None = None
+    built: bool = True
+    error: str | None = None  # the build or the measurement failed: never proposed again
+    skipped: str | None = None  # ruled out without building it, and why
+    predicted_ms: float | None = None  # just before it was measured; for the unmeasured, at the end
+    p90_ms: float | None = None
+    result: dict[str, Any] | None = None  # what the harness reported for it
 
     @property
     def measured(self) -> bool:
         return self.latency_ms is not None
+
+    def known_blockers(self, constraints: Constraints) -> list[str]:
+        """What rules it out before measuring: size and accuracy, once it is built."""
+        if not self.built:
+            return []
+        return constraints.violations(self.size_mb, None, None, self.accuracy_drop)
 
 
 @dataclass
@@ -58,17 +72,23 @@ class Strategy:
         return min(feasible, key=key)  # type: ignore[arg-type]
 
     def propose(self) -> Candidate | None:
-        measured = [c for c in self.candidates if c.measured]
-        if len(measured) >= self.max_measurements:
+        attempted = [c for c in self.candidates if c.measured or (c.error and c.built)]
+        if len(attempted) >= self.max_measurements:
             return None
-        if not measured:
-            baselines = [c for c in self.candidates if c.plan.is_baseline]
-            return max(baselines or self.candidates, key=lambda c: c.plan.threads)
-        # size and accuracy are known before measuring: never measure what they already rule out
-        open_ = [c for c in self.candidates if not c.measured
-                 and not self.constraints.violations(c.size_mb, None, None, c.accuracy_drop)]
+        # size and accuracy are known once built: never measure what they already rule out
+        open_ = [c for c in self.candidates if not c.measured and not c.error and not c.skipped
+                 and not c.known_blockers(self.constraints)]
         if not open_:
             return None
+        if not any(c.measured for c in self.candidates):
+            baselines = [c for c in open_ if c.plan.is_baseline]
+            if baselines:
+                return max(baselines, key=lambda c: c.plan.threads)
+        # a runtime never measured has only the prior to go on: measure its most promising candidate once
+        seen = {c.plan.format for c in self.candidates if c.measured}
+        unseen = [c for c in open_ if c.plan.format not in seen]
+        if unseen:
+            return min(unseen, key=self.predicted)
         best = self.best()
         margin = self.predictor.margin
         if self.objective == "latency":
@@ -87,6 +107,8 @@ class Strategy:
         return pick
 
     def observe(self, candidate: Candidate, latency_ms: float, peak_rss_mb: float | None = None) -> None:
+        if candidate.predicted_ms is None:
+            candidate.predicted_ms = self.predictor.latency_ms(candidate.features)
         candidate.latency_ms, candidate.peak_rss_mb = latency_ms, peak_rss_mb
         self.predictor.observe(candidate.features, latency_ms, peak_rss_mb)
         plan = candidate.plan

@@ -67,3 +67,27 @@ def test_size_objective_and_budget():
     used = run(strategy)
     best = strategy.best()
     assert used <= 8 and best is not None and best.latency_ms is not None and best.latency_ms <= 3.0
+
+
+def test_each_runtime_is_measured_before_stopping_and_skipped_ones_never():
+    pool = [c for c in candidates() if c.plan.prune_ratio in (0.0, 0.7)]
+    for c in pool:
+        if c.plan.prune_ratio == 0.7:
+            c.skipped = "pruning 70% alone loses too much"
+    strategy = Strategy(pool, Predictor(), Constraints(), max_measurements=len(pool))
+    run(strategy)
+    measured = [c for c in pool if c.measured]
+    assert {c.plan.format for c in measured} == {"tflite", "onnx"}
+    assert not any(c.plan.prune_ratio == 0.7 for c in measured)
+
+
+def test_unbuilt_candidates_are_proposed_and_size_rules_out_only_once_built():
+    pool = [c for c in candidates() if c.plan.prune_ratio == 0.0 and c.plan.threads == 1]
+    for c in pool:
+        c.built = False
+    strategy = Strategy(pool, Predictor(), Constraints(max_size_mb=1.5), max_measurements=len(pool))
+    first = strategy.propose()
+    assert first is not None and first.plan.is_baseline and not first.built  # the caller builds it first
+    for c in pool:
+        c.built = True  # now the real sizes are known: fp32 (4 MB) is over the limit
+    assert all(c.plan.precision == "int8" for c in [strategy.propose()] if c is not None)

@@ -1,0 +1,150 @@
+"""How well ``edgepack build``'s search does against measuring everything, on the SSH device.
+
+    .venv/bin/python benchmarks/search.py [--runs 100] [--models digits,mobilenet]
+
+For each model: run the build (strategy + predictor, fresh records), then build every artifact of
+the same space and measure EVERY candidate on the same device in the same run (fresh harness process
+each). Printed per model: measurements the build used against the exhaustive count; the chosen
+candidate's latency in the exhaustive run against the best feasible one there; and the share of
+candidates whose latency the build's final predictor put within +-10% of the exhaustive measurement.
+
+The device is a real OpenSSH server on loopback (this machine, 2 cores), profile ``host``: formats
+onnx and tflite; fp32, fp16 (TFLite), int8, dynamic; pruning 0/0.3/0.5/0.7; 1 and 2 threads.
+digits: the bundled CNN with its held-out split (accuracy limit 1 point). mobilenet: the
+MobileNetV2-like model at 3x96x96 with random weights, so it has no accuracy to keep: the limit is
+lifted (latency-only search) and it is calibrated on random images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from edgepack.data import Dataset
+from edgepack.model import load_model
+from edgepack.pipeline import Build, BuildOptions
+from edgepack.profiles import ProfileRegistry
+from edgepack.render import table
+from edgepack.runners.base import RunRequest
+from edgepack.runners.factory import SshOptions
+from edgepack.runners.loopback import SshDevice
+from edgepack.search.space import Constraints
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "edgepack" / "examples" / "digits_cnn.onnx"
+
+
+def digits_case(work: Path) -> tuple[Path, Dataset, Dataset, Constraints]:
+    from edgepack.examples.digits import load_digits_data
+
+    data = load_digits_data()
+    return (EXAMPLE, Dataset({"image": data.x_train[:300]}), Dataset({"image": data.x_test}, data.y_test),
+            Constraints(max_accuracy_drop=1.0))
+
+
+def mobilenet_case(work: Path) -> tuple[Path, Dataset, Dataset, Constraints]:
+    import torch
+
+    from edgepack.convert.torch_to_onnx import export_to_onnx
+    from edgepack.examples.mobilenet import mobilenet_like
+
+    path = export_to_onnx(mobilenet_like(), (torch.zeros(1, 3, 96, 96),), work / "mobilenet.onnx",
+                          input_names=["image"]).path
+    rng = np.random.default_rng(0)
+    images = rng.normal(0, 1, (260, 3, 96, 96)).astype(np.float32)
+    return path, Dataset({"image": images[:200]}), Dataset({"image": images[200:]}), Constraints(max_accuracy_drop=100)
+
+
+def run_case(name: str, case: tuple[Path, Dataset, Dataset, Constraints], device: SshDevice, work: Path,
+             runs: int, saved: list[dict[str, object]]) -> list[list[str]]:
+    model, calib, eval_data, constraints = case
+    profile = ProfileRegistry.discover().get("host")
+    ssh = SshOptions((device.target,), device.known_hosts, device.client_key, False, device.python)
+    options = BuildOptions(constraints, max_measurements=100, runs=runs, output_dir=work / "dist",
+                           cache_dir=work / f"cache-{name}")
+    (work / f"cache-{name}" / "records.jsonl").unlink(missing_ok=True)  # built artifacts may be reused
+
+    def say(line: str) -> None:
+        print(f"  [{name}] {line}", file=sys.stderr, flush=True)
+
+    build = Build(load_model(model), profile, options, ssh, calib, eval_data, say)
+    result = build.run()
+    used = result.new - 1  # the chosen candidate's per-op profile is not part of the search
+    assert result.chosen is not None and result.predictor is not None
+
+    # exhaustive: every artifact built, every candidate measured, on the same device, now
+    runner = build.runners[0]
+    truth: dict[str, float] = {}
+    feasible: dict[str, bool] = {}
+    for c in result.candidates:
+        if c.error and not c.built:
+            continue
+        built = build.builder.build(c.plan)
+        request = RunRequest(built.artifact.path, threads=c.plan.threads, warmup=profile.benchmark.warmup,
+                             runs=runs)
+        m = runner.run([request])[0]
+        if not m.ok or m.p50_ms is None:
+            say(f"exhaustive: {c.plan.label}: {m.error}")
+            continue
+        truth[c.plan.key] = m.p50_ms
+        rss = m.result.get("peak_rss_mb")
+        feasible[c.plan.key] = not build.options.constraints.violations(built.size_mb, rss, m.p50_ms,
+                                                                        built.accuracy_drop)
+        if c.built is False:  # the build never built it: give the predictor the real features now
+            from edgepack.pipeline import features_of
+
+            c.features = features_of(built.artifact.path, built.artifact.format, c.plan, profile)
+    runner.close()
+    for c in result.candidates:
+        if c.plan.key in truth:
+            saved.append({"model": name, "plan": c.plan.to_dict(), "features": c.features.__dict__,
+                          "p50_ms": truth[c.plan.key], "feasible": feasible[c.plan.key],
+                          "measured_by_build": c.measured})
+    best_key = min((k for k in truth if feasible[k]), key=truth.__getitem__)
+    best = next(c for c in result.candidates if c.plan.key == best_key)
+    chosen_truth = truth[result.chosen.plan.key]
+    errors = [abs(result.predictor.latency_ms(c.features) - truth[c.plan.key]) / truth[c.plan.key]
+              for c in result.candidates if c.plan.key in truth]
+    within = sum(e <= 0.10 for e in errors) / len(errors)
+    return [[name, str(len(result.candidates)), str(used), str(len(truth)), f"{used / len(truth):.0%}",
+             result.chosen.plan.label, f"{chosen_truth:.4f}", best.plan.label, f"{truth[best_key]:.4f}",
+             f"{(chosen_truth / truth[best_key] - 1):+.1%}", f"{within:.0%}",
+             f"{statistics.median(errors):.0%}"]]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=100, help="timed runs per measurement")
+    parser.add_argument("--models", default="digits,mobilenet")
+    parser.add_argument("--work", type=Path, help="keep built artifacts here between runs (default: a temp dir)")
+    parser.add_argument("--save", type=Path, help="write every candidate's features and measured p50 as JSON")
+    args = parser.parse_args()
+    cases = {"digits": digits_case, "mobilenet": mobilenet_case}
+    rows: list[list[str]] = []
+    saved: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory(prefix="edgepack-bench-search-") as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        device = SshDevice(Path(tmp) / "device").start()
+        try:
+            for name in args.models.split(","):
+                rows += run_case(name, cases[name](work), device, work / name, args.runs, saved)
+        finally:
+            device.kill()
+    if args.save:
+        args.save.write_text(json.dumps(saved, indent=1))
+    print(table(["model", "candidates", "build measured", "exhaustive", "share", "build chose", "its p50 ms",
+                 "exhaustive best", "best p50 ms", "chosen vs best", "predictor within 10%", "median error"],
+                rows, "lrrrrlrlrrrr"))
+    print("p50 figures are all from the exhaustive run (same device, same run); 'build measured' excludes the "
+          "chosen candidate's per-op profile run; predictor: the build's final fit on every candidate")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""What a build puts in its package: the chosen artifact, its plan and figures, the constraints and
+whether each held, the candidate table, and one held-out sample for the smoke test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgepack.package import PackageContents, write_package
+
+if TYPE_CHECKING:
+    from edgepack.pipeline import Build, BuildResult
+    from edgepack.search.strategy import Candidate
+
+
+def constraint_report(result: BuildResult, chosen: Candidate) -> dict[str, Any]:
+    """Every constraint that was set: its limit, the chosen candidate's figure, and whether it held."""
+    c = result.constraints
+    figures = {"max_size_mb": (c.max_size_mb, chosen.size_mb), "max_ram_mb": (c.max_ram_mb, chosen.peak_rss_mb),
+               "max_latency_ms": (c.max_latency_ms, chosen.latency_ms),
+               "max_accuracy_drop": (c.max_accuracy_drop, chosen.accuracy_drop)}
+    return {name: {"limit": limit, "value": value, "held": value is None or value <= limit}
+            for name, (limit, value) in figures.items() if limit is not None}
+
+
+def report_rows(result: BuildResult) -> list[dict[str, Any]]:
+    rows = []
+    for c in result.candidates:
+        if not c.built or c.error:
+            continue
+        row = result.row(c)
+        row["quality"] = "-" if c.accuracy_drop is None else f"drop {c.accuracy_drop:.2f} pts"
+        row["measured"] = c.measured
+        rows.append(row)
+    return rows
+
+
+def write_build_package(build: Build, result: BuildResult, op_result: dict[str, Any] | None) -> Path:
+    chosen = result.chosen
+    assert chosen is not None and chosen.result is not None
+    built = result.built[chosen.plan.artifact]
+    measurement = {**chosen.result, "measured_on": result.where,
+                   "op_profile": (op_result or {}).get("op_profile")}
+    plan = {**chosen.plan.to_dict(), "route": built.artifact.route, **built.details,
+            "accuracy_drop_pts": built.accuracy_drop,
+            "checked_against_original": {k: built.fidelity.get(k) for k in
+                                         ("samples", "data", "source_accuracy", "accuracy")}}
+    names = [s.name for s in build.handle.inputs]
+    contents = PackageContents(
+        name=f"{build.handle.name}-{build.profile.name}", artifact=built.artifact,
+        source_name=build.handle.source, source_sha256=build.handle.sha256, device=build.profile.name,
+        plan=plan, measurement=measurement, candidates=report_rows(result),
+        constraints=constraint_report(result, chosen), preprocessing=build.options.preprocessing,
+        sample=build.eval_data.batch(names, 0)[0] if len(names) == 1 else None)
+    return write_package(contents, build.options.output_dir)

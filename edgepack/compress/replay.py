@@ -1,0 +1,174 @@
+"""Turn a CompressionPlan into a verified artifact, once: the same plan on the same source and data is
+never built twice (``<cache>/artifacts/<key>/``, the key a hash of everything that decides the file).
+
+Pruning happens once per ratio on the fp32 model (prune, then distil from the original); every format
+and precision of that ratio is converted or quantized from the pruned model. Each artifact is then
+checked against the ORIGINAL model on held-out data, so that a pruned-then-quantized candidate shows
+its whole loss, not the last step's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgepack import __version__
+from edgepack.artifact import Artifact, install, staging_dir
+from edgepack.data import Dataset
+from edgepack.errors import EdgepackError
+from edgepack.model import ModelFormat, ModelHandle, load_model
+from edgepack.profiles import DeviceProfile
+from edgepack.search.space import CompressionPlan
+
+EVAL_SAMPLES = 500  # held-out samples each artifact is checked on
+
+
+@dataclass
+class BuiltArtifact:
+    artifact: Artifact
+    accuracy_drop: float | None  # percentage points against the original model
+    fidelity: dict[str, Any]  # the validation report against the original
+    details: dict[str, Any] = field(default_factory=dict)  # quantization / pruning parameters
+    error: str | None = None
+
+    @property
+    def size_mb(self) -> float:
+        return self.artifact.size_bytes / 1e6
+
+
+class BuildFailed(EdgepackError):
+    """One plan could not be built; the search moves on without it."""
+
+
+def dataset_sha256(data: Dataset | None) -> str:
+    digest = hashlib.sha256()
+    if data is not None:
+        for name in sorted(data.inputs):
+            digest.update(name.encode() + np.ascontiguousarray(data.inputs[name]).tobytes())
+        if data.labels is not None:
+            digest.update(np.ascontiguousarray(data.labels).tobytes())
+    return digest.hexdigest()
+
+
+class PlanBuilder:
+    def __init__(self, handle: ModelHandle, profile: DeviceProfile, calib: Dataset, eval_data: Dataset,
+                 cache: Path, *, calibrated: bool, max_accuracy_drop: float, distill_epochs: int = 10) -> None:
+        from edgepack.engines import engine_for
+
+        self.handle, self.profile, self.calib, self.eval_data = handle, profile, calib, eval_data
+        self.calibrated, self.max_accuracy_drop, self.distill_epochs = calibrated, max_accuracy_drop, distill_epochs
+        self.source = engine_for(handle)
+        self._data_key = dataset_sha256(calib) + dataset_sha256(eval_data)
+        self.root = cache / "artifacts"
+        self._pruned: dict[float, tuple[ModelHandle, dict[str, Any]]] = {}
+
+    def key(self, what: dict[str, Any]) -> str:
+        text = json.dumps({**what, "source": self.handle.sha256, "data": self._data_key, "edgepack": __version__,
+                           "max_accuracy_drop": self.max_accuracy_drop, "distill_epochs": self.distill_epochs,
+                           "tolerances": self.profile.tolerances.model_dump()}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    def build(self, plan: CompressionPlan) -> BuiltArtifact:
+        """The artifact for ``plan`` (from the cache when it was built before); raises BuildFailed."""
+        fmt, precision, ratio = plan.artifact
+        folder = self.root / self.key({"format": fmt, "precision": precision, "prune_ratio": ratio})
+        record = folder / "build.json"
+        if record.exists():
+            saved = json.loads(record.read_text())
+            if saved.get("error"):
+                raise BuildFailed(saved["error"])
+            return BuiltArtifact(Artifact.load(folder / saved["file"]), saved["accuracy_drop"], saved["fidelity"],
+                                 saved["details"])
+        try:
+            built = self._make(fmt, precision, ratio, folder / f"model.{fmt}")
+        except EdgepackError as exc:
+            _write_json(record, {"error": str(exc)})  # a plan that cannot be built stays unbuildable
+            raise BuildFailed(str(exc)) from None
+        _write_json(record, {"file": built.artifact.path.name, "accuracy_drop": built.accuracy_drop,
+                             "fidelity": built.fidelity, "details": built.details})
+        return built
+
+    # -- making one -------------------------------------------------------------------------------------
+    def _make(self, fmt: str, precision: str, ratio: float, output: Path) -> BuiltArtifact:
+        from edgepack.compress.quantize import quantize_model
+
+        handle, details = self._pruned_source(ratio) if ratio else (self.handle, {})
+        if precision == "fp32":
+            artifact = self._fp32(handle, fmt, output)
+        else:
+            result = quantize_model(handle, self.calib, self.profile, output, fmt=fmt, mode=precision,
+                                    eval_data=self.eval_data, max_accuracy_drop=self.max_accuracy_drop)
+            artifact = result.artifact
+            details = {**details, "quantization": {
+                "mode": precision, "calibration_samples": result.calibration_samples if self.calibrated else 0,
+                "float_layers": [f.__dict__ for f in result.float_layers], "notes": result.notes + artifact.notes}}
+        drop, fidelity = self._check(artifact)
+        return BuiltArtifact(artifact, drop, fidelity, details)
+
+    def _fp32(self, handle: ModelHandle, fmt: str, output: Path) -> Artifact:
+        from edgepack.convert.convert import convert_model
+
+        same = (fmt == "onnx" and handle.format is ModelFormat.ONNX) or \
+            (fmt == "tflite" and handle.format is ModelFormat.TFLITE)
+        if not same:
+            return convert_model(handle, fmt, output, self.profile, self.calib).artifact
+        from edgepack.compress.quantize import identity_bindings
+
+        assert handle.path is not None
+        names = [s.name for s in handle.inputs]
+        from edgepack.engines import engine_for
+
+        inputs, outputs = identity_bindings(handle, engine_for(handle), self.calib.batch(names, 0))
+        staging = staging_dir(output)
+        try:
+            staged = staging / output.name
+            shutil.copyfile(handle.path, staged)
+            return install(staged, Artifact(staged, fmt, "as given", self.handle.sha256, inputs, outputs), output)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _pruned_source(self, ratio: float) -> tuple[ModelHandle, dict[str, Any]]:
+        """The fp32 ONNX model pruned by ``ratio`` and distilled from the original (built once)."""
+        if ratio in self._pruned:
+            return self._pruned[ratio]
+        from edgepack.compress.pruning import prune_model
+
+        folder = self.root / self.key({"pruned": ratio})
+        path, record = folder / "pruned.onnx", folder / "pruning.json"
+        if not record.exists():
+            if not self.calibrated:
+                raise BuildFailed("pruning needs --calib data to distil on")
+            result = prune_model(self.handle, self.calib, self.profile, path, ratio=ratio, fmt="onnx",
+                                 precision="fp32", distill_epochs=self.distill_epochs, eval_data=self.eval_data)
+            _write_json(record, {"pruning": {
+                "ratio_asked": ratio, "ratio": result.ratio, "history": result.history,
+                "protected_layers": result.protected, "notes": result.notes,
+                "distillation": result.distill_report.__dict__ if result.distill_report else None}})
+        pruned = load_model(path)
+        self._pruned[ratio] = (pruned, json.loads(record.read_text()))
+        return self._pruned[ratio]
+
+    def _check(self, artifact: Artifact) -> tuple[float | None, dict[str, Any]]:
+        """Accuracy (with labels) or top-1 agreement of the artifact against the original model."""
+        from edgepack.compress.quantize import accuracy_drop
+        from edgepack.convert.validate import compare
+        from edgepack.engines import engine_for_file
+
+        report = compare("against the original", self.source, engine_for_file(artifact.path, artifact.format),
+                         artifact.inputs, artifact.outputs, self.eval_data,
+                         "held-out" if self.calibrated else "random", self.profile.tolerances, EVAL_SAMPLES)
+        return accuracy_drop(report), report.to_dict()
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomically: a build killed mid-write leaves no record, so the plan is simply built again."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    partial.replace(path)
