@@ -4,7 +4,8 @@
 
 For each model: run the build (strategy + predictor, fresh records), then build every artifact of
 the same space and measure EVERY candidate on the same device in the same run (fresh harness process
-each). Printed per model: measurements the build used against the exhaustive count; the chosen
+each, three rounds interleaved: this machine is shared and noisy). Printed per model: measurements
+the build used against the exhaustive count; the chosen
 candidate's latency in the exhaustive run against the best feasible one there; and the share of
 candidates whose latency the build's final predictor put within +-10% of the exhaustive measurement.
 
@@ -61,7 +62,7 @@ def mobilenet_case(work: Path) -> tuple[Path, Dataset, Dataset, Constraints]:
 
 
 def run_case(name: str, case: tuple[Path, Dataset, Dataset, Constraints], device: SshDevice, work: Path,
-             runs: int, saved: list[dict[str, object]]) -> list[list[str]]:
+             runs: int, rounds: int, saved: list[dict[str, object]]) -> list[list[str]]:
     model, calib, eval_data, constraints = case
     profile = ProfileRegistry.discover().get("host")
     ssh = SshOptions((device.target,), device.known_hosts, device.client_key, False, device.python)
@@ -77,29 +78,36 @@ def run_case(name: str, case: tuple[Path, Dataset, Dataset, Constraints], device
     used = result.new - 1  # the chosen candidate's per-op profile is not part of the search
     assert result.chosen is not None and result.predictor is not None
 
-    # exhaustive: every artifact built, every candidate measured, on the same device, now
+    # exhaustive: every artifact built, every candidate measured ROUNDS times (rounds interleaved, a
+    # fresh harness process each), on the same device, now; truth = the median of its p50s
+    from edgepack.pipeline import features_of
+
     runner = build.runners[0]
-    truth: dict[str, float] = {}
-    feasible: dict[str, bool] = {}
+    todo = []
     for c in result.candidates:
         if c.error and not c.built:
             continue
         built = build.builder.build(c.plan)
-        request = RunRequest(built.artifact.path, threads=c.plan.threads, warmup=profile.benchmark.warmup,
-                             runs=runs)
-        m = runner.run([request])[0]
-        if not m.ok or m.p50_ms is None:
-            say(f"exhaustive: {c.plan.label}: {m.error}")
-            continue
-        truth[c.plan.key] = m.p50_ms
-        rss = m.result.get("peak_rss_mb")
-        feasible[c.plan.key] = not build.options.constraints.violations(built.size_mb, rss, m.p50_ms,
-                                                                        built.accuracy_drop)
-        if c.built is False:  # the build never built it: give the predictor the real features now
-            from edgepack.pipeline import features_of
-
+        if not c.built:  # the build never built it: give the predictor the real features now
             c.features = features_of(built.artifact.path, built.artifact.format, c.plan, profile)
+        todo.append((c, built))
+    samples: dict[str, list[float]] = {c.plan.key: [] for c, _ in todo}
+    rss: dict[str, float] = {}
+    for _ in range(rounds):
+        for c, built in todo:
+            m = runner.run([RunRequest(built.artifact.path, threads=c.plan.threads,
+                                       warmup=profile.benchmark.warmup, runs=runs)])[0]
+            if m.ok and m.p50_ms is not None:
+                samples[c.plan.key].append(m.p50_ms)
+                rss[c.plan.key] = m.result.get("peak_rss_mb") or 0.0
+            else:
+                say(f"exhaustive: {c.plan.label}: {m.error}")
     runner.close()
+    truth = {k: statistics.median(v) for k, v in samples.items() if v}
+    feasible = {c.plan.key: not build.options.constraints.violations(built.size_mb, rss.get(c.plan.key),
+                                                                     truth[c.plan.key], built.accuracy_drop)
+                for c, built in todo if c.plan.key in truth}
+    spread = statistics.median(max(v) / min(v) - 1 for v in samples.values() if len(v) > 1) if rounds > 1 else 0.0
     for c in result.candidates:
         if c.plan.key in truth:
             saved.append({"model": name, "plan": c.plan.to_dict(), "features": c.features.__dict__,
@@ -114,12 +122,13 @@ def run_case(name: str, case: tuple[Path, Dataset, Dataset, Constraints], device
     return [[name, str(len(result.candidates)), str(used), str(len(truth)), f"{used / len(truth):.0%}",
              result.chosen.plan.label, f"{chosen_truth:.4f}", best.plan.label, f"{truth[best_key]:.4f}",
              f"{(chosen_truth / truth[best_key] - 1):+.1%}", f"{within:.0%}",
-             f"{statistics.median(errors):.0%}"]]
+             f"{statistics.median(errors):.0%}", f"{spread:.0%}"]]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=100, help="timed runs per measurement")
+    parser.add_argument("--runs", type=int, default=300, help="timed runs per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="exhaustive: measurements per candidate")
     parser.add_argument("--models", default="digits,mobilenet")
     parser.add_argument("--work", type=Path, help="keep built artifacts here between runs (default: a temp dir)")
     parser.add_argument("--save", type=Path, help="write every candidate's features and measured p50 as JSON")
@@ -133,16 +142,18 @@ def main() -> int:
         device = SshDevice(Path(tmp) / "device").start()
         try:
             for name in args.models.split(","):
-                rows += run_case(name, cases[name](work), device, work / name, args.runs, saved)
+                rows += run_case(name, cases[name](work), device, work / name, args.runs, args.rounds, saved)
         finally:
             device.kill()
     if args.save:
         args.save.write_text(json.dumps(saved, indent=1))
     print(table(["model", "candidates", "build measured", "exhaustive", "share", "build chose", "its p50 ms",
-                 "exhaustive best", "best p50 ms", "chosen vs best", "predictor within 10%", "median error"],
-                rows, "lrrrrlrlrrrr"))
-    print("p50 figures are all from the exhaustive run (same device, same run); 'build measured' excludes the "
-          "chosen candidate's per-op profile run; predictor: the build's final fit on every candidate")
+                 "exhaustive best", "best p50 ms", "chosen vs best", "predictor within 10%", "median error",
+                 "noise"], rows, "lrrrrlrlrrrrr"))
+    print(f"p50 figures: the median of {args.rounds} interleaved exhaustive measurements per candidate (same device, "
+          "same run); 'build measured' counts the build's measurements of candidates (confirmation repeats "
+          "included, the chosen one's per-op profile run not); predictor: the build's final fit on every candidate; "
+          "noise: median spread (max/min - 1) of a candidate's exhaustive p50s")
     return 0
 
 

@@ -30,6 +30,8 @@ from edgepack.runners.pool import DevicePool
 from edgepack.search.space import PRUNE_RATIOS, CompressionPlan, Constraints, plans_for
 from edgepack.search.strategy import Candidate, Strategy
 
+CONTENDERS = 3  # re-measured side by side at the end
+CONTENDER_GAP = 0.15  # ... when within this of the best (or within the predictor's margin, if larger)
 SIZE_FACTOR = {"fp32": 1.0, "fp16": 0.5, "int8": 0.27, "dynamic": 0.27}  # file size against fp32, before building
 
 
@@ -49,6 +51,7 @@ class BuildOptions:
     cache_dir: Path | None = None
     distill_epochs: int = 10
     preprocessing: dict[str, Any] | None = None  # how image files became the calibration data
+    confirm_rounds: int = 2  # the closest contenders are measured this many more times
 
 
 @dataclass
@@ -283,22 +286,23 @@ class Build:
                           runs=self.options.runs or bench.runs, op_profile=op_profile,
                           timeout_s=self.options.timeout_s)
 
-    def _key(self, request: RunRequest, identity: str) -> RecordKey:
+    def _key(self, request: RunRequest, identity: str, repeat: int) -> RecordKey:
         from edgepack.runners.harness import HARNESS_VERSION
 
         runtime = "onnxruntime" if request.model.suffix == ".onnx" else "tflite"
         sha = self.built_sha[request.model]
         return RecordKey(sha, identity, runtime + ("+op-profile" if request.op_profile else ""), request.threads,
-                         HARNESS_VERSION)
+                         HARNESS_VERSION, repeat)
 
     @property
     def built_sha(self) -> dict[Path, str]:
         return {b.artifact.path: b.artifact.sha256 for b in self.built.values()}
 
-    def measure(self, request: RunRequest, pool: DevicePool) -> tuple[dict[str, Any] | None, str | None, bool]:
+    def measure(self, request: RunRequest, pool: DevicePool, repeat: int = 0
+                ) -> tuple[dict[str, Any] | None, str | None, bool]:
         """(harness result, error, from the records?) for one request."""
         for identity in self.identities.values():
-            found = self.records.get(self._key(request, identity))
+            found = self.records.get(self._key(request, identity, repeat))
             if found is not None:
                 self.cached += 1
                 return found, None, True
@@ -307,7 +311,7 @@ class Build:
         if not measurement.ok:
             return None, measurement.error, False
         result = {**measurement.result, "device": measurement.device}
-        self.records.add(self._key(request, self.identities[measurement.device]), result)
+        self.records.add(self._key(request, self.identities[measurement.device], repeat), result)
         return result, None, False
 
     def _measure(self, candidate: Candidate, strategy: Strategy, pool: DevicePool) -> None:
@@ -325,9 +329,40 @@ class Build:
                  f"(predicted {candidate.predicted_ms:.3f}){' [recorded]' if cached else ''}")
 
     # -- after the loop ---------------------------------------------------------------------------------
+    def _confirm(self, strategy: Strategy, pool: DevicePool) -> None:
+        """Measure the closest contenders again, side by side, and judge them by their median: one
+        measurement on a busy board can be off by more than the gap between them."""
+        best = strategy.best()
+        if best is None or best.latency_ms is None or self.options.confirm_rounds < 1:
+            return
+        limit = best.latency_ms * (1 + max(strategy.predictor.margin, CONTENDER_GAP))
+        contenders = sorted((c for c in strategy.feasible_measured() if (c.latency_ms or 0) <= limit),
+                            key=lambda c: c.latency_ms or 0.0)[:CONTENDERS]
+        if len(contenders) < 2:
+            return
+        self.say(f"confirming {len(contenders)} contenders within {limit / best.latency_ms - 1:.0%} of the best: "
+                 f"{self.options.confirm_rounds} more rounds each")
+        results: dict[str, list[dict[str, Any]]] = {c.plan.key: [c.result] for c in contenders if c.result}
+        for repeat in range(1, self.options.confirm_rounds + 1):
+            for c in contenders:
+                found, error, _ = self.measure(self._request(c), pool, repeat)
+                if found is not None:
+                    results[c.plan.key].append(found)
+                else:
+                    self.say(f"confirm {c.plan.label}: FAILED: {error}")
+        for c in contenders:
+            rounds = sorted(results[c.plan.key], key=lambda r: r["latency_ms"]["p50"])
+            middle = rounds[(len(rounds) - 1) // 2]
+            c.result, c.latency_ms, c.p90_ms = middle, middle["latency_ms"]["p50"], middle["latency_ms"].get("p90")
+            c.result["p50_rounds_ms"] = [r["latency_ms"]["p50"] for r in results[c.plan.key]]
+            self.say(f"confirm {c.plan.label}: p50 " + ", ".join(f"{v:.3f}" for v in c.result["p50_rounds_ms"])
+                     + f" ms; median {c.latency_ms:.3f}")
+
     def _finish(self, result: BuildResult, strategy: Strategy, pool: DevicePool) -> None:
         from edgepack.package import pareto_front
 
+        self._confirm(strategy, pool)
+        result.chosen = strategy.best()
         for c in result.candidates:
             if not c.measured:
                 c.predicted_ms = strategy.predictor.latency_ms(c.features)

@@ -29,6 +29,7 @@ PRIOR_BASE_MB = 30.0  # interpreter + runtime resident memory
 RIDGE_MAIN = 0.3  # in log units: how far one measurement moves a correction shared by many plans
 RIDGE_PAIR = 1.0  # interactions need more evidence
 MARGIN_FLOOR = 0.10  # no predictor is trusted closer than run-to-run noise on a shared board
+PRIOR_ERROR, PRIOR_WEIGHT = 0.5, 4  # what the margin assumes before the measurements say otherwise
 
 
 @dataclass(frozen=True)
@@ -104,15 +105,18 @@ class Predictor:
 
     @property
     def margin(self) -> float:
-        """How far off the predictor may be: the 75th percentile of leave-one-out relative errors, never
-        below MARGIN_FLOOR (1.0, i.e. no trust, before 3 measurements)."""
-        if len(self.observations) < 3:
+        """How far off the predictor may be: the 75th percentile of its leave-one-out relative errors,
+        blended with PRIOR_ERROR as if that were seen on PRIOR_WEIGHT points (a few points fit well by
+        chance), never below MARGIN_FLOOR; 1.0 (no trust) before 3 measurements."""
+        n = len(self.observations)
+        if n < 3:
             return 1.0
         errors = []
         for i, (features, ms, _) in enumerate(self.observations):
             rest = self.observations[:i] + self.observations[i + 1:]
             errors.append(abs(self._predict(self._fit(rest), features) - ms) / ms if ms > 0 else 0.0)
-        return max(MARGIN_FLOOR, float(np.percentile(errors, 75)))
+        loo = float(np.percentile(errors, 75))
+        return max(MARGIN_FLOOR, (n * loo + PRIOR_WEIGHT * PRIOR_ERROR) / (n + PRIOR_WEIGHT))
 
 
 def _value(features: Features, name: str, center: float) -> float:

@@ -29,9 +29,10 @@ class RecordKey:
     runtime: str  # "tflite" | "onnxruntime" | "auto"
     threads: int
     harness_version: str
+    repeat: int = 0  # 1, 2, ...: the same thing measured again, to see through the device's noise
 
-    def as_tuple(self) -> tuple[str, str, str, int, str]:
-        return (self.artifact_sha256, self.device, self.runtime, self.threads, self.harness_version)
+    def as_tuple(self) -> tuple[str, str, str, int, str, int]:
+        return (self.artifact_sha256, self.device, self.runtime, self.threads, self.harness_version, self.repeat)
 
 
 class Records:
@@ -39,7 +40,7 @@ class Records:
 
     def __init__(self, cache_dir: Path | None = None) -> None:
         self.path = (cache_dir or default_cache_dir()) / "records.jsonl"
-        self._index: dict[tuple[str, str, str, int, str], dict[str, Any]] = {}
+        self._index: dict[tuple[str, str, str, int, str, int], dict[str, Any]] = {}
         for record in self._read():
             self._index[RecordKey(**record["key"]).as_tuple()] = record["result"]
 

@@ -27,7 +27,7 @@ def test_refit_learns_each_precisions_efficiency():
         predictor.observe(f, device_latency(f))
     for probe in (features(1.5, "fp32", 15), features(0.9, "int8", 35)):
         assert abs(predictor.latency_ms(probe) - device_latency(probe)) / device_latency(probe) < 0.1
-    assert predictor.margin <= 0.1  # the floor: run-to-run noise
+    assert predictor.margin < 0.25  # LOO error ~0, blended with the prior error over 4 points
 
 
 def test_memory_prediction_refits():
