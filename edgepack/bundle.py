@@ -14,11 +14,14 @@ if TYPE_CHECKING:
 
 
 def constraint_report(result: BuildResult, chosen: Candidate) -> dict[str, Any]:
-    """Every constraint that was set: its limit, the chosen candidate's figure, and whether it held."""
+    """Every constraint that was set: its limit, the chosen candidate's figure, and whether it held.
+    Accuracy: the worse of the host check and the check on the device."""
     c = result.constraints
+    drops = [d for d in (chosen.accuracy_drop, (result.device_accuracy or {}).get("accuracy_drop_pts"))
+             if d is not None]
     figures = {"max_size_mb": (c.max_size_mb, chosen.size_mb), "max_ram_mb": (c.max_ram_mb, chosen.peak_rss_mb),
                "max_latency_ms": (c.max_latency_ms, chosen.latency_ms),
-               "max_accuracy_drop": (c.max_accuracy_drop, chosen.accuracy_drop)}
+               "max_accuracy_drop": (c.max_accuracy_drop, max(drops) if drops else None)}
     return {name: {"limit": limit, "value": value, "held": value is None or value <= limit}
             for name, (limit, value) in figures.items() if limit is not None}
 
@@ -44,7 +47,8 @@ def write_build_package(build: Build, result: BuildResult, op_result: dict[str, 
     plan = {**chosen.plan.to_dict(), "route": built.artifact.route, **built.details,
             "accuracy_drop_pts": built.accuracy_drop,
             "checked_against_original": {k: built.fidelity.get(k) for k in
-                                         ("samples", "data", "source_accuracy", "accuracy")}}
+                                         ("samples", "data", "source_accuracy", "accuracy")},
+            "checked_on_device": result.device_accuracy}
     names = [s.name for s in build.handle.inputs]
     contents = PackageContents(
         name=f"{build.handle.name}-{build.profile.name}", artifact=built.artifact,

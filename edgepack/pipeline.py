@@ -31,7 +31,7 @@ from edgepack.search.space import PRUNE_RATIOS, CompressionPlan, Constraints, pl
 from edgepack.search.strategy import Candidate, Strategy
 
 CONTENDERS = 3  # re-measured side by side at the end
-CONTENDER_GAP = 0.15  # ... when within this of the best (or within the predictor's margin, if larger)
+CONTENDER_GAP = 0.15  # ... when measured within this of the best: a gap one measurement's noise can close
 SIZE_FACTOR = {"fp32": 1.0, "fp16": 0.5, "int8": 0.27, "dynamic": 0.27}  # file size against fp32, before building
 
 
@@ -71,6 +71,7 @@ class BuildResult:
     pareto: set[str] = field(default_factory=set)  # plan keys on the measured Pareto front
     blockers: dict[str, list[str]] = field(default_factory=dict)  # plan key -> what rules it out
     predictor: Predictor | None = None  # as fitted at the end
+    device_accuracy: dict[str, Any] | None = None  # the chosen one, checked on the board itself
 
     @property
     def predictor_errors(self) -> list[float]:
@@ -101,6 +102,7 @@ class BuildResult:
             "chosen": chosen,
             "candidates": [self.row(c) for c in self.candidates],
             "measurements": {"new": self.new, "cached": self.cached},
+            "checked_on_device": self.device_accuracy,
             "predictor": {"measured_candidates": len(errors),
                           "median_error": sorted(errors)[len(errors) // 2] if errors else None,
                           "within_10pct": sum(e <= 0.10 for e in errors) / len(errors) if errors else None},
@@ -109,16 +111,21 @@ class BuildResult:
 
 
 def _estimate(c: CompressionPlan, summary: GraphSummary, profile: DeviceProfile) -> tuple[Features, float]:
-    """Features and size before the artifact exists: channel pruning by r keeps about (1-r)^2 of the work."""
+    """Features and size before the artifact exists. Channel pruning by r keeps about (1-r)^2 of the
+    MACs and weights and (1-r) of the activations; int8 moves a quarter of the activation bytes."""
     keep = (1 - c.prune_ratio) ** 2
-    precision = "fp32" if c.precision == "dynamic" else c.precision
-    scaled = replace(summary, layers=[replace(layer, macs=int(layer.macs * keep), precision=precision,
-                                              weight_bytes=int(layer.weight_bytes * keep * SIZE_FACTOR[c.precision]))
+    arithmetic = "fp32" if c.precision in ("dynamic", "fp16") and profile.device_class == "cpu" else c.precision
+    activations = (1 - c.prune_ratio) * (0.25 if c.precision == "int8" else 1.0)
+    scaled = replace(summary, layers=[replace(layer, macs=int(layer.macs * keep), precision=arithmetic,
+                                              weight_bytes=int(layer.weight_bytes * keep * SIZE_FACTOR[c.precision]),
+                                              input_bytes=int(layer.input_bytes * activations),
+                                              output_bytes=int(layer.output_bytes * activations))
                                       for layer in summary.layers])
     roofline = estimate_latency(scaled, profile, c.threads).latency_ms
     size = summary.weight_bytes * keep * SIZE_FACTOR[c.precision]
-    return Features(roofline, len(summary.layers), precision, int(size), summary.peak_activation_bytes,
-                    c.format, c.threads, c.precision, c.prune_ratio), size / 1e6
+    return Features(roofline, len(summary.layers), arithmetic, int(size),
+                    int(summary.peak_activation_bytes * activations), c.format, c.threads, c.precision,
+                    c.prune_ratio), size / 1e6
 
 
 def features_of(artifact_path: Path, fmt: str, plan: CompressionPlan, profile: DeviceProfile) -> Features:
@@ -286,13 +293,13 @@ class Build:
                           runs=self.options.runs or bench.runs, op_profile=op_profile,
                           timeout_s=self.options.timeout_s)
 
-    def _key(self, request: RunRequest, identity: str, repeat: int) -> RecordKey:
+    def _key(self, request: RunRequest, identity: str, repeat: int, purpose: str = "") -> RecordKey:
         from edgepack.runners.harness import HARNESS_VERSION
 
         runtime = "onnxruntime" if request.model.suffix == ".onnx" else "tflite"
+        purpose = purpose or ("+op-profile" if request.op_profile else "")
         sha = self.built_sha[request.model]
-        return RecordKey(sha, identity, runtime + ("+op-profile" if request.op_profile else ""), request.threads,
-                         HARNESS_VERSION, repeat)
+        return RecordKey(sha, identity, runtime + purpose, request.threads, HARNESS_VERSION, repeat)
 
     @property
     def built_sha(self) -> dict[Path, str]:
@@ -328,6 +335,34 @@ class Build:
         self.say(f"measure {count:>2}  {candidate.plan.label}: p50 {latency['p50']:.3f} ms "
                  f"(predicted {candidate.predicted_ms:.3f}){' [recorded]' if cached else ''}")
 
+    def _check_on_device(self, chosen: Candidate, pool: DevicePool) -> dict[str, Any] | None:
+        """Run the held-out samples through the chosen artifact on the board; score the answers here."""
+        import tempfile
+
+        from edgepack.device_accuracy import score, write_inputs
+
+        artifact = self.built[chosen.plan.artifact].artifact
+        probe = RunRequest(artifact.path, threads=chosen.plan.threads)
+        for identity in self.identities.values():
+            found = self.records.get(self._key(probe, identity, 0, "+accuracy"))
+            if found is not None:
+                self.cached += 1
+                return found["device_accuracy"]
+        with tempfile.TemporaryDirectory(prefix="edgepack-check-") as tmp:
+            inputs = Path(tmp) / "samples.npz"
+            count = write_inputs(artifact, self.eval_data, inputs)
+            self.say(f"checking accuracy ON the device: {count} held-out samples through {chosen.plan.label}")
+            measurement = pool.run([RunRequest(artifact.path, threads=chosen.plan.threads, warmup=0, runs=1,
+                                               inputs=inputs, want_outputs=True, timeout_s=self.options.timeout_s)])[0]
+        self.new += 1
+        if not measurement.ok or not measurement.outputs:
+            self.say(f"accuracy check on the device FAILED: {measurement.error}")
+            return {"error": measurement.error}
+        check = score(artifact, measurement.outputs, self.eval_data, count, self.builder.source)
+        self.records.add(self._key(probe, self.identities[measurement.device], 0, "+accuracy"),
+                         {"device_accuracy": check, "device": measurement.device})
+        return check
+
     # -- after the loop ---------------------------------------------------------------------------------
     def _confirm(self, strategy: Strategy, pool: DevicePool) -> None:
         """Measure the closest contenders again, side by side, and judge them by their median: one
@@ -335,7 +370,7 @@ class Build:
         best = strategy.best()
         if best is None or best.latency_ms is None or self.options.confirm_rounds < 1:
             return
-        limit = best.latency_ms * (1 + max(strategy.predictor.margin, CONTENDER_GAP))
+        limit = best.latency_ms * (1 + CONTENDER_GAP)
         contenders = sorted((c for c in strategy.feasible_measured() if (c.latency_ms or 0) <= limit),
                             key=lambda c: c.latency_ms or 0.0)[:CONTENDERS]
         if len(contenders) < 2:
@@ -375,6 +410,12 @@ class Build:
             return
         self.say(f"chosen {result.chosen.plan.label}; measuring its per-op profile")
         op_result, _, _ = self.measure(self._request(result.chosen, op_profile=True), pool)
+        result.device_accuracy = self._check_on_device(result.chosen, pool)
+        if result.device_accuracy and result.chosen.accuracy_drop is not None \
+                and "accuracy_drop_pts" in result.device_accuracy:
+            gap = result.device_accuracy["accuracy_drop_pts"] - result.chosen.accuracy_drop
+            if abs(gap) > 0.5:
+                result.findings.append(f"accuracy on the board differs from the host check by {gap:+.2f} points")
         from edgepack.bundle import write_build_package
 
         result.package = write_build_package(self, result, op_result)

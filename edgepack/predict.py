@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-PRIOR_EFFICIENCY = {"fp32": 0.25, "fp16": 0.25, "int8": 0.15}  # fraction of peak kernels typically reach
+PRIOR_EFFICIENCY = {"fp32": 0.25, "fp16": 0.25, "int8": 0.25}  # fraction of peak kernels typically reach
 PRIOR_LAYER_MS = 0.005  # dispatch cost per op
 PRIOR_BASE_MB = 30.0  # interpreter + runtime resident memory
 RIDGE_MAIN = 0.3  # in log units: how far one measurement moves a correction shared by many plans

@@ -274,6 +274,15 @@ def render_build(result: Any) -> str:
         c = data["chosen"]
         lines.append(f"chosen: {c['label']}: p50 {c['latency_ms']:.3f} ms, {c['size_mb']:.3f} MB"
                      + ("" if c["accuracy_drop"] is None else f", accuracy drop {c['accuracy_drop']:.2f} pts"))
+        check = data.get("checked_on_device") or {}
+        if check.get("error"):
+            lines.append(f"accuracy check on the device failed: {check['error']}")
+        elif check:
+            figure = (f"accuracy {check['accuracy']:.2%} (original {check['source_accuracy']:.2%})"
+                      if "accuracy" in check else f"top-1 agreement with the original {check['top1_agreement']:.2%}")
+            where = "this machine" if data["measured_on"].startswith("local") else "the device"
+            lines.append(f"checked on {where}: {figure} on {check['samples']} held-out samples, run by its own "
+                         "runtime")
         lines.append(f"package: {data['package']}")
     else:
         lines.append(no_feasible_message(data))

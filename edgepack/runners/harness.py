@@ -9,6 +9,10 @@ instead when something failed.
 
     python3 harness.py --model M.tflite [--inputs X.npz] [--threads 4] [--warmup 10] [--runs 50]
                        [--save-outputs OUT.npz] [--op-profile]
+
+An inputs array with one axis more than the model's input holds several samples: the timing uses
+the first, then every sample is run once and --save-outputs gets each output stacked on that axis
+(how edgepack checks accuracy on the device itself).
 """
 
 import argparse
@@ -21,7 +25,7 @@ import subprocess
 import sys
 import time
 
-HARNESS_VERSION = "1"
+HARNESS_VERSION = "2"
 
 
 def emit(data):
@@ -90,6 +94,24 @@ def random_input(shape, dtype, seed):
     return np.zeros(shape, dtype)
 
 
+def split_samples(values, shapes):
+    """(the first sample of each input, all samples or None when the file holds a single one)."""
+    if all(v.ndim == len(s) + 1 for v, s in zip(values, shapes)):
+        return [v[0] for v in values], [[v[i] for v in values] for i in range(len(values[0]))]
+    return values, None
+
+
+def run_samples(infer, samples):
+    """Every sample once: {output name: outputs stacked on a new first axis}."""
+    import numpy as np
+
+    collected = {}
+    for sample in samples:
+        for name, value in infer(sample).items():
+            collected.setdefault(name, []).append(np.array(value))
+    return {name: np.stack(v) for name, v in collected.items()}
+
+
 def load_inputs(path, specs):
     """specs: [(name, shape, dtype)]. Arrays from an .npz by name (or in order), else random."""
     import numpy as np
@@ -137,7 +159,9 @@ def run_tflite(args):
     interpreter.allocate_tensors()
     load_ms = (time.perf_counter() - start) * 1000.0
     details = interpreter.get_input_details()
-    inputs = load_inputs(args.inputs, [(d["name"], tuple(d["shape"]), d["dtype"]) for d in details])
+    inputs, samples = split_samples(load_inputs(args.inputs, [(d["name"], tuple(d["shape"]), d["dtype"])
+                                                              for d in details]),
+                                    [tuple(d["shape"]) for d in details])
     for detail, value in zip(details, inputs):
         if tuple(value.shape) != tuple(detail["shape"]):
             interpreter.resize_tensor_input(detail["index"], list(value.shape))
@@ -149,8 +173,16 @@ def run_tflite(args):
             interpreter.set_tensor(detail["index"], value)
         interpreter.invoke()
 
+    def infer(values):
+        for detail, value in zip(details, values):
+            interpreter.set_tensor(detail["index"], value)
+        interpreter.invoke()
+        return {d["name"]: interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()}
+
     latencies = measure(once, args)
     outputs = {d["name"]: interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()}
+    if samples is not None:
+        outputs = run_samples(infer, samples)
     return runtime, version, load_ms, latencies, outputs, tflite_op_profile(args)
 
 
@@ -204,7 +236,8 @@ def run_onnxruntime(args):
     load_ms = (time.perf_counter() - start) * 1000.0
     specs = [(i.name, tuple(d if isinstance(d, int) else 1 for d in i.shape), ORT_TYPES.get(i.type, "float32"))
              for i in session.get_inputs()]
-    feeds = dict(zip([s[0] for s in specs], load_inputs(args.inputs, specs)))
+    first, samples = split_samples(load_inputs(args.inputs, specs), [s[1] for s in specs])
+    feeds = dict(zip([s[0] for s in specs], first))
     names = [o.name for o in session.get_outputs()]
     result = {}
 
@@ -215,7 +248,10 @@ def run_onnxruntime(args):
     profile = None
     if args.op_profile:
         profile = ort_op_profile(session.end_profiling(), args.warmup + args.runs)
-    return "onnxruntime", ort.__version__, load_ms, latencies, dict(zip(names, result["values"])), profile
+    outputs = dict(zip(names, result["values"]))
+    if samples is not None:
+        outputs = run_samples(lambda values: dict(zip(names, session.run(names, dict(zip(feeds, values))))), samples)
+    return "onnxruntime", ort.__version__, load_ms, latencies, outputs, profile
 
 
 def ort_op_profile(path, calls):

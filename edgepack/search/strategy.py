@@ -119,4 +119,5 @@ class Strategy:
             if twin is not None and twin.latency_ms is not None and latency_ms > twin.latency_ms:
                 self.findings.append(
                     f"{plan.precision} {plan.format} was measured SLOWER than fp32 on this board "
-                    f"({latency_ms:.3f} ms vs {twin.latency_ms:.3f} ms, {plan.threads} threads); moving on")
+                    f"({latency_ms:.3f} ms vs {twin.latency_ms:.3f} ms, {plan.threads} thread"
+                    f"{'s' if plan.threads > 1 else ''}); moving on")

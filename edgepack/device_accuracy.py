@@ -1,0 +1,61 @@
+"""Accuracy checked ON the device: the held-out samples go to the board in the artifact's layout and
+dtype, the board's own runtime runs every one, and the outputs come back to be scored here against the
+labels (or against the original model's answers). A simulator's figure is not the board's figure:
+another runtime build, another CPU, another delegate can each change the answers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgepack.artifact import Artifact, Binding
+from edgepack.data import Dataset
+from edgepack.engines import Engine
+
+MAX_UPLOAD_BYTES = 8_000_000
+MAX_SAMPLES = 500
+
+
+def _to_artifact(binding: Binding, sample: np.ndarray) -> np.ndarray:
+    value = binding.from_source(sample)
+    dtype = np.dtype(binding.dtype)
+    if dtype.kind in "iu" and binding.scale:
+        info = np.iinfo(dtype)
+        value = np.clip(np.round(value / binding.scale + (binding.zero_point or 0)), info.min, info.max)
+    return value.astype(dtype)
+
+
+def write_inputs(artifact: Artifact, data: Dataset, path: Path) -> int:
+    """An .npz of up to MAX_SAMPLES samples per input, stacked on a new first axis; returns how many."""
+    names = [b.source_name for b in artifact.inputs]
+    per_sample = sum(int(np.prod(b.shape)) * np.dtype(b.dtype).itemsize for b in artifact.inputs) or 1
+    count = min(len(data), MAX_SAMPLES, max(1, MAX_UPLOAD_BYTES // per_sample))
+    # by position (arr_0, arr_1, ...): the runtime's own input names may differ from the recorded ones
+    arrays = [np.stack([_to_artifact(b, data.batch(names, i)[k]) for i in range(count)])
+              for k, b in enumerate(artifact.inputs)]
+    np.savez(path, *arrays)
+    return count
+
+
+def score(artifact: Artifact, outputs: dict[str, Any], data: Dataset, count: int, source: Engine) -> dict[str, Any]:
+    """Accuracy (with labels) and top-1 agreement with the original, from the device's first output."""
+    binding = artifact.outputs[0]
+    got = np.asarray(outputs["output_0"])
+    if binding.scale and got.dtype.kind in "iu":
+        got = (got.astype(np.float32) - (binding.zero_point or 0)) * binding.scale
+    got = np.stack([binding.to_source(g) for g in got]).reshape(count, -1)
+    names = [b.source_name for b in artifact.inputs]
+    reference = np.stack([source.run(data.batch(names, i))[0] for i in range(count)]).reshape(count, -1)
+    result: dict[str, Any] = {"samples": count,
+                              "top1_agreement": float(np.mean(got.argmax(1) == reference.argmax(1)))}
+    if data.labels is not None:
+        labels = data.labels[:count]
+        result["accuracy"] = float(np.mean(got.argmax(1) == labels))
+        result["source_accuracy"] = float(np.mean(reference.argmax(1) == labels))
+        result["accuracy_drop_pts"] = 100.0 * (result["source_accuracy"] - result["accuracy"])
+    else:
+        result["accuracy_drop_pts"] = 100.0 * (1.0 - result["top1_agreement"])
+    return result
