@@ -13,6 +13,7 @@ the release into place and switch ``current``. Any failure removes the partial u
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import secrets
@@ -100,9 +101,15 @@ def deploy_package(package: Path, profile: DeviceProfile, ssh: SshOptions, remot
             raise UsageError(f"{local.name} was built for {manifest['device']}, not {profile.name}",
                              f"deploy with --device {manifest['device']}, or build for {profile.name}")
         deployments = []
+        import paramiko
+
         for runner in runners_for(profile, ssh):
             try:
+                runner.identity()  # connects, checks the host key; one-line errors for the user's settings
                 deployments.append(_deploy_one(runner, local, manifest, remote_dir, timeout_s))
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                raise DeployError(f"{runner.label}: connection lost during the deployment ({exc})",
+                                  "the previous deployment is still current; run deploy again") from None
             finally:
                 runner.close()
         return deployments
@@ -130,6 +137,9 @@ def _deploy_one(runner: Any, local: Path, manifest: dict[str, Any], remote_dir: 
             raise DeployError(f"{runner.label}: {what} failed: {tail}", "the previous deployment is still current")
         return out
 
+    # partial uploads of earlier deployments that lost their connection
+    run(f"mkdir -p -- {q(root + '/releases')} && rm -rf -- {q(root + '/releases')}/.*.partial",
+        "preparing the release directory")
     run(f"mkdir -p -- {q(partial)}", "creating the release directory")
     try:
         sftp = runner.open_sftp()
@@ -146,7 +156,8 @@ def _deploy_one(runner: Any, local: Path, manifest: dict[str, Any], remote_dir: 
         previous = runner.execute(f"readlink -- {q(root + '/current')}")[1].strip() or None
         run(f"mv -- {q(partial)} {q(final)}", "moving the release into place")
     except BaseException:
-        runner.execute(f"rm -rf -- {q(partial)}")
+        with contextlib.suppress(Exception):  # connection gone: the next deploy removes it
+            runner.execute(f"rm -rf -- {q(partial)}")
         raise
     run(f"{q(python)} -c {q(SWITCH)} {q('releases/' + release)} {q(root + '/current')}", "switching current")
     _remove_old(runner, root, keep={release, (previous or "").rsplit("/", 1)[-1]})

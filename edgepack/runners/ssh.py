@@ -163,7 +163,14 @@ class SshRunner(Runner):
 
     def identity(self) -> str:
         """The host key fingerprint: a reinstalled or different board is a different device."""
-        self._connect()
+        import paramiko
+
+        try:
+            self._connect()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            self.close()
+            raise SshSetupError(f"{self.label}: cannot connect ({type(exc).__name__}: {exc})",
+                                "check the host name and port, and that sshd runs on the board") from None
         assert self.host_key_fingerprint is not None
         return self.host_key_fingerprint
 

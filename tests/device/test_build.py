@@ -211,3 +211,13 @@ def test_deploy_refuses_a_changed_package(build_setup, device: SshDevice, tmp_pa
     assert code == 2
     assert "run.py does not match manifest.json" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_unreachable_board_is_one_line_and_exit_2(tmp_path: Path, digits_onnx: Path, capsys):
+    from edgepack.runners.loopback import free_port
+
+    code, out = cli("build", str(digits_onnx), "--device", "rpi4", "--host", f"root@127.0.0.1:{free_port()}",
+                    "--known-hosts", str(tmp_path / "kh"), "--cache", str(tmp_path / "c"), "-o", str(tmp_path / "d"))
+    err = capsys.readouterr().err
+    assert code == 2 and out == "" and "cannot connect" in err and err.count("\n") == 1
+    assert not (tmp_path / "d").exists()
