@@ -158,8 +158,12 @@ def _report(contents: PackageContents) -> str:
             y = height - pad - (height - pad - 20) * r["latency_ms"] / max_ms
             color = "crimson" if r.get("chosen") else ("navy" if r.get("pareto") else "gray")
             label = html.escape(str(r.get("label", "")))
+            quality = html.escape(str(r.get("quality", "")))
             svg.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{6 if r.get("pareto") else 4}" fill="{color}">'
-                       f'<title>{label}: {r["size_mb"]:.3f} MB, {r["latency_ms"]:.3f} ms</title></circle>')
+                       f'<title>{label}: {r["size_mb"]:.3f} MB, {r["latency_ms"]:.3f} ms, {quality}</title></circle>')
+            if r.get("pareto") and r.get("accuracy_drop") is not None:  # the third axis, written by the point
+                svg.append(f'<text x="{x + 8:.1f}" y="{y - 6:.1f}" font-size="10">'
+                           f'{r["accuracy_drop"]:+.2f} pts</text>')
     svg.append("</svg>")
     headers = ["candidate", "size MB", "p50 ms", "p90 ms", "accuracy / fidelity", "feasible", "measured", "Pareto"]
     table = "".join(
@@ -174,8 +178,9 @@ def _report(contents: PackageContents) -> str:
     return ("<!doctype html><html><head><meta charset='utf-8'><title>edgepack report: "
             f"{html.escape(contents.name)}</title><style>body{{font-family:sans-serif}}td,th{{padding:2px 8px;"
             "text-align:right}}</style></head><body>"
-            f"<h1>{html.escape(contents.name)}</h1><p>Red: chosen; blue: Pareto front (size, latency); grey: "
-            "dominated.</p>" + "".join(svg)
+            f"<h1>{html.escape(contents.name)}</h1><p>Measured candidates. Red: chosen; blue: on the Pareto "
+            "front (size, latency, accuracy drop; each labelled with its drop in points); grey: dominated.</p>"
+            + "".join(svg)
             + "<h2>Candidates</h2><table><tr>" + "".join(f"<th>{h}</th>" for h in headers) + f"</tr>{table}</table>"
             + "<h2>Per-op profile of the chosen candidate</h2>"
             + (f"<table><tr><th>op</th><th>type</th><th>ms</th></tr>{op_rows}</table>" if op_rows else

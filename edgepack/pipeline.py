@@ -351,7 +351,8 @@ class Build:
         with tempfile.TemporaryDirectory(prefix="edgepack-check-") as tmp:
             inputs = Path(tmp) / "samples.npz"
             count = write_inputs(artifact, self.eval_data, inputs)
-            self.say(f"checking accuracy ON the device: {count} held-out samples through {chosen.plan.label}")
+            where = "this machine" if all(i.endswith("@local") for i in self.identities.values()) else "the board"
+            self.say(f"checking accuracy on {where}: {count} held-out samples through {chosen.plan.label}")
             measurement = pool.run([RunRequest(artifact.path, threads=chosen.plan.threads, warmup=0, runs=1,
                                                inputs=inputs, want_outputs=True, timeout_s=self.options.timeout_s)])[0]
         self.new += 1
