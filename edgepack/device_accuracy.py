@@ -13,19 +13,19 @@ import numpy as np
 
 from edgepack.artifact import Artifact, Binding
 from edgepack.data import Dataset
-from edgepack.engines import Engine
+from edgepack.engines import Engine, dequantize_output, quantize_input
 
 MAX_UPLOAD_BYTES = 8_000_000
 MAX_SAMPLES = 500
 
 
+def _detail(binding: Binding) -> dict[str, Any]:
+    """A binding in the shape of a TFLite tensor detail, for the engines' (de)quantization helpers."""
+    return {"dtype": binding.dtype, "quantization": (binding.scale or 0.0, binding.zero_point or 0)}
+
+
 def _to_artifact(binding: Binding, sample: np.ndarray) -> np.ndarray:
-    value = binding.from_source(sample)
-    dtype = np.dtype(binding.dtype)
-    if dtype.kind in "iu" and binding.scale:
-        info = np.iinfo(dtype)
-        value = np.clip(np.round(value / binding.scale + (binding.zero_point or 0)), info.min, info.max)
-    return value.astype(dtype)
+    return quantize_input(binding.from_source(sample), _detail(binding))
 
 
 def write_inputs(artifact: Artifact, data: Dataset, path: Path) -> int:
@@ -43,9 +43,7 @@ def write_inputs(artifact: Artifact, data: Dataset, path: Path) -> int:
 def score(artifact: Artifact, outputs: dict[str, Any], data: Dataset, count: int, source: Engine) -> dict[str, Any]:
     """Accuracy (with labels) and top-1 agreement with the original, from the device's first output."""
     binding = artifact.outputs[0]
-    got = np.asarray(outputs["output_0"])
-    if binding.scale and got.dtype.kind in "iu":
-        got = (got.astype(np.float32) - (binding.zero_point or 0)) * binding.scale
+    got = dequantize_output(np.asarray(outputs["output_0"]), _detail(binding))
     got = np.stack([binding.to_source(g) for g in got]).reshape(count, -1)
     names = [b.source_name for b in artifact.inputs]
     reference = np.stack([source.run(data.batch(names, i))[0] for i in range(count)]).reshape(count, -1)

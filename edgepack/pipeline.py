@@ -129,23 +129,13 @@ def _estimate(c: CompressionPlan, summary: GraphSummary, profile: DeviceProfile)
 
 
 def features_of(artifact_path: Path, fmt: str, plan: CompressionPlan, profile: DeviceProfile) -> Features:
-    summary = summarize_file(artifact_path, fmt)
-    precision = summary.precision
-    return Features(estimate_latency(summary, profile, plan.threads).latency_ms, len(summary.layers), precision,
-                    summary.weight_bytes, summary.peak_activation_bytes, fmt, plan.threads, plan.precision,
-                    plan.prune_ratio)
+    from edgepack.inspection import summarize_model
+    from edgepack.model import load_model
 
-
-def summarize_file(path: Path, fmt: str) -> GraphSummary:
-    if fmt == "onnx":
-        import onnx
-
-        from edgepack.analysis.onnx_graph import summarize_onnx
-
-        return summarize_onnx(onnx.load(str(path)))
-    from edgepack.analysis.tflite_graph import summarize_tflite
-
-    return summarize_tflite(path)
+    summary, _ = summarize_model(load_model(artifact_path))
+    return Features(estimate_latency(summary, profile, plan.threads).latency_ms, len(summary.layers),
+                    summary.precision, summary.weight_bytes, summary.peak_activation_bytes, fmt, plan.threads,
+                    plan.precision, plan.prune_ratio)
 
 
 class Build:
@@ -215,6 +205,7 @@ class Build:
             where = ", ".join(r.label for r in self.runners)
             if where == "local":
                 where = "local (this machine, not a board)"
+            self.where = where
             self.identities = {r.label: f"{self.profile.name}@{r.identity()}" for r in self.runners}
             summary, _ = summarize_model(self.handle)
             candidates = []
@@ -305,14 +296,21 @@ class Build:
     def built_sha(self) -> dict[Path, str]:
         return {b.artifact.path: b.artifact.sha256 for b in self.built.values()}
 
+    def _recorded(self, request: RunRequest, repeat: int, purpose: str = "") -> dict[str, Any] | None:
+        """What the records hold for this request on any board of the pool (counted as cached)."""
+        for identity in self.identities.values():
+            found = self.records.get(self._key(request, identity, repeat, purpose))
+            if found is not None:
+                self.cached += 1
+                return found
+        return None
+
     def measure(self, request: RunRequest, pool: DevicePool, repeat: int = 0
                 ) -> tuple[dict[str, Any] | None, str | None, bool]:
         """(harness result, error, from the records?) for one request."""
-        for identity in self.identities.values():
-            found = self.records.get(self._key(request, identity, repeat))
-            if found is not None:
-                self.cached += 1
-                return found, None, True
+        found = self._recorded(request, repeat)
+        if found is not None:
+            return found, None, True
         measurement: Measurement = pool.run([request])[0]
         self.new += 1
         if not measurement.ok:
@@ -343,15 +341,13 @@ class Build:
 
         artifact = self.built[chosen.plan.artifact].artifact
         probe = RunRequest(artifact.path, threads=chosen.plan.threads)
-        for identity in self.identities.values():
-            found = self.records.get(self._key(probe, identity, 0, "+accuracy"))
-            if found is not None:
-                self.cached += 1
-                return found["device_accuracy"]
+        found = self._recorded(probe, 0, "+accuracy")
+        if found is not None:
+            return found["device_accuracy"]
         with tempfile.TemporaryDirectory(prefix="edgepack-check-") as tmp:
             inputs = Path(tmp) / "samples.npz"
             count = write_inputs(artifact, self.eval_data, inputs)
-            where = "this machine" if all(i.endswith("@local") for i in self.identities.values()) else "the board"
+            where = "this machine" if self.where.startswith("local") else "the board"
             self.say(f"checking accuracy on {where}: {count} held-out samples through {chosen.plan.label}")
             measurement = pool.run([RunRequest(artifact.path, threads=chosen.plan.threads, warmup=0, runs=1,
                                                inputs=inputs, want_outputs=True, timeout_s=self.options.timeout_s)])[0]

@@ -74,7 +74,7 @@ class Predictor:
     def _fit(observations: list[tuple[Features, float, float | None]]) -> tuple[dict[str, float], float, float]:
         names = sorted({name for f, _, _ in observations for name in f.terms()})
         center = float(np.mean([math.log(f.prior_ms) for f, _, _ in observations]))
-        x = np.array([[_value(f, n, center) for n in names] for f, _, _ in observations])
+        x = np.stack([_row(f, names, center) for f, _, _ in observations])
         y = np.array([math.log(max(ms, 1e-6)) - math.log(f.prior_ms) for f, ms, _ in observations])
         penalty = np.diag([RIDGE_PAIR if "*" in n else RIDGE_MAIN for n in names])
         # b0 is not penalised: centre the data on it, solve the ridge, put it back
@@ -88,7 +88,9 @@ class Predictor:
         if fit is None:
             return features.prior_ms
         coef, b0, center = fit
-        correction = b0 + sum(coef.get(n, 0.0) * _value(features, n, center) for n in features.terms())
+        terms = features.terms()
+        terms["log_prior"] -= center
+        correction = b0 + sum(coef.get(n, 0.0) * v for n, v in terms.items())
         return features.prior_ms * math.exp(correction)
 
     def latency_ms(self, features: Features) -> float:
@@ -119,7 +121,7 @@ class Predictor:
         return max(MARGIN_FLOOR, (n * loo + PRIOR_WEIGHT * PRIOR_ERROR) / (n + PRIOR_WEIGHT))
 
 
-def _value(features: Features, name: str, center: float) -> float:
-    if name == "log_prior":
-        return math.log(features.prior_ms) - center
-    return features.terms().get(name, 0.0)
+def _row(features: Features, names: list[str], center: float) -> np.ndarray:
+    terms = features.terms()
+    terms["log_prior"] -= center
+    return np.array([terms.get(n, 0.0) for n in names])

@@ -119,11 +119,10 @@ class PlanBuilder:
         if not same:
             return convert_model(handle, fmt, output, self.profile, self.calib).artifact
         from edgepack.compress.quantize import identity_bindings
+        from edgepack.engines import engine_for
 
         assert handle.path is not None
         names = [s.name for s in handle.inputs]
-        from edgepack.engines import engine_for
-
         inputs, outputs = identity_bindings(handle, engine_for(handle), self.calib.batch(names, 0))
         staging = staging_dir(output)
         try:
