@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edgepack import __version__
+from edgepack.errors import EdgepackError
 from edgepack.model import file_sha256
 
 
@@ -99,23 +100,66 @@ def layout_of_perm(source_layout: str, perm: tuple[int, ...] | None) -> str:
     return "".join(source_layout[i] for i in perm)
 
 
+class OutputError(EdgepackError):
+    """``-o`` names something edgepack did not write: it is never replaced."""
+
+
+def written_by_edgepack(path: Path) -> bool:
+    """A file with its ``.edgepack.json`` sidecar, or a directory artifact with ``edgepack.json`` inside."""
+    if path.is_symlink():
+        return False
+    if path.is_dir():
+        return (path / "edgepack.json").is_file()
+    return Path(f"{path}.edgepack.json").is_file()
+
+
+def resolve_output(output: Path, default_name: str, *, directory_artifact: bool = False) -> Path:
+    """Where ``-o OUTPUT`` puts an artifact, checked before any work is done.
+
+    An existing directory that is not itself an edgepack directory artifact receives the artifact
+    inside it, as ``default_name`` (``-o proj/``, ``-o .``). Whatever sits at the final path is
+    replaced only when edgepack wrote it (``written_by_edgepack``); anything else is refused.
+    """
+    output = Path(output)
+    if output.is_dir() and not output.is_symlink() and not (directory_artifact and written_by_edgepack(output)):
+        output = output / default_name
+    output = output.absolute()
+    check_replaceable(output)
+    return output
+
+
+def check_replaceable(path: Path) -> None:
+    if (path.exists() or path.is_symlink()) and not written_by_edgepack(path):
+        kind = "directory" if path.is_dir() and not path.is_symlink() else "file"
+        raise OutputError(f"{path} exists and is a {kind} edgepack did not write",
+                          "edgepack replaces only what it wrote: remove it or pick another -o")
+
+
 def install(staged: Path, artifact: Artifact, output: Path) -> Artifact:
     """Move a finished file or directory into ``output`` with its metadata, atomically.
 
     ``staged`` must be on the same filesystem as ``output`` (a temporary directory beside it).
-    The artifact's ``path`` becomes ``output``; its sha256 and size are those of ``staged``.
+    The artifact's ``path`` becomes ``output``; its sha256 and size are those of ``staged``. What is at
+    ``output`` already is replaced only when edgepack wrote it (:class:`OutputError` otherwise).
     """
     import json
     import os
     import shutil
 
+    check_replaceable(output)
     artifact.path = output
     artifact.sha256, artifact.size_bytes = file_sha256(staged)
     meta = staged / "edgepack.json" if staged.is_dir() else staged.parent / f"{output.name}.edgepack.json"
     meta.write_text(json.dumps(artifact.to_dict(), indent=2, default=str) + "\n")
-    if output.is_dir():
-        shutil.rmtree(output)
+    aside = staged.parent / ".replaced"
+    if output.is_dir() or (output.exists() and staged.is_dir()):  # a rename cannot replace a directory
+        os.replace(output, aside)
     os.replace(staged, output)
+    if aside.is_dir():
+        shutil.rmtree(aside)
+    elif aside.exists():
+        aside.unlink()
+        Path(f"{output}.edgepack.json").unlink(missing_ok=True)  # the replaced file's sidecar
     if not output.is_dir():
         os.replace(meta, artifact.metadata_path)
     return artifact

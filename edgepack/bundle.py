@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgepack.package import PackageContents, write_package
+from edgepack.package import PackageContents, package_name, write_package
 
 if TYPE_CHECKING:
     from edgepack.pipeline import Build, BuildResult
@@ -51,7 +51,7 @@ def write_build_package(build: Build, result: BuildResult, op_result: dict[str, 
             "checked_on_device": result.device_accuracy}
     names = [s.name for s in build.handle.inputs]
     contents = PackageContents(
-        name=f"{build.handle.name}-{build.profile.name}", artifact=built.artifact,
+        name=package_name(build.handle.name, build.profile.name), artifact=built.artifact,
         source_name=build.handle.source, source_sha256=build.handle.sha256, device=build.profile.name,
         plan=plan, measurement=measurement, candidates=report_rows(result),
         constraints=constraint_report(result, chosen), preprocessing=build.options.preprocessing,

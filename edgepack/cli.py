@@ -29,6 +29,11 @@ def _show(args: argparse.Namespace, result: Any, render: Callable[[Any], str]) -
         print(render(result))
 
 
+def _say(line: str) -> None:
+    """Progress on stderr, so that stdout stays the table or the JSON."""
+    print(f"edgepack: {line}", file=sys.stderr, flush=True)
+
+
 def _handle(args: argparse.Namespace) -> Any:
     from edgepack.model import load_model
 
@@ -79,16 +84,24 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from edgepack.convert.convert import convert_model, default_output
+    from edgepack.convert.convert import convert_model, default_name
     from edgepack.data import load_dataset
     from edgepack.render import render_conversion
 
     profile = _registry(args).get(args.device)
     handle = _handle(args)
+    output = _output(args, default_name(handle, args.to), directory=args.to in ("savedmodel", "torch"))
     data = load_dataset(args.calib, handle.inputs, purpose="calibration") if args.calib else None
-    output = Path(args.output) if args.output else default_output(handle, args.to)
     _show(args, convert_model(handle, args.to, output, profile, data), render_conversion)
     return 0
+
+
+def _output(args: argparse.Namespace, name: str, *, directory: bool = False) -> Path:
+    """``-o``: a file, or an existing directory to write ``name`` into (default: the working directory);
+    refused before any work when it would replace something edgepack did not write."""
+    from edgepack.artifact import resolve_output
+
+    return resolve_output(Path(args.output) if args.output else Path.cwd(), name, directory_artifact=directory)
 
 
 def _preprocessing(args: argparse.Namespace) -> Any:
@@ -113,10 +126,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
     profile = _registry(args).get(args.device)
     handle = _handle(args)
-    calib, eval_data = _datasets(args, handle)
     fmt = args.format or default_format(profile)
-    suffix = ".onnx" if fmt == "onnx" else ".tflite"
-    output = Path(args.output) if args.output else Path.cwd() / f"{handle.name}_{args.mode}{suffix}"
+    output = _output(args, f"{handle.name}_{args.mode}.{fmt}")
+    calib, eval_data = _datasets(args, handle)
     result = quantize_model(handle, calib, profile, output, fmt=fmt, mode=args.mode, eval_data=eval_data,
                             max_accuracy_drop=args.max_accuracy_drop, calibrate_method=args.calibration,
                             io_dtype=args.io_dtype)
@@ -130,9 +142,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     profile = _registry(args).get(args.device)
     handle = _handle(args)
+    output = _output(args, f"{handle.name}_pruned.{args.format}")
     calib, eval_data = _datasets(args, handle)
-    suffix = ".onnx" if args.format == "onnx" else ".tflite"
-    output = Path(args.output) if args.output else Path.cwd() / f"{handle.name}_pruned{suffix}"
     result = prune_model(handle, calib, profile, output, max_size_mb=args.max_size_mb, ratio=args.ratio,
                          fmt=args.format, precision=args.precision, importance=args.importance,
                          distill_epochs=args.distill_epochs, eval_data=eval_data, time_budget_s=args.time_budget,
@@ -154,7 +165,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     profile = _registry(args).get(args.device)
     report = profile_model(Path(args.model), profile, _ssh_options(args), runs=args.runs, warmup=args.warmup,
-                           threads=args.threads, timeout_s=args.timeout)
+                           threads=args.threads, timeout_s=args.timeout, say=_say)
     _show(args, report, render_profile)
     failed = [m for m in report.measurements if m.error]
     for m in failed:
@@ -175,6 +186,7 @@ def _floats(text: str | None, flag: str) -> list[float] | None:
 
 def cmd_build(args: argparse.Namespace) -> int:
     from edgepack.data import IMAGE_SUFFIXES
+    from edgepack.package import check_package_target, package_name
     from edgepack.pipeline import BuildOptions, build
     from edgepack.records import default_cache_dir
     from edgepack.render import no_feasible_message, render_build
@@ -182,6 +194,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     profile = _registry(args).get(args.device)
     handle = _handle(args)
+    check_package_target(Path(args.output), package_name(handle.name, profile.name))
     calib, eval_data = _datasets(args, handle) if args.calib else (None, None)
     images = args.calib and Path(args.calib).is_dir() and any(
         p.suffix.lower() in IMAGE_SUFFIXES for p in Path(args.calib).iterdir())
@@ -197,7 +210,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         cache_dir=Path(args.cache) if args.cache else default_cache_dir(),
         preprocessing=_preprocessing(args).to_dict() if images else None)
     result = build(handle, profile, options, _ssh_options(args), calib, eval_data,
-                   say=lambda line: print(f"edgepack: {line}", file=sys.stderr, flush=True))
+                   say=_say)
     _show(args, result, render_build)
     if result.chosen is None:
         print(f"edgepack: error: {no_feasible_message(result.to_dict())}; loosen a constraint or widen the search",
@@ -210,7 +223,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from edgepack.deploy import deploy_package
 
     profile = _registry(args).get(args.device)
-    deployments = deploy_package(Path(args.package), profile, _ssh_options(args), args.remote_dir, args.timeout)
+    deployments = deploy_package(Path(args.package), profile, _ssh_options(args), args.remote_dir, args.timeout,
+                                 say=_say)
     if args.json:
         _emit_json([d.to_dict() for d in deployments])
         return 0

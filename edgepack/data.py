@@ -10,12 +10,15 @@ samples is a :class:`DataError` naming what was expected and what was given.
 
 from __future__ import annotations
 
+import warnings
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edgepack.errors import EdgepackError
+from edgepack.errors import EdgepackError, first_line
 from edgepack.model import TensorSpec
 
 
@@ -49,12 +52,21 @@ class Dataset:
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     try:
         if path.suffix == ".npy":
-            return {"": np.load(path, allow_pickle=False)}
-        if path.suffix == ".npz":
+            arrays = {"": np.load(path, allow_pickle=False)}
+        elif path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as archive:
-                return {k: archive[k] for k in archive.files}
-    except (ValueError, OSError) as exc:
-        raise DataError(f"{path}: not a readable numpy file ({exc})", "save it with numpy.save") from None
+                arrays = {k: archive[k] for k in archive.files}
+        else:
+            arrays = None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DataError(f"{path}: not a readable numpy file ({first_line(exc, with_type=True)})",
+                        "save it with numpy.save / numpy.savez") from None
+    if arrays is not None:
+        for name, array in arrays.items():
+            if array.ndim == 0:
+                raise DataError(f"{path}: {f'array {name!r}' if name else 'the array'} is a single value "
+                                "(0-d), not samples", "stack the samples on a first axis")
+        return arrays
     raise DataError(f"{path}: unsupported data file '{path.suffix}'",
                     "give .npy/.npz files or a directory of them")
 
@@ -143,10 +155,15 @@ def _images(path: Path, inputs: list[TensorSpec], prep: ImagePreprocessing, purp
     images = []
     for file in sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
         try:
-            with Image.open(file) as image:
-                mode = "L" if channels == 1 else "RGB"
-                pixels = np.asarray(image.convert(mode).resize((int(width), int(height)), Image.BILINEAR),
-                                    dtype=np.float32) / 255.0
+            with warnings.catch_warnings():  # past PIL's pixel limit: refused, never decoded
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(file) as image:
+                    mode = "L" if channels == 1 else "RGB"
+                    pixels = np.asarray(image.convert(mode).resize((int(width), int(height)), Image.BILINEAR),
+                                        dtype=np.float32) / 255.0
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise DataError(f"{purpose} data {file}: too large to decode safely ({first_line(exc)})",
+                            "resize it first, or remove it") from None
         except OSError as exc:
             raise DataError(f"{purpose} data {file}: not a readable image ({exc})", "remove or replace it") from None
         pixels = pixels[..., None] if pixels.ndim == 2 else pixels
@@ -161,11 +178,12 @@ def _images(path: Path, inputs: list[TensorSpec], prep: ImagePreprocessing, purp
 def _from_callable(spec_text: str, inputs: list[TensorSpec], purpose: str, min_samples: int) -> Dataset:
     from edgepack.model import resolve_factory
 
+    function = resolve_factory(spec_text, flag=f"--{'calib' if purpose == 'calibration' else 'eval'}")
     try:
-        samples = list(resolve_factory(spec_text)())
-    except TypeError as exc:
-        raise DataError(f"{purpose} data {spec_text}: did not return an iterable of samples ({exc})",
-                        "return a list or generator of arrays") from None
+        samples = list(function())
+    except Exception as exc:  # the user's own code: its failure is theirs to see, in one line
+        raise DataError(f"{purpose} data {spec_text} raised {first_line(exc, with_type=True)}",
+                        "fix the function, or give the samples as .npy/.npz") from None
     names = [t.name for t in inputs]
     merged: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for sample in samples:
@@ -198,6 +216,12 @@ def _check(array: np.ndarray, spec: TensorSpec, purpose: str, path: object) -> n
     if array.dtype.kind != want.kind and not (array.dtype.kind in "iu" and want.kind in "iu"):
         raise DataError(f"{purpose} data {path}: input '{spec.name}' expects {want.name}, given "
                         f"{array.dtype.name}", f"convert the data to {want.name}")
+    if array.dtype.kind in "fc":
+        bad = ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+        if bad.any():
+            first = ", ".join(str(i) for i in np.flatnonzero(bad)[:5])
+            raise DataError(f"{purpose} data {path}: input '{spec.name}' has NaN or Inf in {int(bad.sum())} "
+                            f"sample(s) (first: {first})", "remove or repair those samples")
     return array.astype(want, copy=False)
 
 

@@ -14,18 +14,21 @@ the release into place and switch ``current``. Any failure removes the partial u
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
+import re
 import secrets
 import shlex
 import tarfile
 import tempfile
 import time
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgepack.errors import EdgepackError, UsageError
+from edgepack.errors import EdgepackError, UsageError, first_line
+from edgepack.model import file_sha256
 from edgepack.profiles import DeviceProfile
 from edgepack.runners.factory import SshOptions, runners_for
 
@@ -33,7 +36,8 @@ VERIFY = """import hashlib, json, os, sys
 root = sys.argv[1]
 files = json.load(open(os.path.join(root, "manifest.json")))["files"]
 bad = [n for n, h in sorted(files.items())
-       if not os.path.isfile(os.path.join(root, n))
+       if os.sep in n or n.startswith(".") or os.path.islink(os.path.join(root, n))
+       or not os.path.isfile(os.path.join(root, n))
        or hashlib.sha256(open(os.path.join(root, n), "rb").read()).hexdigest() != h]
 print(json.dumps({"checked": len(files), "bad": bad}))
 """
@@ -65,34 +69,60 @@ class Deployment:
         return dict(self.__dict__)
 
 
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
 def read_package(package: Path, work: Path) -> tuple[Path, dict[str, Any]]:
-    """The package directory (a .tar.gz is unpacked into ``work``) and its manifest, checked here first."""
+    """The package directory (a .tar.gz is unpacked into ``work``) and its manifest, checked here first.
+
+    A package is manifest.json plus exactly the files its ``files`` lists, each a regular file (no
+    link) with a plain name and the sha256 the manifest gives. Anything else is refused: only those
+    files are ever uploaded, and only they can be imported or run on the device.
+    """
     if not package.exists():
         raise UsageError(f"{package}: no such package", "give the directory or .tar.gz that edgepack build wrote")
     if package.is_file():
         try:
             with tarfile.open(package, "r:gz") as tar:
                 tar.extractall(work, filter="data")
-        except (tarfile.TarError, OSError) as exc:
-            raise UsageError(f"{package}: not a package archive ({exc})", "give what edgepack build wrote") from None
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+            raise UsageError(f"{package}: not a complete package archive ({first_line(exc, with_type=True)})",
+                             "give what edgepack build wrote, copied whole") from None
         found = [p.parent for p in work.glob("*/manifest.json")]
         if len(found) != 1:
             raise UsageError(f"{package}: no manifest.json inside", "give what edgepack build wrote")
         package = found[0]
     manifest_path = package / "manifest.json"
-    if not manifest_path.is_file():
+    if not manifest_path.is_file() or manifest_path.is_symlink():
         raise UsageError(f"{package}: no manifest.json", "give the directory that edgepack build wrote")
-    manifest = json.loads(manifest_path.read_text())
-    for name, digest in manifest.get("files", {}).items():
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        manifest = None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not files:
+        raise UsageError(f"{package}: manifest.json lists no files", "give what edgepack build wrote")
+    for name in files:
+        if not isinstance(name, str) or not PLAIN_NAME.fullmatch(name) or name == "manifest.json":
+            raise UsageError(f"{package}: manifest.json names {name!r}, not a plain file name",
+                             "a package holds plain files only; rebuild it")
+    for path in sorted(package.iterdir()):
+        if path.name != "manifest.json" and path.name not in files:
+            raise UsageError(f"{package}: {path.name} is not listed in manifest.json",
+                             "remove it: only the files the manifest lists (with their sha256) are deployed")
+    for name, digest in files.items():
         path = package / name
-        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+        if path.is_symlink() or not path.is_file():
+            raise UsageError(f"{package}: {name} is {'a link' if path.is_symlink() else 'missing'}",
+                             "a package holds regular files only; rebuild it")
+        if file_sha256(path)[0] != digest:
             raise UsageError(f"{package}: {name} does not match manifest.json (changed or missing)",
                              "rebuild the package; a changed file is never deployed")
     return package, manifest
 
 
 def deploy_package(package: Path, profile: DeviceProfile, ssh: SshOptions, remote_dir: str = "edgepack",
-                   timeout_s: float = 120.0) -> list[Deployment]:
+                   timeout_s: float = 120.0, say: Callable[[str], None] = lambda _: None) -> list[Deployment]:
     if not ssh.hosts:
         raise UsageError("deploy needs --host", "pass --host user@board[:port]")
     with tempfile.TemporaryDirectory(prefix="edgepack-deploy-") as tmp:
@@ -103,10 +133,12 @@ def deploy_package(package: Path, profile: DeviceProfile, ssh: SshOptions, remot
         deployments = []
         import paramiko
 
-        for runner in runners_for(profile, ssh):
+        for runner in runners_for(profile, ssh, say):
             try:
                 runner.identity()  # connects, checks the host key; one-line errors for the user's settings
-                deployments.append(_deploy_one(runner, local, manifest, remote_dir, timeout_s))
+                # one deployment at a time per board: others' partial uploads and old releases are ours to prune
+                with runner.device_lock(f"deploying {local.name}"):
+                    deployments.append(_deploy_one(runner, local, manifest, remote_dir, timeout_s))
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 raise DeployError(f"{runner.label}: connection lost during the deployment ({exc})",
                                   "the previous deployment is still current; run deploy again") from None
@@ -144,8 +176,8 @@ def _deploy_one(runner: Any, local: Path, manifest: dict[str, Any], remote_dir: 
     try:
         sftp = runner.open_sftp()
         try:
-            for path in sorted(local.iterdir()):
-                sftp.put(str(path), f"{partial}/{path.name}")
+            for name in [*sorted(manifest["files"]), "manifest.json"]:  # what read_package checked, nothing else
+                sftp.put(str(local / name), f"{partial}/{name}")
         finally:
             sftp.close()
         checked = json.loads(run(f"{q(python)} -c {q(VERIFY)} {q(partial)}", "checking sha256 on the device"))

@@ -144,7 +144,14 @@ def engine_for(handle: ModelHandle) -> Engine:
                                  ) from None
     if handle.format is ModelFormat.TFLITE:
         assert handle.path is not None
-        return TfliteEngine(handle.path)
+        try:
+            return TfliteEngine(handle.path)
+        except (RuntimeError, ValueError) as exc:  # the interpreter's errors (an op it lacks, a bad buffer)
+            from edgepack.errors import ModelFileError
+
+            raise ModelFileError(handle.path, f"the TFLite interpreter cannot run it ({first_line(exc)})",
+                                 "edgepack checks every model against the source run by the TFLite interpreter"
+                                 ) from None
     if handle.format is ModelFormat.KERAS:
         assert handle.path is not None
         return KerasEngine(handle.path)

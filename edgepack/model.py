@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import io
+import logging
+import warnings
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -459,29 +461,37 @@ def _exported_program_specs(path: Path) -> tuple[list[TensorSpec], list[TensorSp
 def load_exported_program(path: Path) -> Any:
     import torch
 
+    logger = logging.getLogger("torch.export")  # logs a page of traceback before it raises on a bad file
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
     try:
-        return torch.export.load(str(path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.export.load(str(path))
     except (RuntimeError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         first = first_line(exc)
         raise ModelFileError(path, f"is not a readable ExportedProgram ({first})",
                              "save it with torch.export.save") from None
+    finally:
+        logger.setLevel(level)
 
 
-def resolve_factory(spec: str) -> Callable[[], Any]:
-    """Import ``pkg.mod:factory`` and return the callable."""
+def resolve_factory(spec: str, flag: str = "--torch-module") -> Callable[[], Any]:
+    """Import ``pkg.mod:function`` (given with ``flag``, which errors name) and return the callable."""
+    what = "an nn.Module" if flag == "--torch-module" else "the samples"
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise UsageError(f"--torch-module '{spec}' is not of the form pkg.module:factory",
-                         "name a module and a function that returns an nn.Module")
+        raise UsageError(f"{flag} '{spec}' is not of the form pkg.module:function",
+                         f"name a module and a function that returns {what}")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UsageError(f"--torch-module: cannot import '{module_name}' ({exc})",
+    except Exception as exc:  # ImportError, or whatever the user's module raises while importing
+        raise UsageError(f"{flag}: cannot import '{module_name}' ({first_line(exc, with_type=True)})",
                          "check the module is on PYTHONPATH") from None
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):
-        raise UsageError(f"--torch-module: '{module_name}' has no callable '{attr}'",
-                         "name a function that returns an nn.Module")
+        raise UsageError(f"{flag}: '{module_name}' has no callable '{attr}'",
+                         f"name a function that returns {what}")
     return factory
 
 

@@ -10,7 +10,6 @@ candidate's per-op profile).
 
 from __future__ import annotations
 
-import hashlib
 import html
 import json
 import os
@@ -24,6 +23,8 @@ from typing import Any
 
 from edgepack import __version__
 from edgepack.artifact import Artifact
+from edgepack.errors import EdgepackError
+from edgepack.model import file_sha256
 
 RUN_PY = Path(__file__).resolve().parent / "templates" / "run.py"
 TOOLS = ("onnx", "onnxruntime", "tensorflow-cpu", "ai-edge-litert", "onnx2tf", "torch", "torch-pruning",
@@ -56,7 +57,7 @@ def tool_versions() -> dict[str, str]:
 
 
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return file_sha256(path)[0]
 
 
 def manifest_for(contents: PackageContents, model_file: str) -> dict[str, Any]:
@@ -90,8 +91,50 @@ def manifest_for(contents: PackageContents, model_file: str) -> dict[str, Any]:
     }
 
 
+class PackageError(EdgepackError):
+    """A package cannot be written: its place holds something else, or its model is not what was verified."""
+
+
+def _is_package(path: Path) -> bool:
+    """A directory edgepack wrote as a package: a manifest.json that says so."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    try:
+        return "edgepack_version" in json.loads((path / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def _is_package_archive(path: Path, name: str) -> bool:
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            return f"{name}/manifest.json" in tar.getnames()
+    except (tarfile.TarError, OSError, EOFError):
+        return False
+
+
+def package_name(model_name: str, device: str) -> str:
+    return f"{model_name}-{device}"
+
+
+def check_package_target(dist: Path, name: str) -> None:
+    """Refuse, before any work, to replace a ``dist/<name>`` or ``dist/<name>.tar.gz`` edgepack did not write."""
+    for path, ours in ((dist / name, _is_package), (dist / f"{name}.tar.gz",
+                                                    lambda p: _is_package_archive(p, name))):
+        if (path.exists() or path.is_symlink()) and not ours(path):
+            raise PackageError(f"{path} exists and is not a package edgepack wrote",
+                               "edgepack replaces only what it wrote: remove it or pick another -o")
+
+
 def write_package(contents: PackageContents, dist: Path) -> Path:
-    """Write ``dist/<name>/`` and ``dist/<name>.tar.gz``; returns the directory."""
+    """Write ``dist/<name>/`` and ``dist/<name>.tar.gz``; returns the directory.
+
+    The model is copied and hashed again: a file that is not the artifact that was verified (sha256)
+    is never packaged. An earlier package of the same name is replaced; anything else is refused.
+    """
+    check_package_target(dist, contents.name)
     dist.mkdir(parents=True, exist_ok=True)
     final = dist / contents.name
     staging = Path(tempfile.mkdtemp(prefix=".edgepack-package-", dir=dist))
@@ -100,6 +143,9 @@ def write_package(contents: PackageContents, dist: Path) -> Path:
         root.mkdir()
         model_file = f"model.{contents.artifact.format}"
         shutil.copyfile(contents.artifact.path, root / model_file)
+        if _sha256(root / model_file) != contents.artifact.sha256:
+            raise PackageError(f"{contents.artifact.path} changed after it was verified (sha256 differs)",
+                               "build again: the artifact is rebuilt")
         shutil.copyfile(RUN_PY, root / "run.py")
         if contents.sample is not None:
             import numpy as np
@@ -114,7 +160,7 @@ def write_package(contents: PackageContents, dist: Path) -> Path:
         with tarfile.open(archive, "w:gz") as tar:
             tar.add(root, arcname=contents.name)
         if final.exists():
-            shutil.rmtree(final)
+            os.replace(final, staging / "replaced")
         os.replace(root, final)
         os.replace(archive, dist / f"{contents.name}.tar.gz")
         return final

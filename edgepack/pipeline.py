@@ -158,10 +158,13 @@ class Build:
         self.plans = self._plans(calibrated)
         cache = options.cache_dir or default_cache_dir()
         self.records = Records(cache)
+        if self.records.skipped:
+            self.notes.append(f"{self.records.skipped} line(s) of {self.records.path} are not records this "
+                              "version reads (damaged or from another version): skipped")
         self.builder = PlanBuilder(handle, profile, self.calib, self.eval_data, cache, calibrated=calibrated,
                                    max_accuracy_drop=options.constraints.max_accuracy_drop or 1.0,
-                                   distill_epochs=options.distill_epochs)
-        self.runners = runners_for(profile, ssh)
+                                   distill_epochs=options.distill_epochs, say=say)
+        self.runners = runners_for(profile, ssh, say)
         self.built: dict[tuple[str, str, float], BuiltArtifact] = {}
         self.failures: dict[tuple[str, str, float], str] = {}
         self.new = self.cached = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,17 +38,26 @@ class ProfileReport:
 
 
 def profile_model(model: Path, profile: DeviceProfile, options: SshOptions, *, runs: int | None = None,
-                  warmup: int | None = None, threads: int | None = None, timeout_s: float = 300.0) -> ProfileReport:
+                  warmup: int | None = None, threads: int | None = None, timeout_s: float = 300.0,
+                  say: Callable[[str], None] = lambda _: None) -> ProfileReport:
+    """Time ``model`` on every board (no profiler on during the timed runs; the per-op profile comes
+    from a separate session). The file is opened here first: a corrupt model is the user's to fix."""
+    from edgepack.engines import engine_for
+    from edgepack.model import load_model
+
     if not model.is_file():
         raise ModelFileError(model, "no such file", "check the path")
     if model.suffix not in (".onnx", ".tflite"):
         raise UsageError(f"{model}: profile measures .onnx and .tflite files",
                          f"convert it first: edgepack convert {model} --to tflite")
+    engine_for(load_model(model))  # opened by this machine's runtime: a corrupt file never reaches a board
     bench = profile.benchmark
     request = RunRequest(model, threads=threads or bench.threads, warmup=bench.warmup if warmup is None else warmup,
                          runs=runs or bench.runs, op_profile=True, timeout_s=timeout_s)
-    pool = DevicePool(runners_for(profile, options))
+    pool = DevicePool(runners_for(profile, options, say))
     try:
+        for runner in pool.runners:
+            runner.identity()  # connects: an unreachable board or a port that is no sshd is one line, exit 2
         return ProfileReport(profile, pool.run_everywhere(request))
     finally:
         pool.close()

@@ -3,8 +3,9 @@
 One JSON object per line in ``<cache>/records.jsonl`` (``~/.cache/edgepack`` unless ``--cache DIR``),
 keyed by what was measured: the artifact's sha256, the device's identity (profile name and host key
 fingerprint, or "local"), the runtime, the thread count and the harness version. A build killed
-midway loses at most the measurement in flight: every record is flushed and fsynced as it is written,
-and a torn last line (a crash mid-write) is skipped on reading.
+midway loses at most the measurement in flight: every record is flushed and fsynced as it is written.
+A line that cannot be a record (torn by a crash mid-write, written by another version, not UTF-8) is
+skipped on reading and counted (``skipped``): a damaged line costs its measurement, never the cache.
 """
 
 from __future__ import annotations
@@ -34,6 +35,15 @@ class RecordKey:
     def as_tuple(self) -> tuple[str, str, str, int, str, int]:
         return (self.artifact_sha256, self.device, self.runtime, self.threads, self.harness_version, self.repeat)
 
+    @classmethod
+    def parse(cls, data: Any) -> RecordKey:
+        """A key as written by ``Records.add``; TypeError for anything else (other fields, other types)."""
+        key = cls(**data) if isinstance(data, dict) else None
+        if key is None or not all(isinstance(v, int if i in (3, 5) else str) and not isinstance(v, bool)
+                                  for i, v in enumerate(key.as_tuple())):
+            raise TypeError("not a record key")
+        return key
+
 
 class Records:
     """The store. ``get`` answers from memory; ``add`` appends one line and syncs it to disk."""
@@ -41,20 +51,26 @@ class Records:
     def __init__(self, cache_dir: Path | None = None) -> None:
         self.path = (cache_dir or default_cache_dir()) / "records.jsonl"
         self._index: dict[tuple[str, str, str, int, str, int], dict[str, Any]] = {}
-        for record in self._read():
-            self._index[RecordKey(**record["key"]).as_tuple()] = record["result"]
+        self.skipped = 0  # lines that could not be read as records
+        for key, result in self._read():
+            self._index[key.as_tuple()] = result
 
-    def _read(self) -> Iterator[dict[str, Any]]:
+    def _read(self) -> Iterator[tuple[RecordKey, dict[str, Any]]]:
         if not self.path.exists():
             return
-        with self.path.open(encoding="utf-8") as fh:
+        with self.path.open("rb") as fh:
             for line in fh:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:  # a torn line from a crash mid-write
+                if not line.strip():
                     continue
-                if isinstance(record, dict) and "key" in record and "result" in record:
-                    yield record
+                try:
+                    record = json.loads(line.decode("utf-8"))
+                    key, result = RecordKey.parse(record["key"]), record["result"]
+                    if not isinstance(result, dict):
+                        raise TypeError("not a result")
+                except (UnicodeDecodeError, ValueError, TypeError, KeyError):  # torn, foreign or damaged
+                    self.skipped += 1
+                    continue
+                yield key, result
 
     def get(self, key: RecordKey) -> dict[str, Any] | None:
         return self._index.get(key.as_tuple())

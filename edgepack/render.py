@@ -295,4 +295,8 @@ def no_feasible_message(data: dict[str, Any]) -> str:
     text = "no candidate meets the constraints"
     if near:
         text += "; nearest: " + " | ".join(f"{r['label']} ({'; '.join(r['blocked_by'])})" for r in near)
+    failed = [r for r in data["candidates"] if r["status"] == "failed" and r.get("error")]
+    if failed:
+        reasons = list(dict.fromkeys(r["error"] for r in failed))
+        text += f"; {len(failed)} failed: " + " | ".join(reasons[:2])
     return text

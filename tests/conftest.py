@@ -89,3 +89,32 @@ def digits_tflite(digits_onnx: Path, digits: DigitsData, artifacts_dir: Path) ->
 @pytest.fixture()
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture()
+def cli(capsys: pytest.CaptureFixture[str]):
+    """Run ``edgepack ARGV...`` in this process: (exit code, stdout, stderr)."""
+    from edgepack.cli import main
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def assert_one_line_error(result: tuple[int, str, str], *fragments: str) -> str:
+    """Exit 2, nothing on stdout, one line on stderr naming each fragment; returns that line."""
+    code, out, err = result
+    lines = err.strip().splitlines()
+    assert code == 2 and out == "" and len(lines) == 1, err
+    assert lines[0].startswith("edgepack: error: ") and "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture()
+def one_line_error():
+    return assert_one_line_error

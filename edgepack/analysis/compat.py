@@ -7,6 +7,7 @@ ONNX op with no known lowering is reported as unknown, not as unsupported: the c
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,11 +81,41 @@ def check_compatibility(summary: GraphSummary, profile: DeviceProfile) -> Compat
             allowed = set(ops.onnx)
             issues = [OpIssue(op, n, "unsupported", f"not in {profile.name}'s ONNX op list ({ops.source})")
                       for op, n in histogram.items() if op not in allowed]
+        issues += _custom_op_issues(summary)
     else:
         runtime = next((r for r in profile.runtimes if r.startswith("tflite")), profile.runtimes[0])
         if ops.tflite is not None and ops.tflite != "all":
             issues = _tflite_issues(summary, histogram, set(ops.tflite), profile)
     return Compatibility(runtime, issues, _precision_notes(summary, profile))
+
+
+def onnxruntime_kernels() -> set[tuple[str, str]] | None:
+    """(domain, op) pairs this ONNX Runtime has a CPU kernel for; None when it does not say."""
+    try:
+        from onnxruntime.capi import _pybind_state
+
+        return {(k.domain, k.op_name) for k in _pybind_state.get_all_opkernel_def()
+                if k.provider == "CPUExecutionProvider"}
+    except (ImportError, AttributeError):
+        return None
+
+
+def _custom_op_issues(summary: GraphSummary) -> list[OpIssue]:
+    """Ops outside the standard ONNX domain load only where a kernel for them is registered."""
+    custom = Counter((layer.domain, layer.op) for layer in summary.layers if layer.domain)
+    if not custom:
+        return []
+    kernels = onnxruntime_kernels()
+    issues = []
+    for (domain, op), count in custom.items():
+        if kernels is None:
+            issues.append(OpIssue(op, count, "unknown", f"op of domain '{domain}': this ONNX Runtime does not list "
+                                                        "its kernels"))
+        elif (domain, op) not in kernels:
+            issues.append(OpIssue(op, count, "unsupported",
+                                  f"custom op of domain '{domain}': ONNX Runtime has no kernel for it and cannot "
+                                  "load the model without the library that registers it"))
+    return issues
 
 
 def _tflite_issues(summary: GraphSummary, histogram: dict[str, int], allowed: set[str],

@@ -24,6 +24,7 @@ class Layer:
     input_bytes: int
     output_bytes: int
     precision: str  # "fp32", "fp16", "int8": the arithmetic this layer runs in
+    domain: str = ""  # ONNX: the op's domain when it is not the standard one (a custom op's library)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -80,6 +80,7 @@ def summarize_onnx(model: Any, shapes: dict[str, tuple[int, ...]] | None = None)
             input_bytes=sum(_nbytes(infos[n]) for n in activation_inputs if n in infos),
             output_bytes=sum(_nbytes(infos[n]) for n in outputs if n in infos),
             precision=_precision(node, infos, producers),
+            domain="" if node.domain in ("", "ai.onnx") else node.domain,
         ))
         steps.append((activation_inputs, outputs))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from edgepack import __version__
 from edgepack.artifact import Artifact, install, staging_dir
 from edgepack.data import Dataset
 from edgepack.errors import EdgepackError
-from edgepack.model import ModelFormat, ModelHandle, load_model
+from edgepack.model import ModelFormat, ModelHandle, file_sha256, load_model
 from edgepack.profiles import DeviceProfile
 from edgepack.search.space import CompressionPlan
 
@@ -58,9 +59,11 @@ def dataset_sha256(data: Dataset | None) -> str:
 
 class PlanBuilder:
     def __init__(self, handle: ModelHandle, profile: DeviceProfile, calib: Dataset, eval_data: Dataset,
-                 cache: Path, *, calibrated: bool, max_accuracy_drop: float, distill_epochs: int = 10) -> None:
+                 cache: Path, *, calibrated: bool, max_accuracy_drop: float, distill_epochs: int = 10,
+                 say: Callable[[str], None] = lambda _: None) -> None:
         from edgepack.engines import engine_for
 
+        self.say = say
         self.handle, self.profile, self.calib, self.eval_data = handle, profile, calib, eval_data
         self.calibrated, self.max_accuracy_drop, self.distill_epochs = calibrated, max_accuracy_drop, distill_epochs
         self.source = engine_for(handle)
@@ -83,8 +86,10 @@ class PlanBuilder:
             saved = json.loads(record.read_text())
             if saved.get("error"):
                 raise BuildFailed(saved["error"])
-            return BuiltArtifact(Artifact.load(folder / saved["file"]), saved["accuracy_drop"], saved["fidelity"],
-                                 saved["details"])
+            artifact = Artifact.load(folder / saved["file"])
+            if self._intact(artifact.path, artifact.sha256, plan.label.rsplit(" x", 1)[0]):
+                return BuiltArtifact(artifact, saved["accuracy_drop"], saved["fidelity"], saved["details"])
+            shutil.rmtree(folder)
         try:
             built = self._make(fmt, precision, ratio, folder / f"model.{fmt}")
         except EdgepackError as exc:
@@ -140,18 +145,28 @@ class PlanBuilder:
 
         folder = self.root / self.key({"pruned": ratio})
         path, record = folder / "pruned.onnx", folder / "pruning.json"
+        if record.exists() and not self._intact(path, json.loads(record.read_text()).get("sha256"),
+                                                f"pruned {ratio:.0%} model"):
+            shutil.rmtree(folder)
         if not record.exists():
             if not self.calibrated:
                 raise BuildFailed("pruning needs --calib data to distil on")
             result = prune_model(self.handle, self.calib, self.profile, path, ratio=ratio, fmt="onnx",
                                  precision="fp32", distill_epochs=self.distill_epochs, eval_data=self.eval_data)
-            _write_json(record, {"pruning": {
+            _write_json(record, {"sha256": file_sha256(path)[0], "pruning": {
                 "ratio_asked": ratio, "ratio": result.ratio, "history": result.history,
                 "protected_layers": result.protected, "notes": result.notes,
                 "distillation": result.distill_report.__dict__ if result.distill_report else None}})
         pruned = load_model(path)
         self._pruned[ratio] = (pruned, json.loads(record.read_text()))
         return self._pruned[ratio]
+
+    def _intact(self, path: Path, sha256: str | None, what: str) -> bool:
+        """A cached file is used only when its bytes still hash to what was verified when it was built."""
+        if path.is_file() and sha256 and file_sha256(path)[0] == sha256:
+            return True
+        self.say(f"cache  {what}: {path} is missing or changed since it was built (sha256 differs): rebuilt")
+        return False
 
     def _check(self, artifact: Artifact) -> tuple[float | None, dict[str, Any]]:
         """Accuracy (with labels) or top-1 agreement of the artifact against the original model."""

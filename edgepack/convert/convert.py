@@ -48,17 +48,31 @@ class ConversionResult:
                 "validation": self.report.to_dict(), "attempts": [a.to_dict() for a in self.attempts]}
 
 
-def default_output(handle: ModelHandle, target: str) -> Path:
-    return Path.cwd() / f"{handle.name}{SUFFIX[target]}" if target in ("onnx", "tflite") else \
-        Path.cwd() / f"{handle.name}_{target}"
+def default_name(handle: ModelHandle, target: str) -> str:
+    """``MODEL.onnx``/``MODEL.tflite``, or ``MODEL_savedmodel``/``MODEL_torch`` for directory artifacts."""
+    return f"{handle.name}{SUFFIX[target]}" if target in ("onnx", "tflite") else f"{handle.name}_{target}"
+
+
+MAX_SAMPLE_BYTES = 1 << 30  # one sample of all inputs together; checked before anything is allocated
 
 
 def require_static_inputs(handle: ModelHandle) -> None:
+    """Every input fixed, batch 1 (edgepack feeds one sample at a time), and of a size that fits memory."""
+    total = 0
     for spec in handle.inputs:
         if not spec.is_static or not spec.shape:
             raise InputShapeError(
                 f"input '{spec.name}' has a dynamic shape {list(spec.shape) or '(unknown)'}",
                 "pass --input-shape with every dimension, e.g. --input-shape 1,3,224,224")
+        if spec.shape[0] != 1:
+            raise InputShapeError(
+                f"input '{spec.name}' has a fixed batch of {spec.shape[0]} {list(spec.shape)}; edgepack feeds "
+                "one sample at a time", "export the model with batch 1 or a dynamic batch axis")
+        total += int(np.prod(spec.shape, dtype=np.float64)) * np.dtype(spec.dtype).itemsize
+    if total > MAX_SAMPLE_BYTES:
+        shapes = ", ".join(f"{s.name} {list(s.shape)}" for s in handle.inputs)
+        raise InputShapeError(f"one sample of the inputs ({shapes}) takes {total / 2**30:.1f} GiB",
+                              "check the shapes, or pass --input-shape with the size the model runs at")
 
 
 def ordered_routes(handle: ModelHandle, target: str, profile: DeviceProfile) -> list[Route]:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgepack.errors import EdgepackError
+
 HARNESS = Path(__file__).resolve().parent / "harness.py"
 
 
@@ -30,9 +32,12 @@ class RunRequest:
     timeout_s: float = 300.0
     runtime: str = "auto"
 
-    def harness_args(self, model: str, inputs: str | None, outputs: str | None) -> list[str]:
+    def harness_args(self, model: str, inputs: str | None, outputs: str | None,
+                     model_sha256: str | None = None) -> list[str]:
         args = ["--model", model, "--runtime", self.runtime, "--threads", str(self.threads),
                 "--warmup", str(self.warmup), "--runs", str(self.runs)]
+        if model_sha256:
+            args += ["--model-sha256", model_sha256]
         if inputs:
             args += ["--inputs", inputs]
         if outputs:
@@ -59,6 +64,11 @@ class Measurement:
         return self.error is None
 
     @property
+    def error_kind(self) -> str | None:
+        """The harness's word for what failed (missing_runtime, model_changed, ...), when it said one."""
+        return self.result.get("error_kind")
+
+    @property
     def latency_ms(self) -> dict[str, float]:
         return {k: v for k, v in self.result.get("latency_ms", {}).items() if k != "runs"}
 
@@ -69,6 +79,18 @@ class Measurement:
     def to_dict(self) -> dict[str, Any]:
         return {"device": self.device, "model": str(self.request.model), "error": self.error,
                 "wall_s": self.wall_s, "uploaded_bytes": self.uploaded_bytes, **self.result}
+
+
+class DeviceSetupError(EdgepackError):
+    """The board lacks what every measurement needs (its Python, numpy): no candidate can run there."""
+
+
+def raise_for_setup(measurement: Measurement) -> Measurement:
+    """A board without numpy fails every request alike: that is the user's to fix, said once, not a
+    failed candidate (a missing runtime only fails the candidates of that runtime)."""
+    if measurement.error_kind == "missing_numpy":
+        raise DeviceSetupError(f"{measurement.device}: {measurement.error}")
+    return measurement
 
 
 class Runner(abc.ABC):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +22,10 @@ class SshOptions:
     ssh_config: Path | None = None
 
 
-def runners_for(profile: DeviceProfile, options: SshOptions) -> list[Runner]:
-    """One runner per ``--host`` (SSH), or the LocalRunner for the ``host`` profile without hosts."""
+def runners_for(profile: DeviceProfile, options: SshOptions,
+                say: Callable[[str], None] = lambda _: None) -> list[Runner]:
+    """One runner per ``--host`` (SSH), or the LocalRunner for the ``host`` profile without hosts.
+    ``say`` gets progress lines, such as waiting for a board another edgepack is using."""
     if not options.hosts:
         if profile.name != "host":
             raise UsageError(f"no --host given to reach the {profile.name}",
@@ -35,5 +38,5 @@ def runners_for(profile: DeviceProfile, options: SshOptions) -> list[Runner]:
         target = parse_target(host, profile.ssh.user, profile.ssh.port, options.ssh_config, options.identity)
         runners.append(SshRunner(target, python=options.remote_python or profile.ssh.python,
                                  known_hosts=options.known_hosts or Path.home() / ".ssh" / "known_hosts",
-                                 trust_new_host=options.trust_new_host))
+                                 trust_new_host=options.trust_new_host, say=say))
     return runners

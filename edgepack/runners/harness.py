@@ -7,8 +7,13 @@ stdout: every run's latency and its percentiles in ms, load time, peak RSS, the 
 version, the device's environment, a per-op profile where the runtime gives one, and an "error" key
 instead when something failed.
 
-    python3 harness.py --model M.tflite [--inputs X.npz] [--threads 4] [--warmup 10] [--runs 50]
-                       [--save-outputs OUT.npz] [--op-profile]
+    python3 harness.py --model M.tflite [--model-sha256 HEX] [--inputs X.npz] [--threads 4] [--warmup 10]
+                       [--runs 50] [--save-outputs OUT.npz] [--op-profile]
+
+With --model-sha256 the model file is hashed before it is loaded and refused when it differs
+(error_kind "model_changed"): a cached model on the device is never trusted by its name or size.
+The timing and the peak RSS come from a run without any profiler; --op-profile then profiles the ops
+in a second session whose trace files go to a temporary directory that is removed afterwards.
 
 An inputs array with one axis more than the model's input holds several samples: the timing uses
 the first, then every sample is run once and --save-outputs gets each output stacked on that axis
@@ -23,9 +28,10 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
-HARNESS_VERSION = "2"
+HARNESS_VERSION = "3"
 
 
 def emit(data):
@@ -183,12 +189,10 @@ def run_tflite(args):
     outputs = {d["name"]: interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()}
     if samples is not None:
         outputs = run_samples(infer, samples)
-    return runtime, version, load_ms, latencies, outputs, tflite_op_profile(args)
+    return runtime, version, load_ms, latencies, outputs, lambda: tflite_op_profile(args)
 
 
 def tflite_op_profile(args):
-    if not args.op_profile:
-        return None
     binary = shutil.which("benchmark_model")
     if binary is None:
         return {"unavailable": "TFLite per-op profiling needs the benchmark_model binary on the device's PATH"}
@@ -218,21 +222,24 @@ ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(d
              "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
 
 
+def ort_session(ort, args, profile_dir=None):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    if profile_dir:
+        options.enable_profiling = True
+        options.profile_file_prefix = os.path.join(profile_dir, "ort_profile")
+    return ort.InferenceSession(args.model, options, providers=["CPUExecutionProvider"])
+
+
 def run_onnxruntime(args):
     try:
         import onnxruntime as ort
     except ImportError:
         fail("missing_runtime", "no ONNX Runtime on the device", install="pip install onnxruntime")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = args.threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    if args.op_profile:
-        options.enable_profiling = True
-        options.profile_file_prefix = os.path.join(os.path.dirname(os.path.abspath(args.save_outputs or args.model)),
-                                                   "ort_profile")
     start = time.perf_counter()
-    session = ort.InferenceSession(args.model, options, providers=["CPUExecutionProvider"])
+    session = ort_session(ort, args)
     load_ms = (time.perf_counter() - start) * 1000.0
     specs = [(i.name, tuple(d if isinstance(d, int) else 1 for d in i.shape), ORT_TYPES.get(i.type, "float32"))
              for i in session.get_inputs()]
@@ -245,24 +252,25 @@ def run_onnxruntime(args):
         result["values"] = session.run(names, feeds)
 
     latencies = measure(once, args)
-    profile = None
-    if args.op_profile:
-        profile = ort_op_profile(session.end_profiling(), args.warmup + args.runs)
     outputs = dict(zip(names, result["values"]))
     if samples is not None:
         outputs = run_samples(lambda values: dict(zip(names, session.run(names, dict(zip(feeds, values))))), samples)
-    return "onnxruntime", ort.__version__, load_ms, latencies, outputs, profile
+    return "onnxruntime", ort.__version__, load_ms, latencies, outputs, lambda: ort_op_profile(ort, args, feeds)
 
 
-def ort_op_profile(path, calls):
+def ort_op_profile(ort, args, feeds):
+    """Per-op times from a second session with ONNX Runtime's profiler on (never the timed one: the
+    profiler slows every op and costs memory); its trace goes to a temporary directory, always removed."""
+    folder = tempfile.mkdtemp(prefix="edgepack-ort-profile-")
     try:
-        with open(path) as fh:
+        session = ort_session(ort, args, folder)
+        calls = max(args.warmup, 1) + max(min(args.runs, 50), 1)
+        for _ in range(calls):
+            session.run(None, feeds)
+        with open(session.end_profiling()) as fh:
             events = json.load(fh)
     finally:
-        try:
-            os.remove(path)
-        except OSError:
-            pass
+        shutil.rmtree(folder, ignore_errors=True)
     totals = {}
     for event in events:
         if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
@@ -270,8 +278,20 @@ def ort_op_profile(path, calls):
         name = event["name"][: -len("_kernel_time")]
         entry = totals.setdefault(name, {"name": name, "type": event.get("args", {}).get("op_name", "?"), "us": 0})
         entry["us"] += event.get("dur", 0)
-    ops = [{"name": e["name"], "type": e["type"], "ms": e["us"] / 1000.0 / max(calls, 1)} for e in totals.values()]
+    ops = [{"name": e["name"], "type": e["type"], "ms": e["us"] / 1000.0 / calls} for e in totals.values()]
     return {"ops": sorted(ops, key=lambda o: o["ms"], reverse=True)}
+
+
+def check_model(path, expected):
+    """Refuse a model file whose bytes are not the ones edgepack sent (a cache overwritten on the device)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != expected:
+        fail("model_changed", "the model file on the device is not the one sent (sha256 differs): %s" % path)
 
 
 # --- common -----------------------------------------------------------------------------------------
@@ -290,6 +310,7 @@ def measure(once, args):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
+    parser.add_argument("--model-sha256")
     parser.add_argument("--runtime", choices=["auto", "tflite", "onnxruntime"], default="auto")
     parser.add_argument("--inputs")
     parser.add_argument("--threads", type=int, default=1)
@@ -301,21 +322,31 @@ def main():
     try:
         import numpy  # noqa: F401
     except ImportError:
-        fail("missing_runtime", "numpy is not installed on the device", install="pip install numpy")
+        fail("missing_numpy", "numpy is not installed on the device (%s)" % sys.executable,
+             install="pip install numpy   (or: sudo apt install python3-numpy)")
     if not os.path.exists(args.model):
         fail("missing_model", "model file not found on the device: %s" % args.model)
+    if args.model_sha256:
+        check_model(args.model, args.model_sha256)
     runtime = args.runtime
     if runtime == "auto":
         runtime = "onnxruntime" if args.model.endswith(".onnx") else "tflite"
     rss_before = rss_mb()
     try:
         run = run_onnxruntime if runtime == "onnxruntime" else run_tflite
-        name, version, load_ms, latencies, outputs, op_profile = run(args)
+        name, version, load_ms, latencies, outputs, profile_ops = run(args)
+        peak_rss = rss_mb()  # before any profiling session exists
     except MemoryError:
         fail("out_of_memory", "the device ran out of memory")
     except Exception as exc:  # the runtime's own errors, reported as data
         detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
         fail("runtime_error", "%s: %s" % (type(exc).__name__, detail))
+    op_profile = None
+    if args.op_profile:
+        try:
+            op_profile = profile_ops()
+        except Exception as exc:  # the timing stands; only the per-op breakdown is missing
+            op_profile = {"unavailable": "op profiling failed: %s: %s" % (type(exc).__name__, str(exc)[:200])}
     if args.save_outputs:
         import numpy as np
 
@@ -329,11 +360,10 @@ def main():
         "warmup": args.warmup,
         "load_ms": load_ms,
         "latency_ms": percentiles(latencies),
-        "peak_rss_mb": rss_mb(),
+        "peak_rss_mb": peak_rss,
         "rss_before_load_mb": rss_before,
         "output_names": list(outputs),
-        "op_profile": op_profile if op_profile is not None else (
-            None if not args.op_profile else {"unavailable": "not collected"}),
+        "op_profile": op_profile,
         "environment": environment(),
     })
 

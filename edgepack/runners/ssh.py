@@ -6,23 +6,85 @@
 4. run the harness in its own process group, with a timeout that kills the whole group
 5. fetch the JSON (and outputs), 6. remove the temporary directory, whatever happened
 
-Every path and name that reaches the remote shell goes through ``shlex.quote``.
+Every path and name that reaches the remote shell goes through ``shlex.quote``. Nothing cached on the
+device is trusted by its name or size: the harness runs only when its bytes hash to ours (a launcher
+checks them, then executes exactly those bytes) and refuses a model whose sha256 differs; either is
+then uploaded again. Each batch holds the device's lock (``device_lock``), which ``deploy`` takes too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import secrets
 import shlex
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgepack.errors import EdgepackError
-from edgepack.runners.base import HARNESS, Measurement, Runner, RunRequest, parse_harness_output
+from edgepack.model import file_sha256
+from edgepack.runners.base import HARNESS, Measurement, Runner, RunRequest, parse_harness_output, raise_for_setup
+
+# paramiko logs a failed handshake (a port that does not speak SSH) as a page of traceback through the
+# root logger's last resort; the error reaches the user as one line from us instead.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 PID_FILE = ".edgepack-harness.pid"
+LOCK_FILE = "device.lock"
+
+# Runs the cached harness only when its bytes hash to what we sent, and runs exactly those bytes.
+LAUNCHER = (
+    "import hashlib, json, sys\n"
+    "path, digest = sys.argv[1], sys.argv[2]\n"
+    "code = open(path, 'rb').read()\n"
+    "if hashlib.sha256(code).hexdigest() != digest:\n"
+    "    print(json.dumps({'error': 'the cached harness on the device is not the one sent (sha256 differs)',"
+    " 'error_kind': 'harness_changed'}))\n"
+    "    sys.exit(3)\n"
+    "sys.argv = [path] + sys.argv[3:]\n"
+    "exec(compile(code, path, 'exec'), {'__name__': '__main__', '__file__': path})\n")
+
+# Held by one remote process for as long as our channel is open: a lost connection closes its stdin
+# and so releases the lock. Prints "busy <holder>" once while waiting, then "locked" or "timeout".
+# Holding it, it removes what an interrupted holder may have left in the model cache.
+LOCK_SCRIPT = """import fcntl, glob, os, sys, time
+cache, timeout, holder = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+models = os.path.join(cache, "models")
+if not os.path.isdir(models):
+    os.makedirs(models)
+fd = os.open(os.path.join(cache, "device.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+deadline, said = time.time() + timeout, False
+while True:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        break
+    except OSError:
+        if not said:
+            os.lseek(fd, 0, 0)
+            sys.stdout.write("busy %s\\n" % os.read(fd, 1000).decode("utf-8", "replace").strip())
+            sys.stdout.flush()
+            said = True
+        if time.time() > deadline:
+            sys.stdout.write("timeout\\n")
+            sys.stdout.flush()
+            sys.exit(4)
+        time.sleep(0.1)
+os.ftruncate(fd, 0)
+os.lseek(fd, 0, 0)
+os.write(fd, ("%s, since %s" % (holder, time.strftime("%Y-%m-%d %H:%M:%S"))).encode())
+for leftover in glob.glob(os.path.join(models, "*.part-*")) + glob.glob(os.path.join(models, "ort_profile_*")):
+    try:
+        os.remove(leftover)
+    except OSError:
+        pass
+sys.stdout.write("locked\\n")
+sys.stdout.flush()
+sys.stdin.read()
+"""
 
 
 class HostKeyError(EdgepackError):
@@ -30,7 +92,20 @@ class HostKeyError(EdgepackError):
 
 
 class SshSetupError(EdgepackError):
-    """The user's SSH settings cannot work (bad target, identity file, authentication)."""
+    """The user's SSH settings cannot work (bad target, identity file, authentication, no such Python)."""
+
+
+class DeviceBusyError(EdgepackError):
+    """Another edgepack held the device's lock for longer than we were willing to wait."""
+
+
+def holder_description(purpose: str) -> str:
+    """Who takes a device's lock, as the next one to wait for it reads it."""
+    import getpass
+    import os
+    import socket
+
+    return f"{purpose} by {getpass.getuser()}@{socket.gethostname()} (pid {os.getpid()})"
 
 
 @dataclass(frozen=True)
@@ -113,6 +188,8 @@ class SshRunner(Runner):
     trust_new_host: bool = False
     remote_cache: str | None = None  # default: ~/.cache/edgepack on the device
     connect_timeout_s: float = 15.0
+    lock_timeout_s: float = 600.0  # how long a batch waits for another edgepack using the device
+    say: Callable[[str], None] = field(default=lambda _: None, repr=False)  # progress lines (waiting for a lock)
 
     def __post_init__(self) -> None:
         self.label = self.target.label
@@ -186,6 +263,57 @@ class SshRunner(Runner):
             self._client.close()
         self._client = None
 
+    @contextlib.contextmanager
+    def device_lock(self, purpose: str, timeout_s: float | None = None) -> Iterator[None]:
+        """Hold the device's lock (``<cache>/device.lock`` on the device) for the ``with`` block.
+
+        Waits for another holder, saying who it is; raises DeviceBusyError after ``timeout_s``. The lock
+        is held by a remote process that ends when our channel closes, so a lost connection releases it.
+        """
+        timeout_s = self.lock_timeout_s if timeout_s is None else timeout_s
+        argv = [self.python, "-c", LOCK_SCRIPT, self._cache(), f"{timeout_s:g}", holder_description(purpose)]
+        channel = self._connect().get_transport().open_session()
+        channel.settimeout(timeout_s + self.connect_timeout_s)
+        try:
+            channel.exec_command(" ".join(shlex.quote(a) for a in argv))
+            self._await_lock(channel, timeout_s)
+            yield
+        finally:
+            with contextlib.suppress(Exception):  # the connection may be gone: then so is the lock
+                channel.shutdown_write()
+                channel.close()
+
+    def _await_lock(self, channel: Any, timeout_s: float) -> None:
+        buffer, holder = b"", "another edgepack"
+        while True:
+            chunk = channel.recv(4096)
+            if not chunk:
+                break
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                text = line.decode(errors="replace").strip()
+                if text == "locked":
+                    return
+                if text.startswith("busy"):
+                    holder = text[5:] or holder
+                    self.say(f"{self.label}: the device is in use ({holder}); waiting")
+                elif text == "timeout":
+                    raise DeviceBusyError(f"{self.label}: the device stayed in use for {timeout_s:g} s ({holder})",
+                                          "wait until that run ends, then retry")
+        code = channel.recv_exit_status()
+        err = b""
+        while channel.recv_stderr_ready():
+            err += channel.recv_stderr(65536)
+        tail = (err.decode(errors="replace").strip().splitlines() or ["no output"])[-1][:200]
+        if code == 127:
+            raise SshSetupError(f"{self.label}: '{self.python}' was not found on the device",
+                                "install python3 there, or pass --remote-python with its path")
+        if code == -1:
+            raise EOFError("the connection closed while taking the device lock")
+        raise SshSetupError(f"{self.label}: cannot take the device lock with '{self.python}' ({tail})",
+                            "check --remote-python and that the home directory is writable")
+
     def _exec(self, command: str, timeout: float = 60.0) -> tuple[int, str, str]:
         _, stdout, stderr = self._connect().exec_command(command, timeout=timeout)
         out = stdout.read().decode(errors="replace")
@@ -216,38 +344,58 @@ class SshRunner(Runner):
             self._exec(f"mkdir -p -- {shlex.quote(self._cache_dir + '/models')}")
         return self._cache_dir
 
-    def _put_cached(self, local: Path, suffix: str) -> tuple[str, int]:
-        """Upload unless the device has the same content already; returns the remote path and bytes sent."""
-        digest = hashlib.sha256(local.read_bytes()).hexdigest()
+    def _put_cached(self, local: Path, suffix: str, *, again: bool = False) -> tuple[str, str, int]:
+        """Upload unless the device has this content already (the harness checks the sha256 before use;
+        ``again`` replaces what is there). Returns the remote path, the sha256 and the bytes sent."""
+        digest = file_sha256(local)[0]
         remote = f"{self._cache()}/models/{digest}{suffix}"
-        if remote in self._uploaded:
-            return remote, 0
+        if remote in self._uploaded and not again:
+            return remote, digest, 0
         sftp = self._connect().open_sftp()
         try:
             try:
-                if sftp.stat(remote).st_size == local.stat().st_size:
+                if not again and sftp.stat(remote).st_size == local.stat().st_size:
                     self._uploaded.add(remote)
-                    return remote, 0
+                    return remote, digest, 0
             except FileNotFoundError:
                 pass
             partial = f"{remote}.part-{time.time_ns()}"
-            sftp.put(str(local), partial)
-            sftp.posix_rename(partial, remote)
+            try:
+                sftp.put(str(local), partial)
+                sftp.posix_rename(partial, remote)
+            except BaseException:
+                with contextlib.suppress(Exception):  # a dead connection: the next lock holder removes it
+                    sftp.remove(partial)
+                raise
         finally:
             sftp.close()
         self._uploaded.add(remote)
-        return remote, local.stat().st_size
+        return remote, digest, local.stat().st_size
 
     # -- the batch ----------------------------------------------------------------------------------
     def run(self, requests: list[RunRequest]) -> list[Measurement]:
-        return [self._one(r) for r in requests]
+        """The batch, holding the device's lock; a device busy past the lock's timeout fails the batch."""
+        import paramiko
+
+        try:
+            with self.device_lock("measuring"):
+                return [self._one(r) for r in requests]
+        except DeviceBusyError as exc:
+            return [Measurement(r, self.label, {}, str(exc)) for r in requests]
+        except (paramiko.SSHException, OSError, EOFError) as exc:  # while taking the lock
+            self.close()
+            return [Measurement(r, self.label, {}, f"connection lost: {type(exc).__name__}: {exc}")
+                    for r in requests]
 
     def _one(self, request: RunRequest) -> Measurement:
         import paramiko
 
         start = time.perf_counter()
         try:
-            return self._measure(request, start)
+            measurement = self._measure(request, start)
+            if measurement.error_kind in ("model_changed", "harness_changed"):  # a cache changed on the device
+                measurement = self._measure(request, start, again=True)
+            return raise_for_setup(measurement)
         except (HostKeyError, SshSetupError):
             raise
         except (paramiko.SSHException, OSError, EOFError) as exc:
@@ -261,9 +409,9 @@ class SshRunner(Runner):
             self._tmp_base = out.strip() or "/tmp"
         return self._tmp_base
 
-    def _measure(self, request: RunRequest, start: float) -> Measurement:
-        harness, sent = self._put_cached(HARNESS, ".py")
-        model, model_sent = self._put_cached(request.model, request.model.suffix)
+    def _measure(self, request: RunRequest, start: float, *, again: bool = False) -> Measurement:
+        harness, harness_sha, sent = self._put_cached(HARNESS, ".py", again=again)
+        model, model_sha, model_sent = self._put_cached(request.model, request.model.suffix, again=again)
         workdir = f"{self._temp_base()}/edgepack.{secrets.token_hex(6)}"
         removed = False
         sftp = self._connect().open_sftp()
@@ -275,7 +423,8 @@ class SshRunner(Runner):
                 sftp.put(str(request.inputs), inputs)
                 sent += request.inputs.stat().st_size
             outputs = f"{workdir}/outputs.npz" if request.want_outputs else None
-            argv = [self.python, harness, *request.harness_args(model, inputs, outputs)]
+            argv = [self.python, "-c", LAUNCHER, harness, harness_sha,
+                    *request.harness_args(model, inputs, outputs, model_sha)]
             measurement = self._run_harness(request, workdir, argv, start)
             measurement.uploaded_bytes = sent + model_sent
             if measurement.ok and outputs:
@@ -330,6 +479,10 @@ class SshRunner(Runner):
             time.sleep(0.005)
         code = channel.recv_exit_status()
         channel.close()
+        if code == -1 and not stdout.strip().endswith(b"}"):  # no exit status: the connection went down
+            self.close()
+            return Measurement(request, self.label, {}, "connection lost: the device closed the connection "
+                               "during the run", wall_s=time.perf_counter() - start)
         text = stdout.decode(errors="replace")
         first, _, rest = text.partition("\n")
         return parse_harness_output(request, self.label, rest if first.strip().isdigit() else text,

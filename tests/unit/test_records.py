@@ -28,3 +28,25 @@ def test_a_torn_last_line_is_skipped(tmp_path: Path):
     assert len(reopened) == 1 and reopened.get(key("b" * 64)) == {"p50": 2}
     reopened.add(key("d" * 64), {"p50": 3})  # appending after a torn line still works
     assert Records(tmp_path).get(key("d" * 64)) == {"p50": 3}
+
+
+def test_foreign_and_damaged_lines_are_skipped_and_counted(tmp_path: Path):
+    """Fault probe 8: a record from another version, a key that is not a key, a line that is not UTF-8:
+    each made every build on the cache fail; now each is skipped and counted like a torn line."""
+    records = Records(tmp_path)
+    records.add(key("b" * 64), {"p50": 2})
+    good = records.path.read_bytes()
+    with records.path.open("ab") as fh:
+        fh.write(b'{"key": {"artifact_sha256": "c", "device": "d", "runtime": "r", "threads": 1, '
+                 b'"harness_version": "1", "repeat": 0, "purpose": "latency"}, "result": {}}\n')  # newer version
+        fh.write(b'{"key": {"artifact_sha256": "c"}, "result": {}}\n')  # a field missing
+        fh.write(b'{"key": 5}\n')
+        fh.write(b'{"key": {"artifact_sha256": "c", "device": "d", "runtime": "r", "threads": "one", '
+                 b'"harness_version": "1", "repeat": 0}, "result": {}}\n')  # a field of another type
+        fh.write(b"\xff\xfe not utf-8 \x80\n")
+        fh.write(b"[1, 2]\n")
+    reopened = Records(tmp_path)
+    assert reopened.skipped == 6 and len(reopened) == 1 and reopened.get(key("b" * 64)) == {"p50": 2}
+    reopened.add(key("d" * 64), {"p50": 3})
+    assert Records(tmp_path).get(key("d" * 64)) == {"p50": 3}
+    assert records.path.read_bytes().startswith(good)  # nothing was rewritten
