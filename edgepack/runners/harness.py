@@ -74,6 +74,12 @@ def environment():
 
 
 def rss_mb():
+    """Peak resident memory of this process so far, in MB. Linux: VmHWM, the high-water mark of this
+    program's own address space. ru_maxrss is the fallback only: after fork it starts from the parent's
+    size, so a harness started by a large process (edgepack with torch loaded) would report that."""
+    for line in (read_first("/proc/self/status") or "").splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
 

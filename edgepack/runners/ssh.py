@@ -34,7 +34,6 @@ from edgepack.runners.base import HARNESS, Measurement, Runner, RunRequest, pars
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 PID_FILE = ".edgepack-harness.pid"
-LOCK_FILE = "device.lock"
 
 # Runs the cached harness only when its bytes hash to what we sent, and runs exactly those bytes.
 LAUNCHER = (

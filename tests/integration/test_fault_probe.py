@@ -197,14 +197,17 @@ def test_local_profile_times_without_the_profiler_and_leaves_nothing(cli, tmp_pa
     model = tmp_path / "models" / "digits.onnx"
     model.parent.mkdir()
     model.write_bytes(digits_onnx.read_bytes())
-    code, out, _ = cli("profile", model, "--runs", "300", "--json")
+    code, out, _ = cli("profile", model, "--runs", "3000", "--json")
     assert code == 0
     profiled = json.loads(out)
     assert profiled["op_profile"]["ops"] and {o["type"] for o in profiled["op_profile"]["ops"]} >= {"Conv", "Gemm"}
     assert sorted(p.name for p in model.parent.iterdir()) == ["digits.onnx"]  # no ort_profile_*.json
-    # the profiler's memory (200+ MB for this model) was in the peak RSS of the timed run
-    plain = LocalRunner().run([RunRequest(model, runs=300)])[0]
+    # The profiler kept every event of the timed runs: 190 MB against 68 MB for this model at 3000 runs.
+    # And the peak RSS is the harness's own (VmHWM), not ru_maxrss inherited from this large process
+    # (torch and TensorFlow loaded: ~490 MB reported for a 0.3 MB model before).
+    plain = LocalRunner().run([RunRequest(model, runs=3000)])[0]
     assert profiled["peak_rss_mb"] < plain.result["peak_rss_mb"] * 1.25 + 20
+    assert plain.result["peak_rss_mb"] < 150
 
 
 # -- 12. one line, no library noise ---------------------------------------------------------------------
