@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import secrets
 import shlex
 import time
@@ -47,42 +48,22 @@ LAUNCHER = (
     "sys.argv = [path] + sys.argv[3:]\n"
     "exec(compile(code, path, 'exec'), {'__name__': '__main__', '__file__': path})\n")
 
-# Held by one remote process for as long as our channel is open: a lost connection closes its stdin
-# and so releases the lock. Prints "busy <holder>" once while waiting, then "locked" or "timeout".
-# Holding it, it removes what an interrupted holder may have left in the model cache.
-LOCK_SCRIPT = """import fcntl, glob, os, sys, time
-cache, timeout, holder = sys.argv[1], float(sys.argv[2]), sys.argv[3]
-models = os.path.join(cache, "models")
-if not os.path.isdir(models):
-    os.makedirs(models)
-fd = os.open(os.path.join(cache, "device.lock"), os.O_RDWR | os.O_CREAT, 0o600)
-deadline, said = time.time() + timeout, False
-while True:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        break
-    except OSError:
-        if not said:
-            os.lseek(fd, 0, 0)
-            sys.stdout.write("busy %s\\n" % os.read(fd, 1000).decode("utf-8", "replace").strip())
-            sys.stdout.flush()
-            said = True
-        if time.time() > deadline:
-            sys.stdout.write("timeout\\n")
-            sys.stdout.flush()
-            sys.exit(4)
-        time.sleep(0.1)
-os.ftruncate(fd, 0)
-os.lseek(fd, 0, 0)
-os.write(fd, ("%s, since %s" % (holder, time.strftime("%Y-%m-%d %H:%M:%S"))).encode())
-for leftover in glob.glob(os.path.join(models, "*.part-*")) + glob.glob(os.path.join(models, "ort_profile_*")):
-    try:
-        os.remove(leftover)
-    except OSError:
-        pass
-sys.stdout.write("locked\\n")
-sys.stdout.flush()
-sys.stdin.read()
+# Held by one remote shell for as long as our channel is open (flock on fd 9; `cat` reads the channel
+# until it closes): a lost connection ends the shell and so releases the lock. No Python involved, so
+# a broken interpreter on the board cannot hold the lock. Prints "busy <holder>" once while waiting,
+# then "locked" or "timeout". Holding it, it removes what an interrupted holder left in the model cache
+# (every uploader holds the lock, so a partial upload found now was abandoned).
+LOCK_SCRIPT = """lock=$1 timeout=$2 holder=$3 models=$4
+command -v flock >/dev/null 2>&1 || { echo 'no flock'; exit 5; }
+mkdir -p -- "$models" && exec 9>>"$lock" || exit 6
+if ! flock -n 9; then
+  printf 'busy %s\\n' "$(head -c 1000 -- "$lock" | tr '\\n' ' ')"
+  flock -w "$timeout" 9 || { echo timeout; exit 4; }
+fi
+printf '%s, since %s\\n' "$holder" "$(date -u '+%Y-%m-%d %H:%M:%S UTC')" > "$lock"
+rm -f -- "$models"/*.part-* "$models"/ort_profile_*
+echo locked
+cat >/dev/null
 """
 
 
@@ -270,7 +251,9 @@ class SshRunner(Runner):
         is held by a remote process that ends when our channel closes, so a lost connection releases it.
         """
         timeout_s = self.lock_timeout_s if timeout_s is None else timeout_s
-        argv = [self.python, "-c", LOCK_SCRIPT, self._cache(), f"{timeout_s:g}", holder_description(purpose)]
+        cache = self._cache()
+        argv = ["sh", "-c", LOCK_SCRIPT, "sh", f"{cache}/device.lock", str(max(1, math.ceil(timeout_s))),
+                holder_description(purpose), f"{cache}/models"]
         channel = self._connect().get_transport().open_session()
         channel.settimeout(timeout_s + self.connect_timeout_s)
         try:
@@ -304,14 +287,15 @@ class SshRunner(Runner):
         err = b""
         while channel.recv_stderr_ready():
             err += channel.recv_stderr(65536)
-        tail = (err.decode(errors="replace").strip().splitlines() or ["no output"])[-1][:200]
-        if code == 127:
-            raise SshSetupError(f"{self.label}: '{self.python}' was not found on the device",
-                                "install python3 there, or pass --remote-python with its path")
+        tail = (err.decode(errors="replace").strip().splitlines() or [buffer.decode(errors="replace").strip()
+                                                                       or "no output"])[-1][:200]
         if code == -1:
             raise EOFError("the connection closed while taking the device lock")
-        raise SshSetupError(f"{self.label}: cannot take the device lock with '{self.python}' ({tail})",
-                            "check --remote-python and that the home directory is writable")
+        if code == 5:
+            raise SshSetupError(f"{self.label}: the device has no flock command (util-linux) for its lock",
+                                "install util-linux on the device")
+        raise SshSetupError(f"{self.label}: cannot take the device lock in {self._cache()} ({tail})",
+                            "check that the home directory on the device is writable")
 
     def _exec(self, command: str, timeout: float = 60.0) -> tuple[int, str, str]:
         _, stdout, stderr = self._connect().exec_command(command, timeout=timeout)
@@ -483,6 +467,11 @@ class SshRunner(Runner):
             return Measurement(request, self.label, {}, "connection lost: the device closed the connection "
                                "during the run", wall_s=time.perf_counter() - start)
         text = stdout.decode(errors="replace")
+        if code == 127 and "{" not in text:  # the shell found no such command: nothing on this board will run
+            missing = self.python if self.python in stderr.decode(errors="replace") else "a command edgepack needs"
+            raise SshSetupError(f"{self.label}: '{missing}' was not found on the device "
+                                f"({stderr.decode(errors='replace').strip()[-200:]})",
+                                "install python3 there, or pass --remote-python with its path")
         first, _, rest = text.partition("\n")
         return parse_harness_output(request, self.label, rest if first.strip().isdigit() else text,
                                     stderr.decode(errors="replace"), code, time.perf_counter() - start)
