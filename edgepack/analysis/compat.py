@@ -86,6 +86,8 @@ def check_compatibility(summary: GraphSummary, profile: DeviceProfile) -> Compat
         runtime = next((r for r in profile.runtimes if r.startswith("tflite")), profile.runtimes[0])
         if ops.tflite is not None and ops.tflite != "all":
             issues = _tflite_issues(summary, histogram, set(ops.tflite), profile)
+        elif summary.graph_format == "tflite":
+            issues = [_tflite_custom_issue(op, n) for op, n in histogram.items() if is_tflite_custom_op(op)]
     return Compatibility(runtime, issues, _precision_notes(summary, profile))
 
 
@@ -118,13 +120,25 @@ def _custom_op_issues(summary: GraphSummary) -> list[OpIssue]:
     return issues
 
 
+def is_tflite_custom_op(op: str) -> bool:
+    """TFLite builtin ops are named in UPPER_SNAKE_CASE (BuiltinOperator); a custom op carries its own name."""
+    return op != op.upper()
+
+
+def _tflite_custom_issue(op: str, count: int) -> OpIssue:
+    return OpIssue(op, count, "unsupported", "a custom op: the stock TFLite runtime has no kernel for it and "
+                                             "loads the model only with the library that registers it")
+
+
 def _tflite_issues(summary: GraphSummary, histogram: dict[str, int], allowed: set[str],
                    profile: DeviceProfile) -> list[OpIssue]:
     where = f"{profile.name}'s TFLite op list ({profile.ops.source})"
     issues = []
     for op, count in histogram.items():
         if summary.graph_format == "tflite":
-            if op not in allowed:
+            if is_tflite_custom_op(op):
+                issues.append(_tflite_custom_issue(op, count))
+            elif op not in allowed:
                 issues.append(OpIssue(op, count, "unsupported", f"not in {where}"))
             continue
         if op not in ONNX_TO_TFLITE:

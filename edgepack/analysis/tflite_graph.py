@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from edgepack.analysis.graph import GraphSummary, Layer, peak_live_bytes
+from edgepack.errors import first_line
 
 # Ops whose constant inputs at these indices are weights or biases (int32 biases count as params).
 _WEIGHT_INPUTS = {
@@ -30,7 +31,10 @@ def summarize_tflite(path: Path, shapes: dict[str, tuple[int, ...]] | None = Non
             notes.append(f"input '{detail['name']}': dynamic dimensions taken as 1")
         if wanted is not None:
             interpreter.resize_tensor_input(detail["index"], list(wanted))
-    interpreter.allocate_tensors()
+    try:
+        interpreter.allocate_tensors()
+    except RuntimeError as exc:  # e.g. a custom op this runtime has no kernel for: the tables are still there
+        notes.append(f"not allocated ({first_line(exc)}): tensor shapes as declared in the file")
 
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     ops = interpreter._get_ops_details()  # the only way the Python API exposes the op table
