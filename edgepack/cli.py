@@ -92,7 +92,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     handle = _handle(args)
     output = _output(args, default_name(handle, args.to), directory=args.to in ("savedmodel", "torch"))
     data = load_dataset(args.calib, handle.inputs, purpose="calibration") if args.calib else None
-    _show(args, convert_model(handle, args.to, output, profile, data), render_conversion)
+    _show(args, convert_model(handle, args.to, output, profile, data, tolerance=args.tolerance), render_conversion)
     return 0
 
 
@@ -300,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "default: random inputs")
     convert.add_argument("--device", default="host", metavar="NAME",
                          help="profile whose route order and tolerances apply (default: host)")
+    convert.add_argument("--tolerance", type=float, metavar="REL",
+                         help="largest max abs error allowed, as a fraction of each output's scale (default: the "
+                              "profile's, scaled by sqrt(ops/50) for deeper graphs)")
     convert.set_defaults(handler=cmd_convert)
 
     quantize = commands.add_parser(

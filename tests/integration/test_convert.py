@@ -218,3 +218,35 @@ def test_drift_past_tolerance_names_route_and_output(digits_onnx: Path, tmp_path
     assert code == 2 and err.count("\n") == 1
     assert "conversion onnx-to-torch failed: drifted past tolerance: output 'linear_1'" in err
     assert "(tolerance 1e-12)" in err and not out.exists()
+
+
+def test_parity_tolerance_scales_with_depth_and_takes_the_flag(tmp_path: Path, digits_onnx: Path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgepack.convert.convert import parity_tolerances
+    from edgepack.errors import UsageError
+    from edgepack.model import load_model
+    from edgepack.profiles import ProfileRegistry
+
+    host = ProfileRegistry.discover([]).get("host")
+    base = host.tolerances.max_abs_error_rel
+    chain = [helper.make_node("Relu", [f"t{i}"], [f"t{i + 1}"]) for i in range(200)]
+    graph = helper.make_graph(chain, "deep", [helper.make_tensor_value_info("t0", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("t200", TensorProto.FLOAT, [1, 8])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "deep.onnx")
+    deep = parity_tolerances(load_model(tmp_path / "deep.onnx"), host)
+    assert deep.max_abs_error_rel == pytest.approx(base * 2)  # sqrt(200 / 50)
+    assert deep.min_cosine == host.tolerances.min_cosine and deep.min_top1_agreement == 1.0
+    shallow = load_model(digits_onnx)
+    assert parity_tolerances(shallow, host) == host.tolerances
+    assert parity_tolerances(shallow, host, 1e-3).max_abs_error_rel == 1e-3
+    with pytest.raises(UsageError, match="--tolerance 5 is not a fraction"):
+        parity_tolerances(shallow, host, 5.0)
+
+
+@pytest.mark.slow
+def test_tolerance_flag_refuses_drift_past_it(cli, one_line_error, tmp_path: Path, digits_onnx: Path):
+    one_line_error(cli("convert", digits_onnx, "--to", "tflite", "--tolerance", "1e-12", "-o", tmp_path / "d.tflite"),
+                   "drifted past tolerance", "(tolerance 1e-12)", "pass --tolerance")
+    assert not (tmp_path / "d.tflite").exists()
