@@ -164,11 +164,16 @@ def engine_for(handle: ModelHandle) -> Engine:
 
 
 def engine_for_file(path: Path, fmt: str) -> Engine:
-    """An engine for an artifact edgepack wrote."""
-    if fmt == "onnx":
-        return OnnxEngine(path)
-    if fmt == "tflite":
-        return TfliteEngine(path)
+    """An engine for an artifact edgepack wrote. One its runtime cannot load (a converter that emitted
+    an op the runtime lacks) raises ConversionError: that route failed, with the runtime's reason."""
+    if fmt in ("onnx", "tflite"):
+        try:
+            return OnnxEngine(path) if fmt == "onnx" else TfliteEngine(path)
+        except Exception as exc:  # the runtimes' own types (InvalidGraph, Fail, RuntimeError, ValueError)
+            from edgepack.convert.errors import ConversionError
+
+            runtime = "ONNX Runtime" if fmt == "onnx" else "the TFLite interpreter"
+            raise ConversionError(f"to {fmt}", f"{runtime} cannot load the result ({first_line(exc, 320)})") from None
     if fmt == "savedmodel":
         return SavedModelEngine(path)
     if fmt == "torch":

@@ -87,7 +87,9 @@ def check_compatibility(summary: GraphSummary, profile: DeviceProfile) -> Compat
         if ops.tflite is not None and ops.tflite != "all":
             issues = _tflite_issues(summary, histogram, set(ops.tflite), profile)
         elif summary.graph_format == "tflite":
-            issues = [_tflite_custom_issue(op, n) for op, n in histogram.items() if is_tflite_custom_op(op)]
+            found = [_tflite_custom_issue(op, n, summary, profile) for op, n in histogram.items()
+                     if is_tflite_custom_op(op)]
+            issues = [i for i in found if i is not None]
     return Compatibility(runtime, issues, _precision_notes(summary, profile))
 
 
@@ -125,9 +127,13 @@ def is_tflite_custom_op(op: str) -> bool:
     return op != op.upper()
 
 
-def _tflite_custom_issue(op: str, count: int) -> OpIssue:
-    return OpIssue(op, count, "unsupported", "a custom op: the stock TFLite runtime has no kernel for it and "
-                                             "loads the model only with the library that registers it")
+def _tflite_custom_issue(op: str, count: int, summary: GraphSummary, profile: DeviceProfile) -> OpIssue | None:
+    """A device whose TFLite op list is "all": a custom op runs there only if something registers it.
+    TFLite's default XNNPACK delegate implements a few (MediaPipe's Convolution2DTransposeBias)."""
+    if op in summary.delegate_ops and profile.device_class == "cpu":
+        return None  # the summary's notes say that the XNNPACK delegate runs it
+    return OpIssue(op, count, "unsupported", "a custom op: no builtin TFLite kernel; the model loads only with "
+                                             "the library that registers it")
 
 
 def _tflite_issues(summary: GraphSummary, histogram: dict[str, int], allowed: set[str],
@@ -136,9 +142,7 @@ def _tflite_issues(summary: GraphSummary, histogram: dict[str, int], allowed: se
     issues = []
     for op, count in histogram.items():
         if summary.graph_format == "tflite":
-            if is_tflite_custom_op(op):
-                issues.append(_tflite_custom_issue(op, count))
-            elif op not in allowed:
+            if op not in allowed:
                 issues.append(OpIssue(op, count, "unsupported", f"not in {where}"))
             continue
         if op not in ONNX_TO_TFLITE:

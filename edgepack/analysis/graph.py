@@ -41,6 +41,8 @@ class GraphSummary:
     peak_activation_bytes: int
     input_shapes: dict[str, tuple[int, ...]]
     notes: list[str] = field(default_factory=list)
+    #: TFLite custom ops that no builtin kernel runs but TFLite's default (XNNPACK) delegate does
+    delegate_ops: list[str] = field(default_factory=list)
 
     @property
     def macs(self) -> int:

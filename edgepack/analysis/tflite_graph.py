@@ -31,10 +31,19 @@ def summarize_tflite(path: Path, shapes: dict[str, tuple[int, ...]] | None = Non
             notes.append(f"input '{detail['name']}': dynamic dimensions taken as 1")
         if wanted is not None:
             interpreter.resize_tensor_input(detail["index"], list(wanted))
+    delegate_ops: list[str] = []
     try:
         interpreter.allocate_tensors()
     except RuntimeError as exc:  # e.g. a custom op this runtime has no kernel for: the tables are still there
-        notes.append(f"not allocated ({first_line(exc)}): tensor shapes as declared in the file")
+        from edgepack.analysis.compat import is_tflite_custom_op
+
+        custom = sorted({op["op_name"] for op in interpreter._get_ops_details() if is_tflite_custom_op(op["op_name"])})
+        if custom and _loads_with_default_delegate(path):
+            delegate_ops = custom
+            notes.append(f"custom op(s) {', '.join(custom)}: no builtin kernel; TFLite's default XNNPACK delegate "
+                         "runs them (tensor shapes as declared in the file)")
+        else:
+            notes.append(f"not allocated ({first_line(exc)}): tensor shapes as declared in the file")
 
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     ops = interpreter._get_ops_details()  # the only way the Python API exposes the op table
@@ -79,7 +88,21 @@ def summarize_tflite(path: Path, shapes: dict[str, tuple[int, ...]] | None = Non
     input_shapes = {tensors[i]["name"]: tuple(int(d) for d in tensors[i]["shape"]) for i in graph_inputs}
     weight_bytes = sum(nbytes(i) for i in unique_params)
     return GraphSummary("tflite", layers, sum(unique_params.values()), weight_bytes, peak, input_shapes,
-                        notes)
+                        notes, delegate_ops)
+
+
+def _loads_with_default_delegate(path: Path) -> bool:
+    """Whether the interpreter with its default delegate (XNNPACK, which implements some MediaPipe custom
+    ops such as Convolution2DTransposeBias) can allocate the model."""
+    from edgepack.model import tflite_interpreter
+    from edgepack.quiet import captured_output
+
+    try:
+        with captured_output():
+            tflite_interpreter(path).allocate_tensors()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _is_param(op: str, position: int, tensor: dict[str, Any]) -> bool:
