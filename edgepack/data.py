@@ -50,25 +50,23 @@ class Dataset:
 
 
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    if path.suffix not in (".npy", ".npz"):
+        raise DataError(f"{path}: unsupported data file '{path.suffix}'",
+                        "give .npy/.npz files or a directory of them")
     try:
         if path.suffix == ".npy":
             arrays = {"": np.load(path, allow_pickle=False)}
-        elif path.suffix == ".npz":
+        else:
             with np.load(path, allow_pickle=False) as archive:
                 arrays = {k: archive[k] for k in archive.files}
-        else:
-            arrays = None
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise DataError(f"{path}: not a readable numpy file ({first_line(exc, with_type=True)})",
                         "save it with numpy.save / numpy.savez") from None
-    if arrays is not None:
-        for name, array in arrays.items():
-            if array.ndim == 0:
-                raise DataError(f"{path}: {f'array {name!r}' if name else 'the array'} is a single value "
-                                "(0-d), not samples", "stack the samples on a first axis")
-        return arrays
-    raise DataError(f"{path}: unsupported data file '{path.suffix}'",
-                    "give .npy/.npz files or a directory of them")
+    for name, array in arrays.items():
+        if array.ndim == 0:
+            raise DataError(f"{path}: {f'array {name!r}' if name else 'the array'} is a single value "
+                            "(0-d), not samples", "stack the samples on a first axis")
+    return arrays
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")

@@ -131,27 +131,17 @@ class SavedModelEngine:
 
 def engine_for(handle: ModelHandle) -> Engine:
     """An engine for a model the user gave (any format edgepack reads)."""
-    if handle.format is ModelFormat.ONNX:
+    if handle.format in (ModelFormat.ONNX, ModelFormat.TFLITE):
         assert handle.path is not None
+        onnx = handle.format is ModelFormat.ONNX
         try:
-            return OnnxEngine(handle.path)
-        except Exception as exc:  # onnxruntime's own exception types (Fail, InvalidGraph, NotImplemented)
+            return OnnxEngine(handle.path) if onnx else TfliteEngine(handle.path)
+        except Exception as exc:  # the runtimes' own types (Fail, InvalidGraph, RuntimeError: an op it lacks)
             from edgepack.errors import ModelFileError
 
-            first = first_line(exc)
-            raise ModelFileError(handle.path, f"ONNX Runtime cannot run it ({first})",
-                                 "edgepack checks every conversion against the source run by ONNX Runtime"
-                                 ) from None
-    if handle.format is ModelFormat.TFLITE:
-        assert handle.path is not None
-        try:
-            return TfliteEngine(handle.path)
-        except (RuntimeError, ValueError) as exc:  # the interpreter's errors (an op it lacks, a bad buffer)
-            from edgepack.errors import ModelFileError
-
-            raise ModelFileError(handle.path, f"the TFLite interpreter cannot run it ({first_line(exc)})",
-                                 "edgepack checks every model against the source run by the TFLite interpreter"
-                                 ) from None
+            runtime = "ONNX Runtime" if onnx else "the TFLite interpreter"
+            raise ModelFileError(handle.path, f"{runtime} cannot run it ({first_line(exc)})",
+                                 f"edgepack checks every conversion against the source run by {runtime}") from None
     if handle.format is ModelFormat.KERAS:
         assert handle.path is not None
         return KerasEngine(handle.path)

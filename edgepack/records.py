@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +39,8 @@ class RecordKey:
     def parse(cls, data: Any) -> RecordKey:
         """A key as written by ``Records.add``; TypeError for anything else (other fields, other types)."""
         key = cls(**data) if isinstance(data, dict) else None
-        if key is None or not all(isinstance(v, int if i in (3, 5) else str) and not isinstance(v, bool)
-                                  for i, v in enumerate(key.as_tuple())):
+        if key is None or not all(isinstance(getattr(key, f.name), int if f.type == "int" else str)
+                                  and not isinstance(getattr(key, f.name), bool) for f in fields(cls)):
             raise TypeError("not a record key")
         return key
 
