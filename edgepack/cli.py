@@ -92,8 +92,38 @@ def cmd_convert(args: argparse.Namespace) -> int:
     handle = _handle(args)
     output = _output(args, default_name(handle, args.to), directory=args.to in ("savedmodel", "torch"))
     data = load_dataset(args.calib, handle.inputs, purpose="calibration") if args.calib else None
-    _show(args, convert_model(handle, args.to, output, profile, data, tolerance=args.tolerance), render_conversion)
+    result = convert_model(handle, args.to, output, profile, data, tolerance=args.tolerance,
+                           kinds=_kinds(args), allow_drift=args.allow_drift)
+    _show(args, result, render_conversion)
+    _warn_drift(result.artifact.notes)
     return 0
+
+
+def _kinds(args: argparse.Namespace) -> dict[str, str]:
+    from edgepack.fidelity import parse_output_kinds
+
+    return parse_output_kinds(args.output_kind)
+
+
+def _check(args: argparse.Namespace) -> Any:
+    """--output-kind, --metric, --tolerance (value outputs) and --allow-drift as the quantize check."""
+    from edgepack.compress.quantize import Check
+    from edgepack.convert.validate import Gate, load_metric
+    from edgepack.errors import UsageError
+
+    gate = Gate(max_drop_pts=args.max_accuracy_drop)
+    if args.tolerance is not None:
+        if not 0 < args.tolerance < 1:
+            raise UsageError(f"--tolerance {args.tolerance:g} is not a fraction of the output's scale",
+                             "give e.g. --tolerance 0.05")
+        gate = Gate(args.max_accuracy_drop, args.tolerance)
+    return Check(gate, _kinds(args), load_metric(args.metric), getattr(args, "allow_drift", False))
+
+
+def _warn_drift(notes: list[str]) -> None:
+    for note in notes:
+        if "--allow-drift" in note:
+            print(f"edgepack: WARNING: {note}", file=sys.stderr)
 
 
 def _output(args: argparse.Namespace, name: str, *, directory: bool = False) -> Path:
@@ -129,10 +159,12 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     fmt = args.format or default_format(profile)
     output = _output(args, f"{handle.name}_{args.mode}.{fmt}")
     calib, eval_data = _datasets(args, handle)
+    check = _check(args)
     result = quantize_model(handle, calib, profile, output, fmt=fmt, mode=args.mode, eval_data=eval_data,
                             max_accuracy_drop=args.max_accuracy_drop, calibrate_method=args.calibration,
-                            io_dtype=args.io_dtype)
+                            io_dtype=args.io_dtype, check=check)
     _show(args, result, render_quantization)
+    _warn_drift(result.notes)
     return 0
 
 
@@ -208,7 +240,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         prune_ratios=tuple(_floats(args.prune, "--prune") or PRUNE_RATIOS), runs=args.runs, warmup=args.warmup,
         timeout_s=args.timeout, output_dir=Path(args.output), distill_epochs=args.distill_epochs,
         cache_dir=Path(args.cache) if args.cache else default_cache_dir(),
-        preprocessing=_preprocessing(args).to_dict() if images else None)
+        preprocessing=_preprocessing(args).to_dict() if images else None, check=_check(args))
     result = build(handle, profile, options, _ssh_options(args), calib, eval_data,
                    say=_say)
     _show(args, result, render_build)
@@ -252,6 +284,20 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mean", metavar="R,G,B", help="image data: subtract after scaling to [0, 1]")
     parser.add_argument("--std", metavar="R,G,B", help="image data: divide by after subtracting the mean")
     parser.add_argument("--channel-order", choices=["rgb", "bgr"], default="rgb")
+
+
+def _add_check_arguments(parser: argparse.ArgumentParser, *, metric: bool = True, allow_drift: bool = True) -> None:
+    parser.add_argument("--output-kind", metavar="NAME=KIND,...",
+                        help="how to compare an output when its kind is not read right: scores (top-1), "
+                             "sequence (argmax per position), map (thresholded IoU), values (relative error)")
+    if metric:
+        parser.add_argument("--metric", metavar="PKG.MOD:FUNCTION",
+                            help="your task metric: gets (source outputs, artifact outputs, labels), each output "
+                                 "a dict name -> samples; returns a score in [0, 1] (higher is better); its drop in "
+                                 "points is what --max-accuracy-drop bounds")
+    if allow_drift:
+        parser.add_argument("--allow-drift", action="store_true",
+                            help="write the result even when it fails its check against the source (said loudly)")
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -303,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--tolerance", type=float, metavar="REL",
                          help="largest max abs error allowed, as a fraction of each output's scale (default: the "
                               "profile's, scaled by sqrt(ops/50) for deeper graphs)")
+    _add_check_arguments(convert, metric=False)
     convert.set_defaults(handler=cmd_convert)
 
     quantize = commands.add_parser(
@@ -316,11 +363,16 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--format", choices=["tflite", "onnx"], help="default: the device's first runtime")
     quantize.add_argument("--device", default="host", metavar="NAME")
     quantize.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="PTS",
-                          help="percentage points of accuracy (with labels) or of top-1 agreement (default 1.0)")
+                          help="percentage points of --metric, of accuracy (with labels) or of agreement with the "
+                               "original: top-1, per-position argmax, thresholded-map IoU (default 1.0)")
     quantize.add_argument("--calibration", choices=["minmax", "entropy", "percentile"], default="minmax",
                           help="ONNX activation calibration method")
     quantize.add_argument("--io-dtype", choices=["float32", "int8", "uint8"],
                           help="TFLite int8 input/output type (default: what the device takes)")
+    quantize.add_argument("--tolerance", type=float, metavar="REL",
+                          help="value outputs (boxes, landmarks, regressions): largest max abs error per channel, "
+                               "a fraction of the channel's scale (default 0.1)")
+    _add_check_arguments(quantize)
     quantize.add_argument("-o", "--output", metavar="OUT")
     quantize.set_defaults(handler=cmd_quantize)
 
@@ -372,6 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--max-latency-ms", type=float, metavar="X", help="p50 latency measured on the device")
     build.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="PTS",
                        help="against the original on held-out data, in points (default 1.0)")
+    build.add_argument("--tolerance", type=float, metavar="REL",
+                       help="value outputs (boxes, landmarks, regressions): largest max abs error per channel of a "
+                            "compressed candidate, a fraction of the channel's scale (default 0.1)")
+    _add_check_arguments(build, allow_drift=False)
     build.add_argument("--objective", choices=["latency", "size"], default="latency",
                        help="what to minimise among the feasible (default: p50 latency)")
     build.add_argument("--max-measurements", type=int, default=12, metavar="N",

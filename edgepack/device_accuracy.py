@@ -40,20 +40,37 @@ def write_inputs(artifact: Artifact, data: Dataset, path: Path) -> int:
     return count
 
 
-def score(artifact: Artifact, outputs: dict[str, Any], data: Dataset, count: int, source: Engine) -> dict[str, Any]:
-    """Accuracy (with labels) and top-1 agreement with the original, from the device's first output."""
-    binding = artifact.outputs[0]
-    got = dequantize_output(np.asarray(outputs["output_0"]), _detail(binding))
-    got = np.stack([binding.to_source(g) for g in got]).reshape(count, -1)
+def score(artifact: Artifact, outputs: dict[str, Any], data: Dataset, count: int, source: Engine,
+          kinds: dict[str, str] | None = None) -> dict[str, Any]:
+    """Every output the device returned against the original's, by its kind (edgepack.fidelity); with
+    labels and a scores output, accuracy too. ``accuracy_drop_pts`` is the worst loss in points."""
+    from edgepack.convert.validate import by_binding
+    from edgepack.engines import engine_for_file
+    from edgepack.fidelity import drift
+
+    local = engine_for_file(artifact.path, artifact.format)  # names the device's outputs, in its order
+    raw = [np.asarray(outputs[f"output_{i}"]) for i in range(len(artifact.outputs))]
     names = [b.source_name for b in artifact.inputs]
-    reference = np.stack([source.run(data.batch(names, i))[0] for i in range(count)]).reshape(count, -1)
-    result: dict[str, Any] = {"samples": count,
-                              "top1_agreement": float(np.mean(got.argmax(1) == reference.argmax(1)))}
-    if data.labels is not None:
-        labels = data.labels[:count]
-        result["accuracy"] = float(np.mean(got.argmax(1) == labels))
-        result["source_accuracy"] = float(np.mean(reference.argmax(1) == labels))
+    references = [source.run(data.batch(names, i)) for i in range(count)]
+    result: dict[str, Any] = {"samples": count, "outputs": {}}
+    losses = []
+    for k, (binding, got) in enumerate(zip(artifact.outputs, by_binding(local, raw, artifact.outputs), strict=True)):
+        got = dequantize_output(got, _detail(binding))
+        got = np.stack([binding.to_source(g) for g in got]).astype(np.float64)
+        reference = np.stack([r[k] for r in references]).astype(np.float64).reshape(got.shape)
+        d = drift(binding.source_name, reference, got, (kinds or {}).get(binding.source_name))
+        result["outputs"][binding.source_name] = {"kind": d.kind, "agreement": d.agreement,
+                                                  "channel_error_rel": d.channel_error_rel, "figure": d.describe()}
+        if d.loss_pts is not None:
+            losses.append(d.loss_pts)
+        if d.kind == "scores" and "top1_agreement" not in result:
+            result["top1_agreement"] = d.agreement
+            if data.labels is not None:
+                labels = data.labels[:count]
+                result["accuracy"] = float(np.mean(got.reshape(count, -1).argmax(1) == labels))
+                result["source_accuracy"] = float(np.mean(reference.reshape(count, -1).argmax(1) == labels))
+    if "accuracy" in result:
         result["accuracy_drop_pts"] = 100.0 * (result["source_accuracy"] - result["accuracy"])
-    else:
-        result["accuracy_drop_pts"] = 100.0 * (1.0 - result["top1_agreement"])
+    elif losses:
+        result["accuracy_drop_pts"] = max(losses)
     return result

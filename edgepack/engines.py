@@ -51,6 +51,7 @@ class TfliteEngine:
         self.outputs = self.interpreter.get_output_details()
         self.input_names = [d["name"] for d in self.inputs]
         self.output_names = [d["name"] for d in self.outputs]
+        self.signature_keys = signature_output_keys(self.interpreter, self.outputs)
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         for detail, value in zip(self.inputs, inputs, strict=True):
@@ -62,6 +63,20 @@ class TfliteEngine:
             self.interpreter.set_tensor(detail["index"], quantize_input(value, detail))
         self.interpreter.invoke()
         return [dequantize_output(np.array(self.interpreter.get_tensor(d["index"])), d) for d in self.outputs]
+
+
+def signature_output_keys(interpreter: Any, outputs: list[dict[str, Any]]) -> list[str]:
+    """Each output's key in the model's only signature (the SavedModel's output names), in the
+    interpreter's output order; empty when there is not exactly one signature covering them all."""
+    try:
+        signatures = interpreter._get_full_signature_list()
+    except (AttributeError, ValueError, RuntimeError):
+        return []
+    if len(signatures) != 1:
+        return []
+    by_index = {index: key for key, index in next(iter(signatures.values())).get("outputs", {}).items()}
+    keys = [by_index.get(d["index"]) for d in outputs]
+    return [k for k in keys if k is not None] if all(keys) else []
 
 
 def quantize_input(value: np.ndarray, detail: dict[str, Any]) -> np.ndarray:

@@ -18,6 +18,7 @@ from typing import Any
 
 from edgepack.analysis.graph import GraphSummary
 from edgepack.analysis.roofline import estimate_latency
+from edgepack.compress.quantize import Check
 from edgepack.compress.replay import BuildFailed, BuiltArtifact, PlanBuilder
 from edgepack.data import DataError, Dataset, random_dataset
 from edgepack.model import ModelHandle
@@ -52,6 +53,7 @@ class BuildOptions:
     distill_epochs: int = 10
     preprocessing: dict[str, Any] | None = None  # how image files became the calibration data
     confirm_rounds: int = 2  # the closest contenders are measured this many more times
+    check: Check = field(default_factory=Check)  # output kinds, --metric, the value-error bound
 
 
 @dataclass
@@ -163,7 +165,7 @@ class Build:
                               "version reads (damaged or from another version): skipped")
         self.builder = PlanBuilder(handle, profile, self.calib, self.eval_data, cache, calibrated=calibrated,
                                    max_accuracy_drop=options.constraints.max_accuracy_drop or 1.0,
-                                   distill_epochs=options.distill_epochs, say=say)
+                                   distill_epochs=options.distill_epochs, say=say, check=options.check)
         self.runners = runners_for(profile, ssh, say)
         self.built: dict[tuple[str, str, float], BuiltArtifact] = {}
         self.failures: dict[tuple[str, str, float], str] = {}
@@ -270,10 +272,13 @@ class Build:
             return False
         probe = CompressionPlan("onnx", "fp32", ratio)
         built = self.built.get(probe.artifact) or self._built(probe)
-        if built is None or built.accuracy_drop is None or built.accuracy_drop <= limit:
+        if built is None and probe.artifact in self.failures:
+            reason = f"pruning {ratio:.0%} alone fails: {self.failures[probe.artifact]}"
+        elif built is None or built.accuracy_drop is None or built.accuracy_drop <= limit:
             return False
-        reason = (f"pruning {ratio:.0%} alone loses {built.accuracy_drop:.2f} accuracy points "
-                  f"(limit {limit:g}): not built")
+        else:
+            reason = (f"pruning {ratio:.0%} alone loses {built.accuracy_drop:.2f} accuracy points "
+                      f"(limit {limit:g}): not built")
         for c in candidates:
             if c.plan.prune_ratio == ratio and not c.built:
                 c.skipped = reason
@@ -358,7 +363,8 @@ class Build:
         if not measurement.ok or not measurement.outputs:
             self.say(f"accuracy check on the device FAILED: {measurement.error}")
             return {"error": measurement.error}
-        check = score(artifact, measurement.outputs, self.eval_data, count, self.builder.source)
+        check = score(artifact, measurement.outputs, self.eval_data, count, self.builder.source,
+                      self.options.check.kinds)
         self.records.add(self._key(probe, self.identities[measurement.device], 0, "+accuracy"),
                          {"device_accuracy": check, "device": measurement.device})
         return check

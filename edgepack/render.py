@@ -134,12 +134,14 @@ def render_conversion(result: ConversionResult) -> str:
             rows.append((attempt.route, "failed", "", "", "", "", attempt.error or ""))
             continue
         worst = max(rep.outputs, key=lambda o: o.max_abs_error_rel)
-        top1 = "" if worst.top1_agreement is None else f"{worst.top1_agreement:.0%}"
+        agreements = [o for o in rep.outputs if o.agreement is not None]
+        agree = ", ".join(f"{o.agreement:.0%}" for o in agreements)
         verdict = ("chosen" if attempt.route == a.route else "ok") if rep.passed else "drift"
         rows.append((attempt.route, verdict, f"{worst.max_abs_error:.3g}", f"{worst.max_abs_error_rel:.3g}",
-                     f"{worst.cosine:.6f}", top1, rep.first_failure or f"{attempt.seconds:.1f} s"))
-    lines = [f"Routes to {a.format} (verified on {r.samples} {r.data} samples, source layout):",
-             table(["route", "result", "max abs err", "rel. to scale", "cosine", "top-1", "note"], rows,
+                     f"{worst.cosine:.6f}", agree, rep.first_failure or f"{attempt.seconds:.1f} s"))
+    kinds = ", ".join(f"{o.name}: {o.kind}" for o in r.outputs)
+    lines = [f"Routes to {a.format} (verified on {r.samples} {r.data} samples, source layout; outputs {kinds}):",
+             table(["route", "result", "max abs err", "rel. to scale", "cosine", "agreement", "note"], rows,
                    "llrrrrl"),
              "",
              f"wrote {a.path} ({human_bytes(a.size_bytes)}) via {a.route}",
@@ -167,9 +169,14 @@ def render_quantization(result: QuantizeResult) -> str:
     if f.source_accuracy is not None:
         drop = "" if result.accuracy_drop_pts is None else f"{-result.accuracy_drop_pts:+.2f} pts"
         rows.append(("accuracy", pct(f.source_accuracy), pct(f.accuracy), drop))
-    rows += [("top-1 agreement", "", pct(worst.top1_agreement), ""),
-             ("cosine to fp32", "", f"{worst.cosine:.6f}", ""),
-             ("max abs error", "", f"{worst.max_abs_error:.4g}", f"{worst.max_abs_error_rel:.3g} of scale")]
+    if f.metric is not None:
+        drop = f"{-100 * (f.metric['source'] - f.metric['artifact']):+.2f} pts"
+        rows.append((f"--metric {f.metric['name']}", f"{f.metric['source']:.4g}", f"{f.metric['artifact']:.4g}", drop))
+    for o in f.outputs:
+        figure = f"{o.describe()} (cosine {o.cosine:.4f})"
+        rows.append((f"output {o.name} ({o.kind})", "", figure,
+                     "" if o.loss_pts is None else f"{-o.loss_pts:+.2f} pts"))
+    rows.append(("max abs error", "", f"{worst.max_abs_error:.4g}", f"{worst.max_abs_error_rel:.3g} of scale"))
     io = ", ".join(f"{b.name} {b.dtype}" + (f" (scale {b.scale:.6g}, zero point {b.zero_point})" if b.scale else "")
                    for b in a.inputs)
     lines = [f"{a.route}: measured with the real runtime on {f.samples} held-out samples "
@@ -178,7 +185,8 @@ def render_quantization(result: QuantizeResult) -> str:
              f"wrote {a.path}", f"  metadata        {a.metadata_path}", f"  inputs          {io}"]
     if result.float_layers:
         lines.append(f"  kept in float   {len(result.float_layers)} layer(s), most sensitive first:")
-        lines += [f"    {fl.name} (sensitivity {fl.sensitivity:.3g}, +{human_bytes(fl.size_cost_bytes)})"
+        lines += [f"    {fl.name} (" + ("" if fl.sensitivity is None else f"sensitivity {fl.sensitivity:.3g}, ")
+                  + f"+{human_bytes(fl.size_cost_bytes)})"
                   for fl in result.float_layers]
     else:
         lines.append("  kept in float   none")
@@ -279,7 +287,8 @@ def render_build(result: Any) -> str:
             lines.append(f"accuracy check on the device failed: {check['error']}")
         elif check:
             figure = (f"accuracy {check['accuracy']:.2%} (original {check['source_accuracy']:.2%})"
-                      if "accuracy" in check else f"top-1 agreement with the original {check['top1_agreement']:.2%}")
+                      if "accuracy" in check else "against the original: " + "; ".join(
+                          f"{name} {o['figure']}" for name, o in (check.get("outputs") or {}).items()))
             where = "this machine" if data["measured_on"].startswith("local") else "the device"
             lines.append(f"checked on {where}: {figure} on {check['samples']} held-out samples, run by its own "
                          "runtime")

@@ -1,5 +1,7 @@
 """``edgepack quantize``: calibrate on the user's data, prove the result with the real runtime on
-held-out samples, and keep the most sensitive layers in float when the loss passes the bound."""
+held-out samples against a gate that fits each output (:mod:`edgepack.fidelity`), and keep the most
+sensitive layers in float until it holds. A result that does not hold is refused (``--allow-drift``
+writes it anyway, and says so in its notes and metadata)."""
 
 from __future__ import annotations
 
@@ -12,10 +14,10 @@ from typing import Any
 import numpy as np
 
 from edgepack.artifact import Artifact, Binding, install, staging_dir
-from edgepack.convert.validate import ValidationReport, bind, compare
+from edgepack.convert.validate import Gate, Metric, ValidationReport, bind, compare
 from edgepack.data import DataError, Dataset
 from edgepack.engines import Engine, engine_for, engine_for_file
-from edgepack.errors import UsageError
+from edgepack.errors import EdgepackError, UsageError
 from edgepack.model import ModelFormat, ModelHandle
 from edgepack.profiles import DeviceProfile
 
@@ -23,13 +25,29 @@ MODES = ("int8", "fp16", "dynamic")
 FORMATS = ("tflite", "onnx")
 MIN_CALIBRATION_SAMPLES = 8
 MAX_CALIBRATION_SAMPLES = 200
+MAX_FLOAT_LAYERS = 12  # the fallback gives up after keeping this many layers in float
+
+
+class FidelityError(EdgepackError):
+    """A compressed artifact does not keep what its source does on held-out data: refused."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """How a quantized candidate is judged: the gate, the user's output kinds and task metric."""
+
+    gate: Gate = field(default_factory=Gate)
+    kinds: dict[str, str] = field(default_factory=dict)
+    metric: tuple[str, Metric] | None = None
+    allow_drift: bool = False
 
 
 @dataclass
 class FloatLayer:
-    name: str
-    sensitivity: float
+    name: str  # a layer, or "output head (N nodes)"
+    sensitivity: float | None  # None: kept first without ranking (the output head)
     size_cost_bytes: int  # how much larger the file is for keeping this layer in float
+    nodes: list[str] = field(default_factory=list)  # what was excluded from quantization (default: [name])
 
 
 @dataclass
@@ -44,10 +62,11 @@ class QuantizeResult:
     calibration_samples: int = 0
     all_quantized_size_bytes: int = 0  # before any layer was kept in float
     notes: list[str] = field(default_factory=list)
+    gate_failure: str | None = None  # set only when --allow-drift wrote it anyway
 
     @property
     def within_bound(self) -> bool:
-        return self.accuracy_drop_pts is None or self.accuracy_drop_pts <= self.max_accuracy_drop_pts
+        return self.gate_failure is None
 
     def to_dict(self) -> dict[str, Any]:
         return {"artifact": self.artifact.to_dict(), "mode": self.mode, "size_bytes": self.artifact.size_bytes,
@@ -57,7 +76,8 @@ class QuantizeResult:
                 "max_accuracy_drop_pts": self.max_accuracy_drop_pts, "within_bound": self.within_bound,
                 "float_layers": [f.__dict__ for f in self.float_layers],
                 "all_quantized_size_bytes": self.all_quantized_size_bytes,
-                "calibration_samples": self.calibration_samples, "notes": self.notes}
+                "calibration_samples": self.calibration_samples, "notes": self.notes,
+                "gate_failure": self.gate_failure}
 
 
 @dataclass
@@ -85,8 +105,12 @@ def io_dtype_for(profile: DeviceProfile, requested: str | None) -> str:
 def quantize_model(handle: ModelHandle, calib: Dataset, profile: DeviceProfile, output: Path, *,
                    fmt: str | None = None, mode: str = "int8", eval_data: Dataset | None = None,
                    max_accuracy_drop: float = 1.0, calibrate_method: str = "minmax",
-                   io_dtype: str | None = None) -> QuantizeResult:
+                   io_dtype: str | None = None, check: Check | None = None) -> QuantizeResult:
+    """Quantize, check against the gate on held-out data, keep layers in float until it holds, write.
+    Raises :class:`FidelityError` (nothing written) when it cannot hold and ``check.allow_drift`` is off."""
     fmt = fmt or default_format(profile)
+    check = check or Check()
+    check = replace(check, gate=replace(check.gate, max_drop_pts=max_accuracy_drop))
     _check_request(profile, fmt, mode)
     if len(calib) < MIN_CALIBRATION_SAMPLES:
         raise DataError(f"calibration data has {len(calib)} samples; at least {MIN_CALIBRATION_SAMPLES} are needed",
@@ -106,42 +130,41 @@ def quantize_model(handle: ModelHandle, calib: Dataset, profile: DeviceProfile, 
         make_base = _tflite_base if fmt == "tflite" else _onnx_base
         base = make_base(handle, work, profile, calib)
         quantizer = _Quantizer(fmt, mode, base, calib, work, io, profile, calibrate_method)
+        judge = _Judge(source, base, eval_data, profile, check)
         fp32_size = quantizer.fp32_size()
         candidate = quantizer.build([])
-        report = _fidelity(source, candidate, base, eval_data, profile, f"{fmt} {mode}")
-        drop = accuracy_drop(report)
-        if fmt == "onnx" and mode == "int8" and drop is not None and drop > max_accuracy_drop:
+        report = judge(candidate, f"{fmt} {mode}")
+        if fmt == "onnx" and mode == "int8" and report.gate_failure(check.gate):
             # per-tensor weights first (the smaller file); per-channel scales when that loses too much
             quantizer.per_channel = True
             candidate = quantizer.build([])
-            report = _fidelity(source, candidate, base, eval_data, profile, f"{fmt} {mode} per-channel")
-            drop = accuracy_drop(report)
+            report = judge(candidate, f"{fmt} {mode} per-channel")
         float_layers: list[FloatLayer] = []
         all_quantized_size = candidate.stat().st_size
-        if drop is not None and drop > max_accuracy_drop and mode == "int8":
+        if report.gate_failure(check.gate) and mode == "int8":
             if io != "float32" or profile.precisions.required:
                 notes.append(f"{profile.name} runs only fully int8 models: no layer can stay in float")
             else:
-                candidate, report, drop, float_layers = _fallback(
-                    quantizer, source, base, eval_data, profile, candidate, report, max_accuracy_drop)
-        if drop is not None and drop > max_accuracy_drop:
-            notes.append(f"accuracy drop {drop:.2f} points is over the bound of {max_accuracy_drop:g}")
-        if drop is None:
-            notes.append("no classifier-like output: fidelity is shown, accuracy-aware fallback does not apply")
+                candidate, report, float_layers = _fallback(quantizer, judge, eval_data, candidate, report)
+        failure = report.gate_failure(check.gate)
+        if failure:
+            kept = f" with {len(float_layers)} layer(s) kept in float" if float_layers else ""
+            if not check.allow_drift:
+                raise FidelityError(f"{fmt} {mode} of {handle.name} refused{kept}: {failure}",
+                                    "raise --max-accuracy-drop / --tolerance if that is acceptable, try "
+                                    "another --format or --mode, or --allow-drift to write it anyway")
+            notes.append(f"WRITTEN DESPITE FAILING ITS CHECK (--allow-drift){kept}: {failure}")
         granularity = "per-channel" if quantizer.per_channel else "per-tensor"
         artifact = _install(handle, candidate, fmt, mode, base, report, float_layers, output,
-                            f"{calibrate_method} calibration, {granularity} weights", io)
-    return QuantizeResult(artifact, mode, fp32_size, report, drop, max_accuracy_drop, float_layers=float_layers,
-                          calibration_samples=len(calib), all_quantized_size_bytes=all_quantized_size, notes=notes)
+                            f"{calibrate_method} calibration, {granularity} weights", io, failure)
+    return QuantizeResult(artifact, mode, fp32_size, report, report.drop_pts, max_accuracy_drop,
+                          float_layers=float_layers, calibration_samples=len(calib),
+                          all_quantized_size_bytes=all_quantized_size, notes=notes, gate_failure=failure)
 
 
 def accuracy_drop(report: ValidationReport) -> float | None:
-    """Percentage points: of accuracy when labels were given, else of top-1 agreement with fp32."""
-    if report.accuracy is not None and report.source_accuracy is not None:
-        return 100.0 * (report.source_accuracy - report.accuracy)
-    if report.top1_agreement is not None:
-        return 100.0 * (1.0 - report.top1_agreement)
-    return None
+    """Points lost: of the --metric, of accuracy with labels, else the worst output's agreement."""
+    return report.drop_pts
 
 
 def _check_request(profile: DeviceProfile, fmt: str, mode: str) -> None:
@@ -262,47 +285,57 @@ class _Quantizer:
                                       calibrate_method=self.calibrate_method, nodes_to_exclude=float_layers,
                                       per_channel=self.per_channel, cache=self.work / "calibration.cache")
 
-    def ranking(self, held_out: Dataset) -> list[tuple[str, float]]:
+    def ranking(self, held_out: Dataset) -> list[FloatLayer]:
+        """What to keep in float, in order: for ONNX the output head first, then layers by sensitivity."""
         if self.fmt == "tflite":
             from edgepack.compress.quantize_tflite import layer_sensitivity
 
-            return layer_sensitivity(self.base.path, self._feed)
+            return [FloatLayer(n, s, 0) for n, s in layer_sensitivity(self.base.path, self._feed)]
         from edgepack.compress import quantize_onnx as q
 
+        head = q.output_head(self.prepared)
+        first = [FloatLayer(f"output head ({len(head)} nodes)", None, 0, head)] if head else []
         names = [b.source_name for b in self.base.inputs]
         probe = [{b.name: b.from_source(x) for b, x in zip(self.base.inputs, held_out.batch(names, i), strict=True)}
-                 for i in range(min(len(held_out), 64))]
-        return q.layer_sensitivity(self.prepared, self.feeds, probe, q.activation_type_for(self.profile.architecture),
-                                   self.calibrate_method)
+                 for i in range(min(len(held_out), 16))]
+        ranked = q.layer_sensitivity(self.prepared, self.feeds[:32], probe,
+                                     q.activation_type_for(self.profile.architecture), self.calibrate_method)
+        return first + [FloatLayer(n, s, 0) for n, s in ranked]
 
 
-def _fidelity(source: Engine, candidate: Path, base: _Base, held_out: Dataset, profile: DeviceProfile,
-              route: str) -> ValidationReport:
-    engine = engine_for_file(candidate, "onnx" if candidate.suffix == ".onnx" else "tflite")
-    return compare(route, source, engine, base.inputs, base.outputs, held_out, "held-out", profile.tolerances,
-                   max_samples=len(held_out))
+class _Judge:
+    """Measures a candidate file against the source on the held-out samples."""
+
+    def __init__(self, source: Engine, base: _Base, held_out: Dataset, profile: DeviceProfile, check: Check) -> None:
+        self.source, self.base, self.held_out, self.profile, self.check = source, base, held_out, profile, check
+
+    def __call__(self, candidate: Path, route: str) -> ValidationReport:
+        engine = engine_for_file(candidate, "onnx" if candidate.suffix == ".onnx" else "tflite")
+        return compare(route, self.source, engine, self.base.inputs, self.base.outputs, self.held_out, "held-out",
+                       self.profile.tolerances, max_samples=len(self.held_out), kinds=self.check.kinds,
+                       metric=self.check.metric)
 
 
-def _fallback(quantizer: _Quantizer, source: Engine, base: _Base, held_out: Dataset, profile: DeviceProfile,
-              candidate: Path, report: ValidationReport, bound: float
-              ) -> tuple[Path, ValidationReport, float, list[FloatLayer]]:
-    """Keep the most sensitive layers in float, one more at a time, until the drop is within the bound."""
-    drop = accuracy_drop(report) or 0.0
+def _fallback(quantizer: _Quantizer, judge: _Judge, held_out: Dataset, candidate: Path, report: ValidationReport
+              ) -> tuple[Path, ValidationReport, list[FloatLayer]]:
+    """Keep the most sensitive layers in float, one more at a time, until the gate holds (at most
+    MAX_FLOAT_LAYERS; then the last candidate is returned and the caller refuses it)."""
     kept: list[FloatLayer] = []
     previous_size = candidate.stat().st_size
-    for name, sensitivity in quantizer.ranking(held_out):
-        candidate = quantizer.build([k.name for k in kept] + [name])
-        report = _fidelity(source, candidate, base, held_out, profile, f"{quantizer.fmt} int8 + float layers")
-        drop = accuracy_drop(report) or 0.0
-        kept.append(FloatLayer(name, sensitivity, candidate.stat().st_size - previous_size))
+    for layer in quantizer.ranking(held_out)[:MAX_FLOAT_LAYERS]:
+        kept.append(layer)
+        candidate = quantizer.build([n for k in kept for n in (k.nodes or [k.name])])
+        report = judge(candidate, f"{quantizer.fmt} int8 + float layers")
+        layer.size_cost_bytes = candidate.stat().st_size - previous_size
         previous_size = candidate.stat().st_size
-        if drop <= bound:
+        if report.gate_failure(judge.check.gate) is None:
             break
-    return candidate, report, drop, kept
+    return candidate, report, kept
 
 
 def _install(handle: ModelHandle, candidate: Path, fmt: str, mode: str, base: _Base, report: ValidationReport,
-             float_layers: list[FloatLayer], output: Path, method: str, io: str) -> Artifact:
+             float_layers: list[FloatLayer], output: Path, method: str, io: str,
+             failure: str | None = None) -> Artifact:
     output = output.resolve()
     if handle.path is not None and output == handle.path.resolve():
         raise UsageError(f"-o {output} is the source model", "write the result somewhere else")
@@ -314,16 +347,20 @@ def _install(handle: ModelHandle, candidate: Path, fmt: str, mode: str, base: _B
         staged = staging / output.name
         shutil.copyfile(candidate, staged)
         route = f"{fmt} {mode}" + (f" ({method})" if mode == "int8" else "")
+        notes = [f"kept in float: {', '.join(f.name for f in float_layers)}"] if float_layers else []
+        if failure:
+            notes.append(f"written despite failing its check (--allow-drift): {failure}")
         artifact = Artifact(output, fmt, route, handle.sha256, inputs, outputs, precision=mode,
-                            validation=report.to_dict(),
-                            notes=[f"kept in float: {', '.join(f.name for f in float_layers)}"] if float_layers else [])
+                            validation=report.to_dict(), notes=notes)
         return install(staged, artifact, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
 def _tflite_io(path: Path, inputs: list[Binding], outputs: list[Binding]) -> tuple[list[Binding], list[Binding]]:
-    """The quantized file's own I/O dtypes, scales and zero points."""
+    """The quantized file's own I/O names, dtypes, scales and zero points; outputs found by their
+    signature key (the converter lists them in its own order), else by position."""
+    from edgepack.engines import signature_output_keys
     from edgepack.model import tflite_interpreter
 
     interpreter = tflite_interpreter(path, delegates=False)
@@ -333,9 +370,12 @@ def _tflite_io(path: Path, inputs: list[Binding], outputs: list[Binding]) -> tup
         for b, d in zip(bindings, details, strict=True):
             scale, zero_point = d.get("quantization", (0.0, 0))
             dtype = np.dtype(d["dtype"]).name
-            result.append(replace(b, dtype=dtype, scale=float(scale) if scale else None,
+            result.append(replace(b, name=d["name"], dtype=dtype, scale=float(scale) if scale else None,
                                   zero_point=int(zero_point) if scale else None))
         return result
 
-    return (with_details(inputs, interpreter.get_input_details()),
-            with_details(outputs, interpreter.get_output_details()))
+    details = interpreter.get_output_details()
+    keys = signature_output_keys(interpreter, details)
+    if keys and all(b.name in keys for b in outputs):
+        details = [details[keys.index(b.name)] for b in outputs]
+    return with_details(inputs, interpreter.get_input_details()), with_details(outputs, details)

@@ -13,7 +13,7 @@ import hashlib
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import numpy as np
 
 from edgepack import __version__
 from edgepack.artifact import Artifact, install, staging_dir
+from edgepack.compress.quantize import Check
 from edgepack.data import Dataset
 from edgepack.errors import EdgepackError
 from edgepack.model import ModelFormat, ModelHandle, file_sha256, load_model
@@ -60,10 +61,11 @@ def dataset_sha256(data: Dataset | None) -> str:
 class PlanBuilder:
     def __init__(self, handle: ModelHandle, profile: DeviceProfile, calib: Dataset, eval_data: Dataset,
                  cache: Path, *, calibrated: bool, max_accuracy_drop: float, distill_epochs: int = 10,
-                 say: Callable[[str], None] = lambda _: None) -> None:
+                 say: Callable[[str], None] = lambda _: None, check: Check | None = None) -> None:
         from edgepack.engines import engine_for
 
         self.say = say
+        self.check = check or Check()
         self.handle, self.profile, self.calib, self.eval_data = handle, profile, calib, eval_data
         self.calibrated, self.max_accuracy_drop, self.distill_epochs = calibrated, max_accuracy_drop, distill_epochs
         self.source = engine_for(handle)
@@ -74,7 +76,9 @@ class PlanBuilder:
     def key(self, what: dict[str, Any]) -> str:
         text = json.dumps({**what, "source": self.handle.sha256, "data": self._data_key, "edgepack": __version__,
                            "max_accuracy_drop": self.max_accuracy_drop, "distill_epochs": self.distill_epochs,
-                           "tolerances": self.profile.tolerances.model_dump()}, sort_keys=True)
+                           "tolerances": self.profile.tolerances.model_dump(),
+                           "max_value_error": self.check.gate.max_value_error, "kinds": self.check.kinds,
+                           "metric": self.check.metric[0] if self.check.metric else None}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
     def build(self, plan: CompressionPlan) -> BuiltArtifact:
@@ -107,8 +111,10 @@ class PlanBuilder:
         if precision == "fp32":
             artifact = self._fp32(handle, fmt, output)
         else:
+            # written even past the drop bound: the search shows that candidate's drop as its blocker
             result = quantize_model(handle, self.calib, self.profile, output, fmt=fmt, mode=precision,
-                                    eval_data=self.eval_data, max_accuracy_drop=self.max_accuracy_drop)
+                                    eval_data=self.eval_data, max_accuracy_drop=self.max_accuracy_drop,
+                                    check=replace(self.check, allow_drift=True))
             artifact = result.artifact
             details = {**details, "quantization": {
                 "mode": precision, "calibration_samples": result.calibration_samples if self.calibrated else 0,
@@ -169,15 +175,20 @@ class PlanBuilder:
         return False
 
     def _check(self, artifact: Artifact) -> tuple[float | None, dict[str, Any]]:
-        """Accuracy (with labels) or top-1 agreement of the artifact against the original model."""
-        from edgepack.compress.quantize import accuracy_drop
+        """The artifact against the original model on held-out data: its drop in points (bounded by the
+        search's constraint) and the gate's other checks, whose failure makes it unbuildable."""
         from edgepack.convert.validate import compare
         from edgepack.engines import engine_for_file
 
         report = compare("against the original", self.source, engine_for_file(artifact.path, artifact.format),
                          artifact.inputs, artifact.outputs, self.eval_data,
-                         "held-out" if self.calibrated else "random", self.profile.tolerances, EVAL_SAMPLES)
-        return accuracy_drop(report), report.to_dict()
+                         "held-out" if self.calibrated else "random", self.profile.tolerances, EVAL_SAMPLES,
+                         kinds=self.check.kinds, metric=self.check.metric)
+        unbounded = replace(self.check.gate, max_drop_pts=float("inf"))  # the drop is the search's to judge
+        failure = report.gate_failure(unbounded)
+        if failure:
+            raise BuildFailed(f"refused by its check against the original: {failure}")
+        return report.drop_pts, report.to_dict()
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -129,11 +129,13 @@ def source_output_specs(handle: ModelHandle, outputs: list[np.ndarray]) -> list[
 
 def convert_model(handle: ModelHandle, target: str, output: Path, profile: DeviceProfile,
                   data: Dataset | None = None, max_samples: int = 32,
-                  tolerance: float | None = None) -> ConversionResult:
+                  tolerance: float | None = None, *, kinds: dict[str, str] | None = None,
+                  allow_drift: bool = False) -> ConversionResult:
     """Convert, verify and write ``output`` (+ its ``.edgepack.json``) atomically.
 
     Raises :class:`ConversionError` when every route fails or drifts past ``parity_tolerances``
-    (``tolerance`` overrides the relative error); then nothing is written.
+    (``tolerance`` overrides the relative error); then nothing is written, unless ``allow_drift``
+    (the closest route is written, and its metadata says it drifted).
     """
     import time
 
@@ -173,7 +175,7 @@ def convert_model(handle: ModelHandle, target: str, output: Path, profile: Devic
                                 zip(got, _names(engine.output_names, len(got)), strict=True)],
                                produced.channels_last)
                 report = compare(route.name, source, engine, inputs, outputs, data, data_kind,
-                                 tolerances, max_samples)
+                                 tolerances, max_samples, kinds=kinds)
             except ShapeMismatchError:
                 raise
             except ConversionError as exc:
@@ -188,10 +190,12 @@ def convert_model(handle: ModelHandle, target: str, output: Path, profile: Devic
             reasons = "; ".join(f"{a.route}: {a.error}" for a in attempts)
             raise ConversionError(f"{handle.format.value}->{target}", reasons)
         attempt, produced, inputs, outputs, report = best
-        if not report.passed:
+        if not report.passed and not allow_drift:
             raise ConversionError(attempt.route, f"drifted past tolerance: {report.first_failure}",
                                   "pass --tolerance (a fraction of the output's scale) if this drift is "
-                                  "acceptable")
+                                  "acceptable, or --allow-drift to write it anyway")
+        if not report.passed:
+            produced.notes.append(f"WRITTEN DESPITE DRIFT (--allow-drift): {report.first_failure}")
         artifact = _write(handle, produced, attempt.route, inputs, outputs, report, output)
     return ConversionResult(artifact, report, attempts)
 

