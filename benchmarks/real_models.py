@@ -17,17 +17,26 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgepack.examples.real_models import CORPUS, RealModel, fetch
+from edgepack.examples.real_models import CORPUS, RealModel, fetch, real_inputs
 
-COMMANDS = ("inspect", "convert")
+COMMANDS = ("inspect", "convert", "quantize", "build")
 
 
-def argv_for(command: str, model: RealModel, path: Path, work: Path) -> list[str]:
+def argv_for(command: str, model: RealModel, path: Path, work: Path, data: Path) -> list[str]:
     shape = ["--input-shape", model.input_shape] if model.input_shape else []
+    prep = list(model.preprocessing) if model.data != "bytes" else []
+    fmt = "onnx" if model.suffix == ".onnx" else "tflite"
     if command == "inspect":
         return ["inspect", str(path), "--device", "rpi4", *shape]
-    target = "tflite" if model.suffix == ".onnx" else "onnx"
-    return ["convert", str(path), "--to", target, "-o", str(work / f"{model.name}.{target}"), *shape]
+    if command == "convert":
+        target = "tflite" if fmt == "onnx" else "onnx"
+        return ["convert", str(path), "--to", target, "-o", str(work / f"{model.name}.{target}"), *shape]
+    if command == "quantize":
+        return ["quantize", str(path), "--calib", str(data), *prep, "--format", fmt,
+                "-o", str(work / f"{model.name}_int8.{fmt}"), "--json", *shape]
+    return ["build", str(path), "--device", "host", "--calib", str(data), *prep, "--prune", "0",
+            "--max-measurements", "4", "--runs", "20", "-o", str(work / "dist"), "--cache", str(work / "cache"),
+            "--json", *shape]
 
 
 def outcome(done: subprocess.CompletedProcess[str] | None) -> str:
@@ -53,11 +62,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="edgepack-real-") as tmp:
         for model in models:
             path = fetch(model.name)
+            data = real_inputs(model, Path(tmp) / "data" / model.name)
             for command in commands:
                 start = time.perf_counter()
                 try:
                     done = subprocess.run([sys.executable, "-m", "edgepack.cli",
-                                           *argv_for(command, model, path, Path(tmp))],
+                                           *argv_for(command, model, path, Path(tmp), data)],
                                           capture_output=True, text=True, timeout=args.timeout, cwd=tmp)
                 except subprocess.TimeoutExpired:
                     done = None

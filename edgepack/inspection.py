@@ -34,6 +34,7 @@ class Inspection:
             "peak_activation_bytes": s.peak_activation_bytes,
             "peak_activation_kind": "estimate (live tensors in execution order, no buffer reuse)",
             "precision": s.precision,
+            "weight_storage": s.weight_storage,
             "op_histogram": s.op_histogram,
             "input_shapes": {k: list(v) for k, v in s.input_shapes.items()},
             "notes": [*self.model.notes, *s.notes],

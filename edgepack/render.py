@@ -92,7 +92,7 @@ def render_inspection(result: Inspection, top_layers: int = 15) -> str:
     lines += [
         f"  parameters      {s.params:,} ({human_count(s.params)}), weights {human_bytes(s.weight_bytes)}",
         f"  MACs            {s.macs:,} ({human_count(s.macs)}) per inference",
-        f"  precision       {s.precision}",
+        f"  precision       {s.precision_text}",
         f"  activations     peak {human_bytes(s.peak_activation_bytes)} (estimate: live tensors, no reuse)",
         "  ops             " + ", ".join(f"{op} x{n}" for op, n in s.op_histogram.items()),
     ]

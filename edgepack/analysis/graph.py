@@ -43,6 +43,8 @@ class GraphSummary:
     notes: list[str] = field(default_factory=list)
     #: TFLite custom ops that no builtin kernel runs but TFLite's default (XNNPACK) delegate does
     delegate_ops: list[str] = field(default_factory=list)
+    #: how weights are stored when not as the arithmetic runs: "fp16" (DEQUANTIZE at load), "sparse"
+    weight_storage: list[str] = field(default_factory=list)
 
     @property
     def macs(self) -> int:
@@ -59,6 +61,13 @@ class GraphSummary:
         for layer in self.layers:
             weights[layer.precision] += layer.macs or 1
         return weights.most_common(1)[0][0] if weights else "fp32"
+
+    @property
+    def precision_text(self) -> str:
+        """The arithmetic, and the weights' storage where it differs: "fp32 compute, fp16 weights"."""
+        if not self.weight_storage:
+            return self.precision
+        return f"{self.precision} compute, {' and '.join(self.weight_storage)} weights"
 
 
 def peak_live_bytes(

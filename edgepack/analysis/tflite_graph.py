@@ -51,6 +51,12 @@ def summarize_tflite(path: Path, shapes: dict[str, tuple[int, ...]] | None = Non
     graph_inputs = [d["index"] for d in interpreter.get_input_details()]
     graph_outputs = [d["index"] for d in interpreter.get_output_details()]
     constants = {i for i in tensors if i not in produced and i not in graph_inputs}
+    stored = _stored_weights(ops, constants)  # weights unpacked at load: DEQUANTIZE (fp16) and DENSIFY (sparse)
+    storage = sorted({kind for kind, _ in stored.values()})
+    if storage:
+        notes.append("weights stored as " + " and ".join(
+            f"{kind} ({sum(k == kind for k, _ in stored.values())} tensors, "
+            f"{'DEQUANTIZE' if kind == 'fp16' else 'DENSIFY'} at load)" for kind in storage))
 
     def nbytes(index: int) -> int:
         tensor = tensors[index]
@@ -69,7 +75,8 @@ def summarize_tflite(path: Path, shapes: dict[str, tuple[int, ...]] | None = Non
                 count = math.prod(int(d) for d in tensors[index]["shape"])
                 params += count
                 unique_params[index] = count
-        activations = [i for i in inputs if i not in constants]
+        activations = [i for i in inputs if i not in constants and i not in stored]
+        weights += [i for i in inputs if i in stored]
         outputs = [i for i in op["outputs"] if i >= 0]
         layers.append(Layer(
             name=tensors[outputs[0]]["name"] if outputs else f"{name}_{op['index']}",
@@ -88,7 +95,25 @@ def summarize_tflite(path: Path, shapes: dict[str, tuple[int, ...]] | None = Non
     input_shapes = {tensors[i]["name"]: tuple(int(d) for d in tensors[i]["shape"]) for i in graph_inputs}
     weight_bytes = sum(nbytes(i) for i in unique_params)
     return GraphSummary("tflite", layers, sum(unique_params.values()), weight_bytes, peak, input_shapes,
-                        notes, delegate_ops)
+                        notes, delegate_ops, storage)
+
+
+def _stored_weights(ops: list[dict[str, Any]], constants: set[int]) -> dict[int, tuple[str, int]]:
+    """Tensors that are weights unpacked by the runtime: output index -> (storage kind, constant index)."""
+    stored: dict[int, tuple[str, int]] = {}
+    for op in ops:  # DENSIFY may feed DEQUANTIZE: the file order is the execution order
+        name, inputs = op["op_name"], [i for i in op["inputs"] if i >= 0]
+        if name not in ("DEQUANTIZE", "DENSIFY") or len(inputs) != 1 or not op["outputs"]:
+            continue
+        source = inputs[0]
+        if source in constants:
+            kind = "sparse" if name == "DENSIFY" else "fp16"
+        elif source in stored:
+            kind = stored[source][0]
+        else:
+            continue
+        stored[op["outputs"][0]] = (kind, source)
+    return stored
 
 
 def _loads_with_default_delegate(path: Path) -> bool:

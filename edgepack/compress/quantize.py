@@ -134,7 +134,8 @@ def quantize_model(handle: ModelHandle, calib: Dataset, profile: DeviceProfile, 
         fp32_size = quantizer.fp32_size()
         candidate = quantizer.build([])
         report = judge(candidate, f"{fmt} {mode}")
-        if fmt == "onnx" and mode == "int8" and report.gate_failure(check.gate):
+        notes += quantizer.notes
+        if fmt == "onnx" and mode == "int8" and quantizer.per_channel_possible and report.gate_failure(check.gate):
             # per-tensor weights first (the smaller file); per-channel scales when that loses too much
             quantizer.per_channel = True
             candidate = quantizer.build([])
@@ -238,6 +239,8 @@ class _Quantizer:
         self.profile, self.calibrate_method = profile, calibrate_method
         self.count = 0
         self.per_channel = fmt == "tflite"  # the TFLite converter quantizes weights per channel
+        self.per_channel_possible = True
+        self.notes: list[str] = []
         names = [b.source_name for b in base.inputs]
         self.feeds = [{b.name: b.from_source(x) for b, x in zip(base.inputs, calib.batch(names, i), strict=True)}
                       for i in range(len(calib))]
@@ -245,11 +248,30 @@ class _Quantizer:
             from edgepack.compress.quantize_onnx import preprocess
 
             self.prepared = preprocess(base.path, work / "prepared.onnx") if mode != "fp16" else base.path
+            if mode == "int8":
+                self._opset_for_per_channel(work)
         else:
             from edgepack.compress.quantize_tflite import signature_inputs
 
             signature = signature_inputs(base.path)
             self.signature_feeds = [self._by_signature(feed, signature) for feed in self.feeds]
+
+    def _opset_for_per_channel(self, work: Path) -> None:
+        """Per-channel int8 needs opset 13: an older model is upgraded first, or stays per-tensor."""
+        from edgepack.compress import quantize_onnx as q
+
+        opset = q.default_opset(self.prepared)
+        if opset >= q.PER_CHANNEL_OPSET:
+            return
+        upgraded = q.upgrade_opset(self.prepared, work / "prepared_opset13.onnx")
+        if upgraded is not None:
+            self.prepared = upgraded
+            self.notes.append(f"opset {opset} upgraded to {q.PER_CHANNEL_OPSET} before quantizing (per-channel "
+                              "scales need it)")
+        else:
+            self.per_channel_possible = False
+            self.notes.append(f"opset {opset} could not be upgraded to {q.PER_CHANNEL_OPSET}: weights stay "
+                              "per-tensor")
 
     @staticmethod
     def _by_signature(feed: dict[str, np.ndarray], signature: list[str]) -> dict[str, np.ndarray]:
@@ -285,7 +307,7 @@ class _Quantizer:
                                       calibrate_method=self.calibrate_method, nodes_to_exclude=float_layers,
                                       per_channel=self.per_channel, cache=self.work / "calibration.cache")
 
-    def ranking(self, held_out: Dataset) -> list[FloatLayer]:
+    def ranking(self, held_out: Dataset, quantized: Path) -> list[FloatLayer]:
         """What to keep in float, in order: for ONNX the output head first, then layers by sensitivity."""
         if self.fmt == "tflite":
             from edgepack.compress.quantize_tflite import layer_sensitivity
@@ -298,9 +320,8 @@ class _Quantizer:
         names = [b.source_name for b in self.base.inputs]
         probe = [{b.name: b.from_source(x) for b, x in zip(self.base.inputs, held_out.batch(names, i), strict=True)}
                  for i in range(min(len(held_out), 16))]
-        ranked = q.layer_sensitivity(self.prepared, self.feeds[:32], probe,
-                                     q.activation_type_for(self.profile.architecture), self.calibrate_method)
-        return first + [FloatLayer(n, s, 0) for n, s in ranked]
+        ranked = q.layer_sensitivity(self.prepared, quantized, probe)
+        return first + [FloatLayer(n, s, 0) for n, s in ranked if n not in head]
 
 
 class _Judge:
@@ -322,7 +343,7 @@ def _fallback(quantizer: _Quantizer, judge: _Judge, held_out: Dataset, candidate
     MAX_FLOAT_LAYERS; then the last candidate is returned and the caller refuses it)."""
     kept: list[FloatLayer] = []
     previous_size = candidate.stat().st_size
-    for layer in quantizer.ranking(held_out)[:MAX_FLOAT_LAYERS]:
+    for layer in quantizer.ranking(held_out, candidate)[:MAX_FLOAT_LAYERS]:
         kept.append(layer)
         candidate = quantizer.build([n for k in kept for n in (k.nodes or [k.name])])
         report = judge(candidate, f"{quantizer.fmt} int8 + float layers")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -39,6 +38,32 @@ class _Reader:
 
     def rewind(self) -> None:
         self._iter = iter(self.feeds)
+
+
+PER_CHANNEL_OPSET = 13  # DequantizeLinear takes an axis (per-channel scales) from opset 13
+
+
+def default_opset(path: Path) -> int:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def upgrade_opset(src: Path, out: Path, version: int = PER_CHANNEL_OPSET) -> Path | None:
+    """The model at ``version`` (ONNX's version converter), checked to load in ONNX Runtime; None when
+    the converter cannot take it there."""
+    import onnx
+    from onnx import version_converter
+
+    try:
+        onnx.save(version_converter.convert_version(onnx.load(str(src)), version), str(out))
+        from edgepack.engines import OnnxEngine
+
+        OnnxEngine(out)
+    except Exception:  # the converter and ORT raise many types; the caller stays per-tensor instead
+        return None
+    return out
 
 
 def preprocess(src: Path, out: Path) -> Path:
@@ -99,12 +124,6 @@ def quantize_onnx_fp16(src: Path, out: Path) -> Path:
     return out
 
 
-def weighted_nodes(src: Path) -> list[str]:
-    import onnx
-
-    return [n.name for n in onnx.load(str(src)).graph.node if n.op_type in WEIGHTED_OPS and n.name]
-
-
 MAX_HEAD_NODES = 64
 
 
@@ -131,27 +150,32 @@ def output_head(src: Path) -> list[str]:
     return head
 
 
-def layer_sensitivity(src: Path, feeds: list[dict[str, np.ndarray]], held_out: list[dict[str, np.ndarray]],
-                      activation_type: str, calibrate_method: str) -> list[tuple[str, float]]:
-    """Each weighted node quantized alone, measured on held-out samples with ONNX Runtime: the error it
-    adds to the outputs (relative RMS, the worst output's), worst first. Calibration runs once and is cached."""
-    from edgepack.engines import OnnxEngine
+def layer_sensitivity(src: Path, quantized: Path, probe: list[dict[str, np.ndarray]]) -> list[tuple[str, float]]:
+    """Nodes ranked by the quantization noise their output picks up, noisiest first: both models are run
+    once on the probe samples with every intermediate tensor saved (ONNX Runtime's QDQ debugging tools),
+    and each tensor's noise is 1 / SQNR of its own quantize-dequantize step. Two runs, whatever the size
+    of the graph, instead of one quantization per layer."""
+    import onnx
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_activation_error,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
 
-    reference = OnnxEngine(src)
-    expected = [reference.run(list(f.values())) for f in held_out]
-    ranked: list[tuple[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="edgepack-sens-") as tmp:
-        cache = Path(tmp) / "calibration.cache"
-        for index, node in enumerate(weighted_nodes(src)):
-            out = quantize_onnx_static(src, Path(tmp) / f"n{index}.onnx", feeds, activation_type=activation_type,
-                                       calibrate_method=calibrate_method, nodes_to_quantize=[node], cache=cache)
-            engine = OnnxEngine(out)
-            errors = [max(_rel_rms(e, g) for e, g in zip(outs, engine.run(list(f.values())), strict=True))
-                      for outs, f in zip(expected, held_out, strict=True)]
-            ranked.append((node, float(np.mean(errors))))
-    return sorted(ranked, key=lambda item: item[1], reverse=True)
-
-
-def _rel_rms(expected: Any, got: Any) -> float:
-    scale = float(np.sqrt(np.mean(np.square(expected)))) or 1.0
-    return float(np.sqrt(np.mean(np.square(expected - got)))) / scale
+        saved = {}
+        for tag, model in (("float", src), ("qdq", quantized)):
+            augmented = Path(tmp) / f"{tag}.onnx"
+            modify_model_output_intermediate_tensors(str(model), str(augmented))
+            saved[tag] = collect_activations(str(augmented), probe)  # type: ignore[arg-type]
+    errors = compute_activation_error(create_activation_matching(saved["qdq"], saved["float"]))
+    producer = {out: node.name for node in onnx.load(str(src), load_external_data=False).graph.node
+                for out in node.output if node.name}
+    ranked: dict[str, float] = {}
+    for tensor, error in errors.items():
+        sqnr = float(error.get("qdq_err", float("inf")))
+        node = producer.get(tensor)
+        if node is not None and np.isfinite(sqnr):
+            ranked[node] = max(ranked.get(node, 0.0), 1.0 / max(sqnr, 1e-3))
+    return sorted(ranked.items(), key=lambda item: item[1], reverse=True)

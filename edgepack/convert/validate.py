@@ -49,7 +49,7 @@ class Gate:
     """What a compressed (int8, fp16, pruned) artifact must keep against its source."""
 
     max_drop_pts: float = 1.0  # --max-accuracy-drop: accuracy, agreement or --metric, in points
-    max_value_error: float = 0.1  # values outputs: max abs error per channel, a fraction of its scale
+    max_value_error: float = 0.1  # values outputs: RMS error on strong values, a fraction of the channel's peak
 
 
 @dataclass
@@ -103,8 +103,8 @@ class ValidationReport:
         if self.metric is None:
             for o in self.outputs:
                 if o.kind == "values" and o.channel_error_rel > gate.max_value_error:
-                    return (f"output '{o.name}' ({o.kind}) max abs error is {o.channel_error_rel:.3g} of its "
-                            f"channel's scale (bound {gate.max_value_error:g})")
+                    return (f"output '{o.name}' ({o.kind}) RMS error on its strong values is "
+                            f"{o.channel_error_rel:.3g} of its channel's peak (bound {gate.max_value_error:g})")
         return None
 
     @property
