@@ -68,7 +68,7 @@ def test_int8_of_an_old_opset_classifier_is_never_an_invalid_graph(cli, data_roo
     it is upgraded first (or kept per-tensor). Whatever the outcome, it is exit 0 with an artifact whose
     top-1 agreement with the source holds on the held-out images, or exit 2 naming the output."""
     model, data = fetch("ppocrv5_cls"), _images("ppocrv5_cls", data_root)
-    code, out, err = cli("quantize", model, "--input-shape", "1,3,80,160", "--calib", data, "--mean", "0.5,0.5,0.5",
+    code, _out, err = cli("quantize", model, "--input-shape", "1,3,80,160", "--calib", data, "--mean", "0.5,0.5,0.5",
                          "--std", "0.5,0.5,0.5", "--format", "onnx", "-o", tmp_path / "cls.onnx",
                          "--max-accuracy-drop", "20")
     assert "Traceback" not in err and "invalid" not in err.lower()
