@@ -159,7 +159,9 @@ def layer_sensitivity(src: Path, quantized: Path, probe: list[dict[str, np.ndarr
     from onnxruntime.quantization.qdq_loss_debug import (
         collect_activations,
         compute_activation_error,
+        compute_weight_error,
         create_activation_matching,
+        create_weight_matching,
         modify_model_output_intermediate_tensors,
     )
 
@@ -170,12 +172,25 @@ def layer_sensitivity(src: Path, quantized: Path, probe: list[dict[str, np.ndarr
             modify_model_output_intermediate_tensors(str(model), str(augmented))
             saved[tag] = collect_activations(str(augmented), probe)  # type: ignore[arg-type]
     errors = compute_activation_error(create_activation_matching(saved["qdq"], saved["float"]))
-    producer = {out: node.name for node in onnx.load(str(src), load_external_data=False).graph.node
-                for out in node.output if node.name}
+    graph = onnx.load(str(src), load_external_data=False).graph
+    producer = {out: node.name for node in graph.node for out in node.output if node.name}
+    consumers: dict[str, list[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.name)
     ranked: dict[str, float] = {}
-    for tensor, error in errors.items():
-        sqnr = float(error.get("qdq_err", float("inf")))
-        node = producer.get(tensor)
-        if node is not None and np.isfinite(sqnr):
+
+    def note(node: str | None, sqnr: float) -> None:
+        if node and np.isfinite(sqnr):
             ranked[node] = max(ranked.get(node, 0.0), 1.0 / max(sqnr, 1e-3))
+
+    for tensor, error in errors.items():  # an activation's own rounding noise
+        note(producer.get(tensor), float(error.get("qdq_err", float("inf"))))
+    try:  # a weight's rounding noise (an outlier weight stretches its scale), charged to its layer
+        weights = compute_weight_error(create_weight_matching(str(src), str(quantized)))
+    except Exception:  # the weight matcher is a debugging aid; activations alone still rank
+        weights = {}
+    for name, sqnr in weights.items():
+        for node in consumers.get(name, []):
+            note(node, float(sqnr))
     return sorted(ranked.items(), key=lambda item: item[1], reverse=True)
