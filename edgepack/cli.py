@@ -108,15 +108,11 @@ def _kinds(args: argparse.Namespace) -> dict[str, str]:
 def _check(args: argparse.Namespace) -> Any:
     """--output-kind, --metric, --tolerance (value outputs) and --allow-drift as the quantize check."""
     from edgepack.compress.quantize import Check
-    from edgepack.convert.validate import Gate, load_metric
-    from edgepack.errors import UsageError
+    from edgepack.convert.validate import Gate, check_tolerance, load_metric
 
     gate = Gate(max_drop_pts=args.max_accuracy_drop)
     if args.tolerance is not None:
-        if not 0 < args.tolerance < 1:
-            raise UsageError(f"--tolerance {args.tolerance:g} is not a fraction of the output's scale",
-                             "give e.g. --tolerance 0.05")
-        gate = Gate(args.max_accuracy_drop, args.tolerance)
+        gate = Gate(args.max_accuracy_drop, check_tolerance(args.tolerance, "0.05"))
     return Check(gate, _kinds(args), load_metric(args.metric), getattr(args, "allow_drift", False))
 
 

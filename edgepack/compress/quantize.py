@@ -163,11 +163,6 @@ def quantize_model(handle: ModelHandle, calib: Dataset, profile: DeviceProfile, 
                           all_quantized_size_bytes=all_quantized_size, notes=notes, gate_failure=failure)
 
 
-def accuracy_drop(report: ValidationReport) -> float | None:
-    """Points lost: of the --metric, of accuracy with labels, else the worst output's agreement."""
-    return report.drop_pts
-
-
 def _check_request(profile: DeviceProfile, fmt: str, mode: str) -> None:
     if mode not in MODES:
         raise UsageError(f"unknown --mode '{mode}'", f"use one of {', '.join(MODES)}")

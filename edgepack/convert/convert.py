@@ -15,7 +15,7 @@ import numpy as np
 from edgepack.artifact import Artifact, Binding, install, staging_dir
 from edgepack.convert.errors import ConversionError
 from edgepack.convert.routes import Route, RouteOutput, routes_for
-from edgepack.convert.validate import ShapeMismatchError, ValidationReport, bind, compare
+from edgepack.convert.validate import ShapeMismatchError, ValidationReport, bind, check_tolerance, compare
 from edgepack.data import Dataset, random_dataset
 from edgepack.engines import engine_for, engine_for_file
 from edgepack.errors import InputShapeError, UsageError
@@ -86,10 +86,7 @@ def parity_tolerances(handle: ModelHandle, profile: DeviceProfile, tolerance: fl
     its output scale with identical maps). Cosine and top-1 agreement are not relaxed."""
     base = profile.tolerances
     if tolerance is not None:
-        if not 0 < tolerance < 1:
-            raise UsageError(f"--tolerance {tolerance:g} is not a fraction of the output's scale",
-                             "give e.g. --tolerance 1e-3")
-        return base.model_copy(update={"max_abs_error_rel": tolerance})
+        return base.model_copy(update={"max_abs_error_rel": check_tolerance(tolerance, "1e-3")})
     ops = _op_count(handle)
     if ops <= DEPTH_REFERENCE_OPS:
         return base

@@ -27,6 +27,19 @@ class ShapeMismatchError(ConversionError):
     """The converted model's inputs or outputs do not correspond to the source's."""
 
 
+PARITY_MIN_POSITIONS = 0.999  # agreement an fp32 conversion keeps on sequence and map positions
+
+
+def check_tolerance(value: float, example: str) -> float:
+    """``--tolerance``: a fraction of an output's scale, in (0, 1)."""
+    if not 0 < value < 1:
+        from edgepack.errors import UsageError
+
+        raise UsageError(f"--tolerance {value:g} is not a fraction of the output's scale",
+                         f"give e.g. --tolerance {example}")
+    return value
+
+
 def parity_failure(o: OutputDrift, tol: Tolerances) -> str | None:
     """An fp32 conversion must match its source: error, cosine and (where the kind has one) agreement."""
     if o.max_abs_error_rel > tol.max_abs_error_rel:
@@ -40,8 +53,6 @@ def parity_failure(o: OutputDrift, tol: Tolerances) -> str | None:
         return f"output '{o.name}' {AGREEMENT_LABEL[o.kind]} {o.agreement:.2%} < {least:.1%}"
     return None
 
-
-PARITY_MIN_POSITIONS = 0.999
 
 
 @dataclass(frozen=True)
