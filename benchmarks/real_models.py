@@ -11,15 +11,17 @@ directory; the models are downloaded once into ~/.cache/edgepack/test-models.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from edgepack.examples.real_models import CORPUS, RealModel, fetch, real_inputs
 
-COMMANDS = ("inspect", "convert", "quantize", "build")
+COMMANDS = ("inspect", "convert", "quantize", "prune", "profile", "build")
 
 
 def argv_for(command: str, model: RealModel, path: Path, work: Path, data: Path) -> list[str]:
@@ -34,6 +36,11 @@ def argv_for(command: str, model: RealModel, path: Path, work: Path, data: Path)
     if command == "quantize":
         return ["quantize", str(path), "--calib", str(data), *prep, "--format", fmt,
                 "-o", str(work / f"{model.name}_int8.{fmt}"), "--json", *shape]
+    if command == "prune":
+        return ["prune", str(path), "--calib", str(data), *prep, "--ratio", "0.25", "--distill-epochs", "2",
+                "--time-budget", "60", "-o", str(work / f"{model.name}_pruned.onnx"), "--json", *shape]
+    if command == "profile":
+        return ["profile", str(path), "--device", "host", "--runs", "20", "--json", *shape]
     return ["build", str(path), "--device", "host", "--calib", str(data), *prep, "--prune", "0",
             "--max-measurements", "4", "--runs", "20", "-o", str(work / "dist"), "--cache", str(work / "cache"),
             "--json", *shape]
@@ -50,6 +57,48 @@ def outcome(done: subprocess.CompletedProcess[str] | None) -> str:
     return "ok"
 
 
+def _worst(outputs: list[dict[str, Any]]) -> str:
+    """The worst output's deciding figure, as edgepack's fidelity module words it."""
+    from edgepack.fidelity import OutputDrift
+
+    drifts = [OutputDrift(**o) for o in outputs]
+    if not drifts:
+        return "-"
+    judged = [(1 - d.agreement if d.agreement is not None else d.channel_error_rel, d) for d in drifts]
+    return max(judged, key=lambda j: j[0])[1].describe()
+
+
+def figures(command: str, done: subprocess.CompletedProcess[str] | None) -> dict[str, Any]:
+    """What the JSON of a successful run says: fidelity, size ratio, p50."""
+    if done is None or done.returncode != 0:
+        return {}
+    try:
+        data = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        return {}
+    if command == "quantize":
+        return {"fidelity": _worst(data["fidelity"]["outputs"]), "size_ratio": data["size_ratio"],
+                "artifact": data["artifact"]["path"]}
+    if command == "convert":
+        return {"fidelity": _worst(data["validation"]["outputs"]) if data.get("validation") else "-"}
+    if command == "profile":
+        return {"p50_ms": (data.get("latency_ms") or {}).get("p50")}
+    if command == "prune":
+        stages = data["stages"]
+        return {"fidelity": stages[-1].get("vs_original", "-"),
+                "size_ratio": stages[-1]["size_bytes"] / stages[0]["size_bytes"]}
+    if command == "build":
+        best = data.get("chosen") or {}
+        drop = best.get("accuracy_drop")
+        return {"fidelity": (f"{best['label']}: drop {drop:.2f} pts" if drop is not None else best["label"])
+                if best else "-"}
+    return {}
+
+
+def _cell(value: Any, fmt: str = "{:.2f}") -> str:
+    return "-" if value is None else fmt.format(value) if isinstance(value, float) else str(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--commands", default=",".join(COMMANDS))
@@ -63,19 +112,40 @@ def main() -> None:
         for model in models:
             path = fetch(model.name)
             data = real_inputs(model, Path(tmp) / "data" / model.name)
+            found: dict[str, dict[str, Any]] = {}
             for command in commands:
-                start = time.perf_counter()
-                try:
-                    done = subprocess.run([sys.executable, "-m", "edgepack.cli",
-                                           *argv_for(command, model, path, Path(tmp), data)],
-                                          capture_output=True, text=True, timeout=args.timeout, cwd=tmp)
-                except subprocess.TimeoutExpired:
-                    done = None
-                rows.append((model.name, command, f"{time.perf_counter() - start:.1f}", outcome(done)))
-                print(f"{rows[-1][0]:34} {rows[-1][1]:8} {rows[-1][2]:>6} s  {rows[-1][3]}", flush=True)
+                done, seconds = _run(argv_for(command, model, path, Path(tmp), data), tmp, args.timeout)
+                found[command] = figures(command, done)
+                if command == "profile" and found.get("quantize", {}).get("artifact"):
+                    # int8 and fp32 measured side by side, in this run
+                    int8, _ = _run(argv_for(command, model, Path(found["quantize"]["artifact"]), Path(tmp), data),
+                                   tmp, args.timeout)
+                    fp32_ms, int8_ms = found[command].get("p50_ms"), figures(command, int8).get("p50_ms")
+                    if fp32_ms and int8_ms:
+                        found[command]["int8/fp32"] = int8_ms / fp32_ms
+                f = found[command]
+                rows.append((model.name, command, f"{seconds:.1f}", outcome(done), f.get("fidelity", ""),
+                             _cell(f.get("size_ratio")), _cell(f.get("int8/fp32")), _cell(f.get("p50_ms"), "{:.3f}")))
+                print("  ".join([f"{rows[-1][0]:34}", f"{command:8}", f"{rows[-1][2]:>6} s", rows[-1][3][:90],
+                                 *[c for c in rows[-1][4:] if c not in ("", "-")]]), flush=True)
+    print()
+    from edgepack.render import table
+
+    print(table(["model", "command", "s", "outcome", "fidelity (worst output)", "size ratio", "int8/fp32 p50",
+                 "p50 ms (host)"], [(r[0], r[1], r[2], r[3][:80], *r[4:]) for r in rows], "llrllrrr"))
     tracebacks = sum(r[3].startswith(("TRACEBACK", "TIMEOUT")) for r in rows)
     print(f"\n{len(rows)} runs: {sum(r[3] == 'ok' for r in rows)} ok, "
           f"{sum(r[3].startswith('refused') for r in rows)} refused, {tracebacks} tracebacks or timeouts")
+
+
+def _run(argv: list[str], cwd: str, timeout: float) -> tuple[subprocess.CompletedProcess[str] | None, float]:
+    start = time.perf_counter()
+    try:
+        done: subprocess.CompletedProcess[str] | None = subprocess.run(
+            [sys.executable, "-m", "edgepack.cli", *argv], capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    except subprocess.TimeoutExpired:
+        done = None
+    return done, time.perf_counter() - start
 
 
 if __name__ == "__main__":

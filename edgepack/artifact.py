@@ -42,7 +42,10 @@ class Binding:
     def from_source(self, array: Any) -> Any:
         import numpy as np
 
-        return array if self.perm is None else np.transpose(array, self.perm)
+        array = array if self.perm is None else np.transpose(array, self.perm)
+        if tuple(np.shape(array)) != self.shape and np.size(array) == int(np.prod(self.shape)):
+            array = np.reshape(array, self.shape)  # a size-1 axis the artifact adds or drops ([] as [1])
+        return array
 
 
 @dataclass

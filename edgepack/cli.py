@@ -37,7 +37,8 @@ def _say(line: str) -> None:
 def _handle(args: argparse.Namespace) -> Any:
     from edgepack.model import load_model
 
-    return load_model(args.model, torch_module=args.torch_module, input_shape=args.input_shape)
+    return load_model(args.model, torch_module=args.torch_module, input_shape=args.input_shape,
+                      input_value=args.input_value)
 
 
 def _datasets(args: argparse.Namespace, handle: Any) -> tuple[Any, Any]:
@@ -193,7 +194,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     profile = _registry(args).get(args.device)
     report = profile_model(Path(args.model), profile, _ssh_options(args), runs=args.runs, warmup=args.warmup,
-                           threads=args.threads, timeout_s=args.timeout, say=_say)
+                           threads=args.threads, timeout_s=args.timeout, say=_say, input_shape=args.input_shape,
+                           input_value=args.input_value)
     _show(args, report, render_profile)
     failed = [m for m in report.measurements if m.error]
     for m in failed:
@@ -301,8 +303,15 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         "SavedModel directory")
     parser.add_argument("--torch-module", metavar="PKG.MOD:FACTORY",
                         help="an nn.Module built by calling this factory (needs --input-shape)")
+    _add_input_arguments(parser)
+
+
+def _add_input_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-shape", metavar="SHAPE",
                         help="static input shape: 1,3,224,224 or name:1,3,224,224;other:1,10")
+    parser.add_argument("--input-value", metavar="VALUES",
+                        help="inputs that are not samples (a rank-0 sample rate, a recurrent state): "
+                             "'sr=16000;state=zeros' (a number, zeros or a .npy file each) or an .npz by name")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -397,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
         "profile", parents=[common],
         help="measure latency and memory on the board over SSH (or on this machine with --device host)")
     profile.add_argument("model", help=".onnx or .tflite file")
+    _add_input_arguments(profile)
     profile.add_argument("--device", default="host", metavar="NAME")
     _add_ssh_arguments(profile)
     profile.add_argument("--runs", type=int, metavar="N", help="timed runs (default: the profile's)")

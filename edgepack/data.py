@@ -32,21 +32,42 @@ class Dataset:
 
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None = None
+    #: inputs that are not sample inputs (edgepack.input_values): stored with a sample axis added,
+    #: fed without it
+    whole: frozenset[str] = frozenset()
 
     def __len__(self) -> int:
         return len(next(iter(self.inputs.values())))
 
     def batch(self, names: list[str], start: int, size: int = 1) -> list[np.ndarray]:
-        """Samples ``start:start+size`` of every input, in the order of ``names``."""
-        return [self.inputs[n][start:start + size] for n in names]
+        """Samples ``start:start+size`` of every input, in the order of ``names`` (an input fed whole:
+        the value of sample ``start``)."""
+        return [self.inputs[n][start, ...] if n in self.whole else self.inputs[n][start:start + size] for n in names]
 
     def split(self, count: int) -> tuple[Dataset, Dataset]:
         """The first ``count`` samples and the rest (calibration vs held-out evaluation)."""
         head = {k: v[:count] for k, v in self.inputs.items()}
         tail = {k: v[count:] for k, v in self.inputs.items()}
         labels = self.labels
-        return (Dataset(head, None if labels is None else labels[:count]),
-                Dataset(tail, None if labels is None else labels[count:]))
+        return (Dataset(head, None if labels is None else labels[:count], self.whole),
+                Dataset(tail, None if labels is None else labels[count:], self.whole))
+
+
+def _whole(inputs: list[TensorSpec]) -> frozenset[str]:
+    return frozenset(t.name for t in inputs if not t.is_sample)
+
+
+def _with_fixed(dataset: Dataset, inputs: list[TensorSpec]) -> Dataset:
+    """The inputs the data does not hold that are fed whole: their --input-value, once per sample."""
+    from edgepack.input_values import fixed_value
+
+    arrays = dict(dataset.inputs)
+    for spec in inputs:
+        if spec.name not in arrays:
+            value = fixed_value(spec)
+            arrays[spec.name] = np.repeat(value[None], len(dataset), axis=0)
+    ordered = {t.name: arrays[t.name] for t in inputs}
+    return Dataset(ordered, dataset.labels, _whole(inputs))
 
 
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -101,8 +122,12 @@ def load_dataset(path: str | Path, inputs: list[TensorSpec], *, purpose: str = "
     if not files:
         raise DataError(f"{purpose} data {path}: no .npy, .npz or image files in the directory",
                         "put the samples there as .npy/.npz or jpg/png")
+    from edgepack.input_values import fixed_value
+
     parts = [_read_arrays(f) for f in files]
-    names = [t.name for t in inputs]
+    # the data holds every sample input, and the inputs fed whole that have no --input-value
+    names = [t.name for t in inputs if t.is_sample or t.value is None]
+    specs = {t.name: t for t in inputs}
     merged: dict[str, list[np.ndarray]] = {n: [] for n in names}
     labels: list[np.ndarray] = []
     for arrays, file in zip(parts, files, strict=True):
@@ -112,14 +137,15 @@ def load_dataset(path: str | Path, inputs: list[TensorSpec], *, purpose: str = "
             merged[names[0]].append(next(iter(arrays.values())))
             continue
         for name in names:
+            if name not in arrays and not specs[name].is_sample:
+                fixed_value(specs[name])  # refused: no value given, and the data holds none
             if name not in arrays:
                 raise DataError(f"{purpose} data {file}: no array for input '{name}' "
                                 f"(found {', '.join(sorted(arrays)) or 'none'})",
                                 "name the arrays in the .npz after the model's inputs")
             merged[name].append(arrays[name])
-    dataset = Dataset({n: _check(np.concatenate(v), spec, purpose, path)
-                       for (n, v), spec in zip(merged.items(), inputs, strict=True)},
-                      np.concatenate(labels).astype(np.int64) if labels else None)
+    dataset = _with_fixed(Dataset({n: _check(np.concatenate(v), specs[n], purpose, path) for n, v in merged.items()},
+                                  np.concatenate(labels).astype(np.int64) if labels else None), inputs)
     if labels and dataset.labels is not None and len(dataset.labels) != len(dataset):
         raise DataError(f"{purpose} data {path}: {len(dataset.labels)} labels for {len(dataset)} samples",
                         "give one integer label per sample")
@@ -170,7 +196,7 @@ def _images(path: Path, inputs: list[TensorSpec], prep: ImagePreprocessing, purp
         pixels = (pixels - np.asarray(prep.mean[: pixels.shape[-1]], np.float32)) / np.asarray(
             prep.std[: pixels.shape[-1]], np.float32)
         images.append(np.transpose(pixels, (2, 0, 1)) if channels_first else pixels)
-    return Dataset({spec.name: _check(np.stack(images), spec, purpose, path)})
+    return _with_fixed(Dataset({spec.name: _check(np.stack(images), spec, purpose, path)}), inputs)
 
 
 def _from_callable(spec_text: str, inputs: list[TensorSpec], purpose: str, min_samples: int) -> Dataset:
@@ -182,7 +208,8 @@ def _from_callable(spec_text: str, inputs: list[TensorSpec], purpose: str, min_s
     except Exception as exc:  # the user's own code: its failure is theirs to see, in one line
         raise DataError(f"{purpose} data {spec_text} raised {first_line(exc, with_type=True)}",
                         "fix the function, or give the samples as .npy/.npz") from None
-    names = [t.name for t in inputs]
+    specs = {t.name: t for t in inputs}
+    names = [t.name for t in inputs if t.is_sample or t.value is None]
     merged: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for sample in samples:
         values = sample if isinstance(sample, dict) else dict(zip(names, [sample], strict=False))
@@ -190,17 +217,18 @@ def _from_callable(spec_text: str, inputs: list[TensorSpec], purpose: str, min_s
             if name not in values:
                 raise DataError(f"{purpose} data {spec_text}: a sample has no input '{name}'",
                                 "yield dicts keyed by the model's input names")
-            array = np.asarray(values[name])
-            merged[name].append(array if array.ndim == len(inputs[names.index(name)].shape) else array[None])
+            array, spec = np.asarray(values[name]), specs[name]
+            merged[name].append(array if spec.is_sample and array.ndim == len(spec.shape) else array[None])
     if not samples:
         raise DataError(f"{purpose} data {spec_text}: no samples", "return some samples")
-    dataset = Dataset({n: _check(np.concatenate(v), spec, purpose, spec_text)  # type: ignore[arg-type]
-                       for (n, v), spec in zip(merged.items(), inputs, strict=True)})
+    dataset = _with_fixed(Dataset({n: _check(np.concatenate(v), specs[n], purpose, spec_text)
+                                   for n, v in merged.items()}), inputs)
     return _check_count(dataset, purpose, spec_text, min_samples)
 
 
 def _check(array: np.ndarray, spec: TensorSpec, purpose: str, path: object) -> np.ndarray:
-    expected = [d if isinstance(d, int) else None for d in spec.shape[1:]]
+    sample = spec.shape[1:] if spec.is_sample else spec.shape  # an input fed whole: one value per sample
+    expected = [d if isinstance(d, int) and d > 0 else None for d in sample]
     given = list(array.shape[1:])
     shape_text = "x".join(str(d) if d else "?" for d in ["N", *expected])  # type: ignore[list-item]
     if array.ndim == 0 or len(given) != len(expected) or any(
@@ -225,11 +253,16 @@ def _check(array: np.ndarray, spec: TensorSpec, purpose: str, path: object) -> n
 
 def random_dataset(inputs: list[TensorSpec], count: int, seed: int = 0) -> Dataset:
     """Uniform [0, 1) floats (or small integers) of the inputs' static shapes, batch 1 per sample."""
+    from edgepack.input_values import fixed_value
+
     rng = np.random.default_rng(seed)
     arrays = {}
     for spec in inputs:
+        if not spec.is_sample:  # never made up: the user's --input-value, or refused
+            arrays[spec.name] = np.repeat(fixed_value(spec)[None], count, axis=0)
+            continue
         shape = (count, *[int(d) for d in spec.shape[1:]])  # type: ignore[arg-type]
         dtype = np.dtype(spec.dtype)
         arrays[spec.name] = (rng.random(shape).astype(dtype) if dtype.kind == "f"
                              else rng.integers(0, 10, shape).astype(dtype))
-    return Dataset(arrays)
+    return Dataset(arrays, whole=_whole(inputs))

@@ -50,10 +50,18 @@ class TensorSpec:
     shape: tuple[Dim, ...]
     dtype: str
     layout: str
+    #: --input-value: fed whole, the same for every sample (see edgepack.input_values)
+    value: Any = field(default=None, compare=False, repr=False)
 
     @property
     def is_static(self) -> bool:
         return all(isinstance(d, int) and d > 0 for d in self.shape)
+
+    @property
+    def is_sample(self) -> bool:
+        """Samples go on the first axis, the batch axis (1 or dynamic). A rank-0 input (a sample rate)
+        or one whose first axis is fixed at another size (a recurrent state [2, 1, 128]) is fed whole."""
+        return bool(self.shape) and (not isinstance(self.shape[0], int) or self.shape[0] <= 1)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "layout": self.layout}
@@ -177,9 +185,20 @@ def load_model(
     *,
     torch_module: str | None = None,
     input_shape: str | None = None,
+    input_value: str | None = None,
 ) -> ModelHandle:
-    """Open a model and read its specs. ``input_shape`` fixes dynamic dims (see parse_input_shapes)."""
-    shapes = parse_input_shapes(input_shape)
+    """Open a model and read its specs. ``input_shape`` fixes dynamic dims (see parse_input_shapes);
+    ``input_value`` gives inputs that are not samples their values (see edgepack.input_values)."""
+    handle = _open(path, torch_module, parse_input_shapes(input_shape))
+    if input_value:
+        from edgepack.input_values import parse_input_values, with_values
+
+        handle.inputs = with_values(handle.inputs, parse_input_values(input_value, handle.inputs))
+    return handle
+
+
+def _open(path: str | Path | None, torch_module: str | None,
+          shapes: dict[str, tuple[int, ...]] | tuple[int, ...] | None) -> ModelHandle:
     if torch_module:
         if path:
             raise UsageError("give either a model file or --torch-module, not both")
@@ -230,7 +249,7 @@ def apply_input_shapes(
                     f"--input-shape {list(new)} for '{spec.name}' contradicts the model's fixed "
                     f"shape {list(spec.shape)}", "only dynamic dimensions can be set")
         layout = spec.layout if spec.layout != "?" else default_layout(len(new), not fmt.is_torch)
-        result.append(TensorSpec(spec.name, new, spec.dtype, layout))
+        result.append(TensorSpec(spec.name, new, spec.dtype, layout, spec.value))
     return result
 
 

@@ -70,6 +70,8 @@ def manifest_for(contents: PackageContents, model_file: str) -> dict[str, Any]:
                 "zero_point": binding.zero_point}
         inverse = sorted(range(len(binding.perm)), key=binding.perm.__getitem__) if binding.perm else None
         data["source_shape"] = [binding.shape[i] for i in inverse] if inverse else list(binding.shape)
+        if binding.perm:
+            data["layout_change"] = f"{binding.source_layout} -> {binding.layout} (run.py transposes)"
         return data
 
     return {
@@ -182,7 +184,9 @@ def _readme(contents: PackageContents, manifest: dict[str, Any]) -> str:
             + "## Run it\n\n```sh\npip install numpy ai-edge-litert    # or tflite-runtime, or onnxruntime for .onnx\n"
             f"python3 run.py sample.npy\n```\n\n`sample.npy`: one sample of shape {i['source_shape']} "
             f"({i['source_layout']}, {i['dtype'] if not i['scale'] else 'float32'}), in the layout the original "
-            "model took; run.py transposes and quantizes it as manifest.json says.\n\n"
+            "model took; run.py transposes and quantizes it as manifest.json says."
+            + (f" The model itself takes {i['layout']} ({i['layout_change']})." if i.get("layout_change") else "")
+            + "\n\n"
             "Check the files against `manifest.json` (`files`: sha256 of each).\n")
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from edgepack.analysis.graph import GraphSummary
 from edgepack.analysis.roofline import estimate_latency
+from edgepack.artifact import Artifact
 from edgepack.compress.quantize import Check
 from edgepack.compress.replay import BuildFailed, BuiltArtifact, PlanBuilder
 from edgepack.data import DataError, Dataset, random_dataset
@@ -290,7 +291,21 @@ class Build:
         return RunRequest(artifact.path, threads=candidate.plan.threads,
                           warmup=bench.warmup if self.options.warmup is None else self.options.warmup,
                           runs=self.options.runs or bench.runs, op_profile=op_profile,
-                          timeout_s=self.options.timeout_s)
+                          timeout_s=self.options.timeout_s, inputs=self._inputs_file(artifact))
+
+    def _inputs_file(self, artifact: Artifact) -> Path | None:
+        """A held-out sample in the artifact's layout when the model has inputs fed whole (their values
+        are the user's, never the harness's random ones); None: random inputs of the file's shapes."""
+        if all(s.is_sample for s in self.handle.inputs):
+            return None
+        import numpy as np
+
+        names = [s.name for s in self.handle.inputs]
+        sample = dict(zip(names, self.eval_data.batch(names, 0), strict=True))
+        path = artifact.path.parent / "inputs.npz"
+        if not path.exists():
+            np.savez(path, **{b.name: b.from_source(sample[b.source_name]) for b in artifact.inputs})
+        return path
 
     def _key(self, request: RunRequest, identity: str, repeat: int, purpose: str = "") -> RecordKey:
         from edgepack.runners.harness import HARNESS_VERSION

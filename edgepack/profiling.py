@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgepack.errors import ModelFileError, UsageError
+from edgepack.model import ModelHandle
 from edgepack.profiles import DeviceProfile
 from edgepack.runners.base import Measurement, RunRequest
 from edgepack.runners.factory import SshOptions, runners_for
@@ -39,9 +41,12 @@ class ProfileReport:
 
 def profile_model(model: Path, profile: DeviceProfile, options: SshOptions, *, runs: int | None = None,
                   warmup: int | None = None, threads: int | None = None, timeout_s: float = 300.0,
-                  say: Callable[[str], None] = lambda _: None) -> ProfileReport:
+                  say: Callable[[str], None] = lambda _: None, input_shape: str | None = None,
+                  input_value: str | None = None) -> ProfileReport:
     """Time ``model`` on every board (no profiler on during the timed runs; the per-op profile comes
-    from a separate session). The file is opened here first: a corrupt model is the user's to fix."""
+    from a separate session). The file is opened here first: a corrupt model is the user's to fix.
+    Inputs are random, of the model's shapes (or ``--input-shape``'s); an input that is not a sample
+    input gets its ``--input-value`` or is refused, never a made-up value."""
     from edgepack.engines import engine_for
     from edgepack.model import load_model
 
@@ -50,14 +55,39 @@ def profile_model(model: Path, profile: DeviceProfile, options: SshOptions, *, r
     if model.suffix not in (".onnx", ".tflite"):
         raise UsageError(f"{model}: profile measures .onnx and .tflite files",
                          f"convert it first: edgepack convert {model} --to tflite")
-    engine_for(load_model(model))  # opened by this machine's runtime: a corrupt file never reaches a board
+    handle = load_model(model, input_shape=input_shape, input_value=input_value)
+    engine_for(handle)  # opened by this machine's runtime: a corrupt file never reaches a board
     bench = profile.benchmark
-    request = RunRequest(model, threads=threads or bench.threads, warmup=bench.warmup if warmup is None else warmup,
-                         runs=runs or bench.runs, op_profile=True, timeout_s=timeout_s)
-    pool = DevicePool(runners_for(profile, options, say))
-    try:
-        for runner in pool.runners:
-            runner.identity()  # connects: an unreachable board or a port that is no sshd is one line, exit 2
-        return ProfileReport(profile, pool.run_everywhere(request))
-    finally:
-        pool.close()
+    with tempfile.TemporaryDirectory(prefix="edgepack-profile-") as tmp:
+        request = RunRequest(model, threads=threads or bench.threads,
+                             warmup=bench.warmup if warmup is None else warmup, runs=runs or bench.runs,
+                             op_profile=True, timeout_s=timeout_s, inputs=_inputs_file(handle, Path(tmp)))
+        pool = DevicePool(runners_for(profile, options, say))
+        try:
+            for runner in pool.runners:
+                runner.identity()  # connects: an unreachable board or a port that is no sshd is one line, exit 2
+            return ProfileReport(profile, pool.run_everywhere(request))
+        finally:
+            pool.close()
+
+
+def _inputs_file(handle: ModelHandle, work: Path) -> Path | None:
+    """An .npz of inputs when the harness cannot make them from the file alone (dynamic dimensions
+    given by --input-shape, inputs fed whole); None: it draws random inputs of the file's shapes."""
+    import numpy as np
+
+    from edgepack.data import random_dataset
+    from edgepack.model import load_model
+
+    assert handle.path is not None
+    if all(t.is_static and t.is_sample for t in load_model(handle.path).inputs):  # as the file declares them
+        return None
+    dynamic = [t for t in handle.inputs if not t.is_static]
+    if dynamic:
+        raise UsageError(f"input '{dynamic[0].name}' has dynamic dimensions {list(dynamic[0].shape)}",
+                         f"give them: --input-shape {dynamic[0].name}:" +
+                         ",".join(str(d) if isinstance(d, int) and d > 0 else "N" for d in dynamic[0].shape))
+    names = [t.name for t in handle.inputs]
+    path = work / "inputs.npz"
+    np.savez(path, **dict(zip(names, random_dataset(handle.inputs, 1).batch(names, 0), strict=True)))
+    return path

@@ -231,13 +231,13 @@ def render_pruning(result: PruneResult) -> str:
         return "-" if v is None else f"{100 * v:.2f}%"
 
     rows = [(s.name, f"{s.params:,}", f"{s.macs:,}", human_bytes(s.size_bytes),
-             "-" if s.latency_ms is None else f"{s.latency_ms:.4f}", pct(s.accuracy), pct(s.agreement))
+             "-" if s.latency_ms is None else f"{s.latency_ms:.4f}", pct(s.accuracy), s.vs_original or pct(s.agreement))
             for s in result.stages]
     a = result.artifact
     lines = [f"Pruned {result.ratio:.1%} of the channels" + (
         f" to fit {human_bytes(result.budget_bytes)}" if result.budget_bytes else ""),
-        table(["stage", "params", "MACs", "ONNX size", "p50 ms (local)", "accuracy", "agreement"], rows,
-              "lrrrrrr"),
+        table(["stage", "params", "MACs", "ONNX size", "p50 ms (local)", "accuracy", "vs original (worst output)"],
+              rows, "lrrrrrr"),
         "", f"wrote {a.path} ({human_bytes(a.size_bytes)}, {a.format}, {a.precision})",
         f"  metadata        {a.metadata_path}",
         f"  history         {a.path.parent / (a.path.name + '.pruning.json')} (replay it on the original)"]

@@ -1,9 +1,12 @@
 """Knowledge distillation: the unpruned model teaches the pruned one on the user's (unlabelled) data.
 
-Loss: KL divergence between temperature-softened outputs (times T^2), plus cross-entropy when labels
-are given. Stops at ``epochs``, at the time budget, or when the held-out distillation loss has not
-improved for ``patience`` epochs; the student with the lowest held-out loss is returned. (Top-1
-agreement is reported, but it is too coarse to stop on: it can sit at 100% while the outputs drift.)
+Every output of the model is taught, each by its kind (:mod:`edgepack.fidelity`): class scores and
+sequences by the KL divergence of temperature-softened distributions (times T^2), maps and values by
+the squared error relative to the teacher's mean square (so that pixel-scale boxes do not drown
+0-1 scores); plus cross-entropy on the first scores output when labels are given. Stops at
+``epochs``, at the time budget, or when the held-out loss has not improved for ``patience`` epochs;
+the student with the lowest held-out loss is returned. (Agreement is reported, but it is too coarse
+to stop on: it can sit at 100% while the outputs drift.)
 """
 
 from __future__ import annotations
@@ -16,34 +19,88 @@ from typing import Any
 
 import numpy as np
 
+from edgepack.fidelity import OutputDrift, drift, infer_kind
+
 
 @dataclass
 class DistillReport:
     epochs_run: int
     seconds: float
-    agreement_by_epoch: list[float] = field(default_factory=list)
+    agreement_by_epoch: list[float] = field(default_factory=list)  # closeness(), see there
     held_out_loss_by_epoch: list[float] = field(default_factory=list)
     stopped_because: str = ""
 
 
-def agreement(teacher: Any, student: Any, x: np.ndarray) -> float:
+def outputs_of(module: Any, x: Any) -> list[Any]:
+    """The module's outputs on a tensor (or array) batch, always as a list."""
+    import torch
+
+    out = module(torch.from_numpy(x) if isinstance(x, np.ndarray) else x)
+    return list(out) if isinstance(out, tuple | list) else [out]
+
+
+def output_names(module: Any, count: int) -> list[str]:
+    names = list(getattr(module, "output_names", []) or [])
+    return names if len(names) == count else [f"output{i}" for i in range(count)]
+
+
+def compare(teacher: Any, student: Any, x: np.ndarray, kinds: dict[str, str] | None = None) -> list[OutputDrift]:
+    """Each output of the student against the teacher's on ``x``, by the output's kind."""
     import torch
 
     with torch.no_grad():
-        t = teacher(torch.from_numpy(x)).argmax(1)
-        s = student(torch.from_numpy(x)).argmax(1)
-    return float((t == s).float().mean())
+        ref = [o.double().numpy() for o in outputs_of(teacher, x)]
+        got = [o.double().numpy() for o in outputs_of(student, x)]
+    names = output_names(teacher, len(ref))
+    return [drift(n, r, g, (kinds or {}).get(n)) for n, r, g in zip(names, ref, got, strict=True)]
 
 
-def held_out_loss(teacher: Any, student: Any, x: np.ndarray, temperature: float) -> float:
+def closeness(drifts: list[OutputDrift]) -> float:
+    """One figure in [0, 1] for the worst output: its agreement (scores, sequences, maps) or one minus
+    its relative error on strong values (values)."""
+    return min((o.agreement if o.agreement is not None else max(0.0, 1.0 - o.channel_error_rel))
+               for o in drifts) if drifts else 1.0
+
+
+def worst(drifts: list[OutputDrift]) -> OutputDrift | None:
+    return min(drifts, key=lambda o: closeness([o]), default=None)
+
+
+def agreement(teacher: Any, student: Any, x: np.ndarray) -> float:
+    """:func:`closeness` of the student to the teacher on ``x`` (top-1 agreement for a classifier)."""
+    return closeness(compare(teacher, student, x))
+
+
+def _kinds(teacher: Any, x: np.ndarray) -> list[str]:
     import torch
+
+    with torch.no_grad():
+        ref = [o.double().numpy() for o in outputs_of(teacher, x)]
+    return [infer_kind(n, r) for n, r in zip(output_names(teacher, len(ref)), ref, strict=True)]
+
+
+def _loss(student_out: list[Any], teacher_out: list[Any], kinds: list[str], temperature: float) -> Any:
     import torch.nn.functional as F
 
+    total = 0.0
+    for s, t, kind in zip(student_out, teacher_out, kinds, strict=True):
+        if kind in ("scores", "sequence"):
+            classes = t.shape[-1] if t.shape[-1] > 1 else t[0].numel()
+            s2, t2 = s.reshape(-1, classes), t.reshape(-1, classes)
+            total = total + F.kl_div(F.log_softmax(s2 / temperature, 1), F.softmax(t2 / temperature, 1),
+                                     reduction="batchmean") * temperature ** 2
+        else:
+            total = total + F.mse_loss(s, t) / (t.pow(2).mean() + 1e-12)
+    return total
+
+
+def held_out_loss(teacher: Any, student: Any, x: np.ndarray, temperature: float,
+                  kinds: list[str] | None = None) -> float:
+    import torch
+
     with torch.no_grad():
-        t = teacher(torch.from_numpy(x))
-        s = student(torch.from_numpy(x))
-        return float(F.kl_div(F.log_softmax(s / temperature, 1), F.softmax(t / temperature, 1),
-                              reduction="batchmean")) * temperature ** 2
+        t, s = outputs_of(teacher, x), outputs_of(student, x)
+        return float(_loss(s, t, kinds or _kinds(teacher, x), temperature))
 
 
 def distill(teacher: Any, student: Any, x: np.ndarray, *, labels: np.ndarray | None = None,
@@ -62,12 +119,14 @@ def distill(teacher: Any, student: Any, x: np.ndarray, *, labels: np.ndarray | N
     check = held_out
     student = copy.deepcopy(student)
     teacher = teacher.eval()
+    kinds = _kinds(teacher, check)
+    labelled = kinds.index("scores") if labels is not None and "scores" in kinds else None
     optimizer = torch.optim.Adam(student.parameters(), lr=lr)
     inputs = torch.from_numpy(x)
-    targets = torch.from_numpy(labels) if labels is not None else None
+    targets = torch.from_numpy(labels) if labelled is not None and labels is not None else None
     with torch.no_grad():
-        soft = teacher(inputs)
-    best, best_state, since = held_out_loss(teacher, student.eval(), check, temperature), \
+        soft = outputs_of(teacher, inputs)
+    best, best_state, since = held_out_loss(teacher, student.eval(), check, temperature, kinds), \
         copy.deepcopy(student.state_dict()), 0
     report = DistillReport(0, 0.0, [agreement(teacher, student, check)], [best])
     start = time.perf_counter()
@@ -76,19 +135,18 @@ def distill(teacher: Any, student: Any, x: np.ndarray, *, labels: np.ndarray | N
         student.train()
         for idx in torch.randperm(len(inputs), generator=generator).split(batch):
             optimizer.zero_grad()
-            out = student(inputs[idx])
-            loss = F.kl_div(F.log_softmax(out / temperature, 1), F.softmax(soft[idx] / temperature, 1),
-                            reduction="batchmean") * temperature ** 2
-            if targets is not None:
-                loss = loss + F.cross_entropy(out, targets[idx])
+            out = outputs_of(student, inputs[idx])
+            loss = _loss(out, [t[idx] for t in soft], kinds, temperature)
+            if targets is not None and labelled is not None:
+                loss = loss + F.cross_entropy(out[labelled].reshape(len(idx), -1), targets[idx])
             loss.backward()
             optimizer.step()
-        score = held_out_loss(teacher, student.eval(), check, temperature)
+        score = held_out_loss(teacher, student.eval(), check, temperature, kinds)
         report.agreement_by_epoch.append(agreement(teacher, student, check))
         report.held_out_loss_by_epoch.append(score)
         report.epochs_run = epoch
         if progress:
-            print(f"  distill epoch {epoch}/{epochs}: held-out loss {score:.4f}, agreement with the original "
+            print(f"  distill epoch {epoch}/{epochs}: held-out loss {score:.4f}, closeness to the original "
                   f"{report.agreement_by_epoch[-1]:.2%}", file=sys.stderr)
         if score < best:
             best, best_state, since = score, copy.deepcopy(student.state_dict()), 0

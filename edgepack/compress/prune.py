@@ -41,10 +41,13 @@ def count_params(module: Any) -> int:
     return int(sum(p.numel() for p in module.parameters()))
 
 
-def _classifier_layers(module: Any, example: tuple[Any, ...]) -> list[Any]:
-    """Layers whose outputs are the model's outputs (their channel count is the user's contract)."""
+def _output_layers(module: Any, example: tuple[Any, ...]) -> list[Any]:
+    """Layers whose output channels are the model's contract: those writing its outputs (and, in a
+    module built from ONNX, those read by a fixed-size Reshape, Slice or Split)."""
     import torch
 
+    if hasattr(module, "head_layers"):
+        return list(module.head_layers())
     outputs: dict[int, Any] = {}
 
     def record(layer: Any, _inputs: Any, output: Any) -> None:
@@ -87,7 +90,7 @@ def prune(module: Any, example: tuple[Any, ...], ratio: float, *, importance: st
 
     model = copy.deepcopy(module).eval()
     names = {m: n for n, m in model.named_modules()}
-    ignored = _classifier_layers(model, example) + [m for m, n in names.items() if n in (protected or [])]
+    ignored = _output_layers(model, example) + [m for m, n in names.items() if n in (protected or [])]
     try:
         pruner = tp.pruner.MetaPruner(model, example, importance=_importance(importance), pruning_ratio=ratio,
                                       ignored_layers=ignored, round_to=round_to)
@@ -95,7 +98,11 @@ def prune(module: Any, example: tuple[Any, ...], ratio: float, *, importance: st
             if calib is None:
                 raise PruningError("Taylor importance needs calibration data", "pass --calib")
             model.zero_grad()
-            model(torch.from_numpy(calib[:64].reshape(-1, *calib.shape[2:]))).pow(2).sum().backward()
+            batch = calib[:64]
+            if batch.ndim == example[0].dim() + 1:  # samples that each keep their batch-1 axis
+                batch = batch.reshape(-1, *batch.shape[2:])
+            out = model(torch.from_numpy(batch))
+            sum(o.float().pow(2).sum() for o in (out if isinstance(out, tuple | list) else [out])).backward()
         pruner.step()
     except PruningError:
         raise
@@ -103,7 +110,31 @@ def prune(module: Any, example: tuple[Any, ...], ratio: float, *, importance: st
         raise PruningError(f"Torch-Pruning cannot prune this model: {first_line(exc, with_type=True)}",
                            "a layer or op it cannot follow; try --ratio 0 or another model") from None
     model.zero_grad(set_to_none=True)
-    return PrunedModel(model.eval(), ratio, pruner.pruning_history(), list(protected or []))
+    _same_outputs(module, model, example)
+    history = pruner.pruning_history()
+    return PrunedModel(model.eval(), ratio if history else 0.0, history, list(protected or []))
+
+
+def _shapes(module: Any, example: tuple[Any, ...]) -> list[tuple[int, ...]]:
+    import torch
+
+    with torch.no_grad():
+        out = module.eval()(*example)
+    return [tuple(o.shape) for o in (out if isinstance(out, tuple | list) else [out])]
+
+
+def _same_outputs(original: Any, pruned: Any, example: tuple[Any, ...]) -> None:
+    """A pruned model must run and keep every output's shape (an op that fixes channel counts, which
+    Torch-Pruning did not follow, breaks one or the other)."""
+    try:
+        got = _shapes(pruned, example)
+    except Exception as exc:  # whatever the op with stale sizes raises
+        raise PruningError(f"the pruned model no longer runs: {first_line(exc, with_type=True)}",
+                           "an op fixes channel counts that pruning cannot follow; build without pruning") from None
+    want = _shapes(original, example)
+    if got != want:
+        raise PruningError(f"pruning changed the output shapes {want} to {got}",
+                           "an op fixes channel counts that pruning cannot follow; build without pruning")
 
 
 def replay(module: Any, example: tuple[Any, ...], history: History) -> Any:
@@ -117,18 +148,24 @@ def replay(module: Any, example: tuple[Any, ...], history: History) -> Any:
 
 
 def sensitivity_scan(module: Any, example: tuple[Any, ...], ratio: float, score: Callable[[Any], float],
-                     importance: str = "magnitude") -> list[tuple[str, float]]:
-    """Each prunable layer pruned alone at ``ratio``: the score it loses (higher: more sensitive)."""
+                     importance: str = "magnitude", time_budget_s: float = float("inf"),
+                     ) -> tuple[list[tuple[str, float]], int]:
+    """Each prunable layer pruned alone at ``ratio``: the score it loses (higher: more sensitive),
+    most lossy first, and how many layers there were. Layers are scanned until the time budget is
+    spent (a deep detector has hundreds); the unscanned ones are simply not protected."""
+    import time
+
     import torch
 
+    start = time.perf_counter()
     base = score(module)
-    layers = [n for n, m in module.named_modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
-    final = {id(m) for m in _classifier_layers(module, example)}
-    named = dict(module.named_modules())
+    final = {id(m) for m in _output_layers(module, example)}
+    layers = [n for n, m in module.named_modules()
+              if isinstance(m, torch.nn.Conv2d | torch.nn.Linear) and id(m) not in final]
     costs = []
     for name in layers:
-        if id(named[name]) in final:
-            continue
+        if time.perf_counter() - start > time_budget_s:
+            break
         others = [n for n in layers if n != name]
         try:
             solo = prune(module, example, ratio, importance="magnitude" if importance == "taylor" else importance,
@@ -136,7 +173,7 @@ def sensitivity_scan(module: Any, example: tuple[Any, ...], ratio: float, score:
         except PruningError:
             continue
         costs.append((name, base - score(solo.module)))
-    return sorted(costs, key=lambda c: c[1], reverse=True)
+    return sorted(costs, key=lambda c: c[1], reverse=True), len(layers)
 
 
 def prune_to_budget(module: Any, example: tuple[Any, ...], budget_bytes: int, size_of: Callable[[Any], int], *,

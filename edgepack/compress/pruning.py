@@ -25,9 +25,11 @@ from edgepack.compress.prune import (
     sensitivity_scan,
 )
 from edgepack.data import DataError, Dataset
-from edgepack.errors import UsageError
+from edgepack.errors import UsageError, first_line
 from edgepack.model import ModelFormat, ModelHandle
-from edgepack.profiles import DeviceProfile
+from edgepack.profiles import DeviceProfile, Tolerances
+
+SCAN_SAMPLES = 16  # held-out samples the sensitivity scan scores each layer on
 
 
 @dataclass
@@ -38,7 +40,8 @@ class Stage:
     size_bytes: int  # the ONNX fp32 export of this stage (the final row: the real artifact)
     latency_ms: float | None
     accuracy: float | None
-    agreement: float  # top-1 agreement with the original on held-out samples
+    agreement: float  # closeness to the original on held-out samples (distill.closeness)
+    vs_original: str = ""  # the worst output's figure in words, e.g. "top-1 agreement 98.00%"
 
 
 @dataclass
@@ -59,19 +62,60 @@ class PruneResult:
                 "distillation": self.distill_report.__dict__ if self.distill_report else None, "notes": self.notes}
 
 
-def torch_module_for_pruning(handle: ModelHandle, work: Path) -> Any:
-    """An nn.Module Torch-Pruning can follow: the user's own module, or one built from the ONNX graph."""
+def torch_module_for_pruning(handle: ModelHandle, work: Path, held: np.ndarray, profile: DeviceProfile,
+                             notes: list[str]) -> Any:
+    """An nn.Module Torch-Pruning can follow: the user's own module, or one built from the ONNX graph
+    (shapes frozen and constants folded first), checked against the source on held-out samples."""
     if handle.format is ModelFormat.TORCH_MODULE:
         from edgepack.convert.torch_source import torch_module_of
 
         return torch_module_of(handle)
     import onnx
 
-    from edgepack.convert.onnx_to_torch import build_torch_module
+    from edgepack.convert.onnx_to_torch import ROUTE, build_torch_module
     from edgepack.convert.routes import onnx_of
+    from edgepack.convert.simplify import simplify_onnx
 
     path, _, _ = onnx_of(handle, work)
-    return build_torch_module(onnx.load(str(path)))
+    simple, note = simplify_onnx(path, work / "simplified.onnx")
+    notes.extend([note] if note else [])
+    module = build_torch_module(onnx.load(str(simple)))
+    from edgepack.convert.convert import parity_tolerances
+
+    failure = _parity(module, path, held, parity_tolerances(handle, profile))
+    if failure:
+        from edgepack.convert.errors import ConversionError
+
+        raise ConversionError(ROUTE, f"the PyTorch module built from the graph differs from it: {failure}",
+                              "build without pruning (--prune 0)")
+    return module
+
+
+def _parity(module: Any, path: Path, held: np.ndarray, tolerances: Tolerances) -> str | None:
+    """The module against onnxruntime on the ONNX it was built from, by the fp32 parity tolerances."""
+    import onnxruntime as ort
+    import torch
+
+    from edgepack.convert.validate import parity_failure
+    from edgepack.fidelity import drift
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = session.get_inputs()[0].name
+    samples = held[:8]
+    ref = [np.concatenate(parts) for parts in zip(*(session.run(None, {feed: s[None]}) for s in samples),
+                                                  strict=True)]
+    try:
+        with torch.no_grad():
+            out = module(torch.from_numpy(samples))
+    except Exception as exc:  # an op translated for batch 1 only, or a shape it did not expect
+        return f"it does not run on a batch of samples ({first_line(exc, with_type=True)})"
+    got = list(out) if isinstance(out, tuple | list) else [out]
+    for name, r, g in zip(module.output_names, ref, got, strict=True):
+        failure = parity_failure(drift(name, r.astype(np.float64), g.double().numpy().reshape(r.shape)),
+                                 tolerances)
+        if failure:
+            return failure
+    return None
 
 
 def prune_model(handle: ModelHandle, calib: Dataset, profile: DeviceProfile, output: Path, *,
@@ -100,7 +144,7 @@ def prune_model(handle: ModelHandle, calib: Dataset, profile: DeviceProfile, out
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="edgepack-prune-") as tmp:
         work = Path(tmp)
-        original = torch_module_for_pruning(handle, work).eval()
+        original = torch_module_for_pruning(handle, work, held, profile, notes).eval()
         size_of = _sizer(original, example, name, fmt, precision, calib, work)
         budget = int(max_size_mb * 1e6) if max_size_mb else None
         if budget is None and ratio is None:
@@ -110,10 +154,14 @@ def prune_model(handle: ModelHandle, calib: Dataset, profile: DeviceProfile, out
         def agreement_of(module: Any) -> float:
             from edgepack.compress.distill import agreement
 
-            return agreement(original, module, held)
+            return agreement(original, module, held[:SCAN_SAMPLES])
 
         probe_ratio = ratio if ratio is not None else 0.5
-        scan = sensitivity_scan(original, example, probe_ratio, agreement_of, importance)
+        scan, layers = sensitivity_scan(original, example, probe_ratio, agreement_of, importance,
+                                        time_budget_s=time_budget_s / 4)
+        if len(scan) < layers:
+            notes.append(f"sensitivity scan: {len(scan)} of {layers} layers within a quarter of the time "
+                         f"budget ({time_budget_s / 4:g} s); the others were not protected")
         losses = [c for _, c in scan]
         median = float(np.median(losses)) if losses else 0.0
         protected = [n for n, c in scan if c > max(0.2, 2 * median)]
@@ -122,6 +170,9 @@ def prune_model(handle: ModelHandle, calib: Dataset, profile: DeviceProfile, out
         if ratio is not None:
             pruned = prune(original, example, ratio, importance=importance, protected=protected, calib=x,
                            round_to=round_to)
+            if ratio and not pruned.history:
+                notes.append("no channel could be pruned: every prunable layer writes an output or feeds an op "
+                             "that fixes its channel count")
         else:
             assert budget is not None
             pruned = prune_to_budget(original, example, budget, size_of, importance=importance,
@@ -163,7 +214,7 @@ def _sizer(original: Any, example: tuple[Any, ...], name: str, fmt: str, precisi
         from edgepack.compress.quantize_onnx import quantize_onnx_static
         from edgepack.convert.torch_to_onnx import export_to_onnx
 
-        path = export_to_onnx(module, example, work / "size.onnx", input_names=[name]).path
+        path = export_to_onnx(module, example, work / "size.onnx", input_names=[name], output_names=_names(module)).path
         feeds = [{name: calib.inputs[name][i:i + 1]} for i in range(min(16, len(calib)))]
         return quantize_onnx_static(path, work / "size_q.onnx", feeds, activation_type="uint8").stat().st_size
 
@@ -189,7 +240,8 @@ def _artifact_of(module: Any, example: tuple[Any, ...], name: str, fmt: str, pre
 
     profile = profile or ProfileRegistry.discover().get("host")
     out.parent.mkdir(parents=True, exist_ok=True)
-    onnx_path = export_to_onnx(module, example, out.parent / f"{out.name}.export.onnx", input_names=[name]).path
+    onnx_path = export_to_onnx(module, example, out.parent / f"{out.name}.export.onnx", input_names=[name],
+                               output_names=_names(module)).path
     handle = load_model(onnx_path)
     if precision == "int8":
         return quantize_model(handle, calib, profile, out, fmt=fmt, mode="int8", max_accuracy_drop=100.0).artifact
@@ -199,26 +251,37 @@ def _artifact_of(module: Any, example: tuple[Any, ...], name: str, fmt: str, pre
     return convert_model(handle, fmt, out, profile, calib).artifact
 
 
+def _names(module: Any) -> list[str] | None:
+    """The source's output names (a module built from ONNX keeps them), so artifacts bind by name."""
+    return list(getattr(module, "output_names", None) or []) or None
+
+
 def _stage(label: str, module: Any, original: Any, example: tuple[Any, ...], name: str, held: np.ndarray,
            labels: np.ndarray | None, work: Path) -> Stage:
     import onnx
     import torch
 
     from edgepack.analysis.onnx_graph import summarize_onnx
-    from edgepack.compress.distill import agreement
+    from edgepack.compress.distill import closeness, compare, worst
     from edgepack.convert.torch_to_onnx import export_to_onnx
     from edgepack.runners.base import RunRequest
     from edgepack.runners.local import LocalRunner
 
-    path = export_to_onnx(module, example, work / f"{label.replace(' ', '_')}.onnx", input_names=[name]).path
+    path = export_to_onnx(module, example, work / f"{label.replace(' ', '_')}.onnx", input_names=[name],
+                          output_names=_names(module)).path
     summary = summarize_onnx(onnx.load(str(path)))
     measurement = LocalRunner().run([RunRequest(path, threads=1, warmup=10, runs=100)])[0]
     accuracy = None
     if labels is not None:
+        from edgepack.compress.distill import outputs_of
+
         with torch.no_grad():
-            accuracy = float((module(torch.from_numpy(held)).argmax(1).numpy() == labels).mean())
+            scores = outputs_of(module, held)[0]
+            accuracy = float((scores.reshape(len(held), -1).argmax(1).numpy() == labels).mean())
+    drifts = compare(original, module, held)
+    figure = worst(drifts)
     return Stage(label, count_params(module), summary.macs, path.stat().st_size, measurement.p50_ms, accuracy,
-                 agreement(original, module, held))
+                 closeness(drifts), figure.describe() if figure else "")
 
 
 def _write(handle: ModelHandle, student: Any, example: tuple[Any, ...], name: str, fmt: str, precision: str,

@@ -138,7 +138,12 @@ class PlanBuilder:
         staging = staging_dir(output)
         try:
             staged = staging / output.name
-            shutil.copyfile(handle.path, staged)
+            source = handle.path
+            if fmt == "onnx":  # dynamic dimensions fixed to --input-shape: measured and shipped at that size
+                from edgepack.convert.routes import onnx_of
+
+                source, _, _ = onnx_of(handle, staging)
+            shutil.copyfile(source, staged)
             return install(staged, Artifact(staged, fmt, "as given", self.handle.sha256, inputs, outputs), output)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

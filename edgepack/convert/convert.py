@@ -58,17 +58,17 @@ MAX_SAMPLE_BYTES = 1 << 30  # one sample of all inputs together; checked before 
 
 
 def require_static_inputs(handle: ModelHandle) -> None:
-    """Every input fixed, batch 1 (edgepack feeds one sample at a time), and of a size that fits memory."""
+    """Every input fixed, and of a size that fits memory. A sample input has batch 1 (edgepack feeds one
+    sample at a time); an input whose first axis is not a batch axis, or a rank-0 one, is fed whole
+    (see edgepack.input_values)."""
     total = 0
     for spec in handle.inputs:
-        if not spec.is_static or not spec.shape:
+        if not spec.is_static:
             raise InputShapeError(
-                f"input '{spec.name}' has a dynamic shape {list(spec.shape) or '(unknown)'}",
-                "pass --input-shape with every dimension, e.g. --input-shape 1,3,224,224")
-        if spec.shape[0] != 1:
-            raise InputShapeError(
-                f"input '{spec.name}' has a fixed batch of {spec.shape[0]} {list(spec.shape)}; edgepack feeds "
-                "one sample at a time", "export the model with batch 1 or a dynamic batch axis")
+                f"input '{spec.name}' has a dynamic shape {list(spec.shape)}",
+                f"pass --input-shape with every dimension, e.g. --input-shape {spec.name}:" +
+                ",".join(str(d) if isinstance(d, int) and d > 0 else "1" if i == 0 else "N"
+                         for i, d in enumerate(spec.shape)))
         total += int(np.prod(spec.shape, dtype=np.float64)) * np.dtype(spec.dtype).itemsize
     if total > MAX_SAMPLE_BYTES:
         shapes = ", ".join(f"{s.name} {list(s.shape)}" for s in handle.inputs)

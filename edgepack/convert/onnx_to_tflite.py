@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepack.convert.errors import ConversionError, last_error_line
+from edgepack.convert.errors import ConversionError, failing_node, last_error_line
 
 ROUTE = "onnx->tflite (onnx2tf)"
 # onnx2tf reads this file from its working directory instead of downloading it (utils/common_functions).
@@ -90,7 +90,8 @@ def convert_onnx_to_tflite(onnx_path: Path, out_dir: Path, *, calib: np.ndarray 
             raise ConversionError(ROUTE, f"onnx2tf did not finish in {timeout_s:.0f} s") from None
         produced = work / "out" / "model_float32.tflite"
         if proc.returncode != 0 or not produced.exists():
-            raise ConversionError(ROUTE, last_error_line(proc.stdout + "\n" + proc.stderr))
+            text = proc.stdout + "\n" + proc.stderr
+            raise ConversionError(ROUTE, last_error_line(text) + failing_node(text))
         float32 = out_dir / "model_float32.tflite"
         shutil.copyfile(produced, float32)
         float16 = None

@@ -59,6 +59,9 @@ def build_torch_module(model: Any) -> Any:
             self.output_names = [v.name for v in model.graph.output]
             self.consts: dict[str, np.ndarray] = dict(initializers)
             self._used: set[str] = set()
+            # tensors whose channel count the graph relies on: outputs, and what a Reshape (other
+            # than a flatten), Slice, Gather or uneven Split reads with fixed sizes
+            self.channel_contracts: list[str] = list(self.output_names)
             for node in model.graph.node:
                 if node.op_type == "Constant":
                     value = _attrs(node).get("value")
@@ -96,11 +99,24 @@ def build_torch_module(model: Any) -> Any:
                 self._linear(node, a)
             elif op == "BatchNormalization":
                 self._batchnorm(node, a)
+            elif op == "PRelu" and _channel_slope(self._const(ins[1])) is not None:
+                prelu = nn.PReLU(int(self.consts[ins[1]].size))  # a layer, so pruning trims its slopes
+                prelu.weight.data = torch.from_numpy(np.array(_channel_slope(self.consts[ins[1]])))
+                self._layer(node, prelu, ins[0])
+            elif op == "Split":
+                fn = _split(a, [self._const(n) if n else None for n in ins], len(outs))
+                if len(_ints(self._const(ins[1]) if len(ins) > 1 and ins[1] else None, a.get("split"))) > 1:
+                    self.channel_contracts.append(ins[0])
+                self.steps.append((None, fn, ins[:1], outs))
             elif op in simple_ops():
                 fn = simple_ops()[op](a, [self._const(n) if n else None for n in ins])
-                # data inputs: both operands of a binary op and every Concat input (constants are
-                # read from buffers); for the rest, the first input (the others are attributes).
-                data = list(ins[:2]) if op in _BINARY else [n for n in ins if n] if op == "Concat" \
+                if op in ("Slice", "Gather") or (op == "Reshape" and self._const(ins[1]) is not None
+                                                 and self.consts[ins[1]].size != 2):
+                    self.channel_contracts.append(ins[0])
+                # data inputs: both operands of a binary op and every input of a variadic one
+                # (constants are read from buffers); for the rest, the first input (the others are
+                # attributes, read above).
+                data = list(ins[:2]) if op in _BINARY else [n for n in ins if n] if op in _VARIADIC \
                     else ins[:1]
                 self.steps.append((None, fn, data, outs[:1]))
             else:
@@ -159,7 +175,11 @@ def build_torch_module(model: Any) -> Any:
                 weight = b if a.get("transB", 0) else b.T
                 weight = weight * float(a.get("alpha", 1.0))
                 c = self._const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-                bias = None if c is None else np.broadcast_to(c * float(a.get("beta", 1.0)), (weight.shape[0],))
+                if c is not None and c.size not in (1, weight.shape[0]):
+                    raise ConversionError(ROUTE, f"Gemm '{node.name}' adds a bias of shape {list(c.shape)}, "
+                                          "not one per output")
+                bias = None if c is None else np.broadcast_to(c.reshape(-1) * float(a.get("beta", 1.0)),
+                                                              (weight.shape[0],))
             else:
                 weight, bias = b.T, None
             linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
@@ -177,6 +197,27 @@ def build_torch_module(model: Any) -> Any:
                 getattr(bn, attr).data = torch.from_numpy(np.array(value, dtype=np.float32))
             self._layer(node, bn, node.input[0])
 
+        def head_layers(self) -> list[nn.Module]:
+            """The Conv/Linear layers nearest to each channel contract (walking back through
+            channel-wise ops): their output channels are fixed, pruning must keep them."""
+            producer = {out: step for step in self.steps for out in step[3]}
+            heads: list[nn.Module] = []
+            seen: set[str] = set()
+            todo = list(self.channel_contracts)
+            while todo:
+                name = todo.pop()
+                if name in seen or name not in producer:
+                    continue
+                seen.add(name)
+                key, _fn, data, _outs = producer[name]
+                layer = self.layers[key] if key is not None else None
+                core = layer[-1] if isinstance(layer, nn.Sequential) else layer
+                if isinstance(core, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.ConvTranspose2d | nn.Linear):
+                    heads.append(core)
+                else:
+                    todo.extend(data)
+            return heads
+
         # -- running -----------------------------------------------------------------------------
         def forward(self, *inputs: Any) -> Any:
             env: dict[str, Any] = dict(zip(self.input_names, inputs, strict=True))
@@ -184,7 +225,11 @@ def build_torch_module(model: Any) -> Any:
                 env[name] = getattr(self, key)
             for key, fn, data, outs in self.steps:
                 args = [env[n] if n in env else self._tensor(n) for n in data]
-                env[outs[0]] = self.layers[key](*args) if key is not None else fn(*args)  # type: ignore[misc]
+                result = self.layers[key](*args) if key is not None else fn(*args)  # type: ignore[misc]
+                if len(outs) > 1:
+                    env.update(zip(outs, result, strict=True))
+                else:
+                    env[outs[0]] = result
             results = [env[n] for n in self.output_names]
             return results[0] if len(results) == 1 else tuple(results)
 
@@ -198,6 +243,20 @@ def build_torch_module(model: Any) -> Any:
             if name in module.consts:
                 module._buffer(name)
     return module.eval()
+
+
+def _channel_slope(slope: np.ndarray | None) -> np.ndarray | None:
+    """A PRelu slope that is one value, or one per channel of axis 1 ([C, 1, 1], [1, C, 1, 1], [C])."""
+    if slope is None:
+        return None
+    if slope.size == 1:
+        return slope.reshape(1).astype(np.float32)
+    shape = list(slope.shape)
+    while shape and shape[0] == 1 and len(shape) > 3:
+        shape.pop(0)
+    if len(shape) in (1, 3) and shape[0] == slope.size:
+        return np.ascontiguousarray(slope.reshape(-1), dtype=np.float32)
+    return None
 
 
 def _ints(value: np.ndarray | None, fallback: Any) -> list[int]:
@@ -241,9 +300,96 @@ def _reshape(a: dict[str, Any], consts: list[np.ndarray | None]) -> Callable[...
         if len(target) == 2 and x.dim() > 2 and (target[0] in (0, 1, x.shape[0])
                                                  or (target[0] == -1 and target[1] == x[0].numel())):
             return torch.flatten(x, 1)
-        shape = [x.shape[i] if d == 0 else d for i, d in enumerate(target)]
+        # exported at batch 1: a leading 1 is the batch axis, which runs here with many samples
+        shape = [x.shape[i] if d == 0 or (i == 0 and d == 1) else d for i, d in enumerate(target)]
         return x.reshape(shape)
     return reshape
+
+
+def _resize(a: dict[str, Any], consts: list[np.ndarray | None]) -> Callable[..., Any]:
+    import torch.nn.functional as F
+
+    def text(key: str, default: str) -> str:
+        value = a.get(key, default)
+        return value.decode() if isinstance(value, bytes) else value
+
+    mode, coords = text("mode", "nearest"), text("coordinate_transformation_mode", "half_pixel")
+    scales = consts[2] if len(consts) > 2 else consts[1]  # opset 10: (X, scales)
+    sizes = consts[3] if len(consts) > 3 else None
+    if (scales is None or not scales.size) and sizes is None:
+        raise ConversionError(ROUTE, "Resize with computed scales or sizes is not supported",
+                              "give --input-shape so that they fold to constants")
+    if mode == "nearest" and coords == "asymmetric" and text("nearest_mode", "round_prefer_floor") == "floor":
+        kwargs: dict[str, Any] = {"mode": "nearest"}
+    elif mode == "linear" and coords in ("half_pixel", "pytorch_half_pixel", "align_corners"):
+        kwargs = {"mode": "bilinear", "align_corners": coords == "align_corners"}
+    else:
+        raise ConversionError(ROUTE, f"Resize mode {mode} with {coords} coordinates is not supported")
+    if sizes is not None and sizes.size:
+        size = [int(v) for v in sizes[2:]]
+        return lambda x: F.interpolate(x, size=size, **kwargs)
+    factors = [float(v) for v in scales[2:]]
+    return lambda x: F.interpolate(x, scale_factor=factors, **kwargs)
+
+
+def _slice(a: dict[str, Any], c: list[np.ndarray | None]) -> Callable[..., Any]:
+    if "starts" in a:  # opset < 10: attributes
+        starts, ends, axes, steps = list(a["starts"]), list(a["ends"]), a.get("axes"), None
+    else:
+        if any(v is None for v in c[1:3]) or any(v is None for v in c[3:] if v is not None):
+            raise ConversionError(ROUTE, "Slice with computed bounds is not supported",
+                                  "give --input-shape so that they fold to constants")
+        starts, ends = _ints(c[1], []), _ints(c[2], [])
+        axes = _ints(c[3], []) if len(c) > 3 and c[3] is not None else None
+        steps = _ints(c[4], []) if len(c) > 4 and c[4] is not None else None
+    axes = list(axes) if axes is not None else list(range(len(starts)))
+    steps = steps or [1] * len(starts)
+    if any(s < 1 for s in steps):
+        raise ConversionError(ROUTE, "Slice with a negative step is not supported")
+
+    def run(x: Any) -> Any:
+        index = [slice(None)] * x.dim()
+        for axis, start, end, step in zip(axes, starts, ends, steps, strict=True):
+            if axis in (0, -x.dim()) and start == 0 and step == 1 and end >= 1:
+                continue  # the batch axis, exported at 1: keep every sample
+            index[axis] = slice(start, min(end, x.shape[axis]) if end > 0 else end, step)
+        return x[tuple(index)]
+    return run
+
+
+def _split(a: dict[str, Any], c: list[np.ndarray | None], outputs: int) -> Callable[..., Any]:
+    import torch
+
+    axis = int(a.get("axis", 0))
+    sizes = _ints(c[1] if len(c) > 1 else None, a.get("split"))
+    if sizes and len(set(sizes)) > 1:
+        return lambda x: torch.split(x, sizes, dim=axis)
+    count = len(sizes) or outputs
+    return lambda x: torch.chunk(x, count, dim=axis)  # equal parts: still equal after pruning
+
+
+def _gather(a: dict[str, Any], c: list[np.ndarray | None]) -> Callable[..., Any]:
+    import torch
+
+    if c[1] is None:
+        raise ConversionError(ROUTE, "Gather with computed indices is not supported")
+    axis, indices = int(a.get("axis", 0)), np.array(c[1], dtype=np.int64)
+    if indices.ndim == 0:
+        return lambda x: x.select(axis, int(indices))
+    flat = torch.from_numpy(indices.reshape(-1))
+
+    def run(x: Any) -> Any:
+        picked = torch.index_select(x, axis, torch.where(flat < 0, flat + x.shape[axis], flat))
+        return picked.reshape(*x.shape[:axis], *indices.shape, *x.shape[axis + 1:])
+    return run
+
+
+def _cast(a: dict[str, Any], c: list[np.ndarray | None]) -> Callable[..., Any]:
+    import torch
+    from onnx import helper
+
+    dtype = torch.from_numpy(np.zeros(0, dtype=helper.tensor_dtype_to_np_dtype(a["to"]))).dtype
+    return lambda x: x.to(dtype)
 
 
 @functools.cache
@@ -331,10 +477,25 @@ def simple_ops() -> dict[str, Callable[[dict[str, Any], list[np.ndarray | None]]
         "ReduceSum": reduce(torch.sum),
         "ReduceMax": reduce(torch.amax),
         "Pad": pad,
+        "Resize": _resize,
+        "Upsample": _resize,
+        "Slice": _slice,
+        "Gather": _gather,
+        "Cast": _cast,
+        "PRelu": lambda a, c: lambda x, slope: torch.where(x >= 0, x, x * slope),
+        "Equal": lambda a, c: torch.eq,
+        "Max": lambda a, c: lambda *xs: functools.reduce(torch.maximum, xs),
+        "Min": lambda a, c: lambda *xs: functools.reduce(torch.minimum, xs),
+        "Sum": lambda a, c: lambda *xs: functools.reduce(torch.add, xs),
+        "Where": lambda a, c: torch.where,
+        "Softplus": lambda a, c: F.softplus,
+        "Floor": lambda a, c: torch.floor,
+        "Ceil": lambda a, c: torch.ceil,
     }
 
 
-_BINARY = {"Add", "Sub", "Mul", "Div", "Pow"}
+_BINARY = {"Add", "Sub", "Mul", "Div", "Pow", "PRelu", "Equal"}
+_VARIADIC = {"Concat", "Max", "Min", "Sum", "Where"}
 
 
 def convert_onnx_to_torch(onnx_path: Path, out_dir: Path, example: list[np.ndarray]) -> tuple[Any, Path]:

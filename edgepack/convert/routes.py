@@ -69,18 +69,26 @@ def onnx_of(handle: ModelHandle, work: Path) -> tuple[Path, list[str], str]:
 
         exported = export_handle_to_onnx(handle, work / "exported.onnx")
         return exported.path, [f"torch.onnx ({exported.exporter} exporter)", *exported.notes], "torch.onnx"
-    return _tf2onnx(handle, work), [], "tf2onnx"
+    path, notes = _tf2onnx(handle, work)
+    return path, notes, "tf2onnx"
 
 
-def _tf2onnx(handle: ModelHandle, work: Path) -> Path:
+def _tf2onnx(handle: ModelHandle, work: Path) -> tuple[Path, list[str]]:
     from edgepack.convert.onnx_to_tflite import offline_env
 
     if importlib.util.find_spec("tf2onnx") is None:
         raise ConversionError("tf2onnx", "tf2onnx is not installed", "pip install tf2onnx")
     assert handle.path is not None
-    out = work / "tf2onnx.onnx"
+    out, notes = work / "tf2onnx.onnx", []
     if handle.format is ModelFormat.TFLITE:
-        source = ["--tflite", str(handle.path)]
+        from edgepack.convert.densify import densify_count, densify_tflite
+
+        tflite = handle.path
+        if densify_count(handle.path):  # sparse weights, which tf2onnx reads as dense ones
+            tflite = work / "densified.tflite"
+            notes.append(f"sparse weights made dense first ({densify_tflite(handle.path, tflite)} DENSIFY ops "
+                         "run once by TFLite): tf2onnx cannot read them")
+        source = ["--tflite", str(tflite)]
     else:
         saved = handle.path
         if handle.format is ModelFormat.KERAS:
@@ -92,7 +100,7 @@ def _tf2onnx(handle: ModelHandle, work: Path) -> Path:
     if proc.returncode != 0 or not out.exists():
         raise ConversionError("tf2onnx", last_error_line(proc.stderr + proc.stdout),
                               "tf2onnx 1.17 is the last release; it may not know this TensorFlow's ops")
-    return out
+    return out, notes
 
 
 def keras_saved_model(path: Path, out: Path) -> Path:

@@ -21,7 +21,7 @@ class ExportResult:
 
 
 def export_to_onnx(module: Any, example_inputs: tuple[Any, ...], out_path: Path,
-                   input_names: list[str] | None = None) -> ExportResult:
+                   input_names: list[str] | None = None, output_names: list[str] | None = None) -> ExportResult:
     """Export with the dynamo exporter (weights inside the file); fall back to the legacy exporter.
 
     The fallback is said in ``notes``; when both fail, :class:`ConversionError` carries both reasons.
@@ -35,7 +35,7 @@ def export_to_onnx(module: Any, example_inputs: tuple[Any, ...], out_path: Path,
         with warnings.catch_warnings(), captured_output():  # the exporter prints its progress on stdout
             warnings.simplefilter("ignore")
             program = torch.onnx.export(module, example_inputs, dynamo=True, external_data=False,
-                                        input_names=input_names, verbose=False)
+                                        input_names=input_names, output_names=output_names, verbose=False)
             program.save(str(out_path), external_data=False)
         return ExportResult(out_path, "dynamo")
     except Exception as dynamo_error:  # the dynamo exporter raises many types; the fallback says why
@@ -44,7 +44,7 @@ def export_to_onnx(module: Any, example_inputs: tuple[Any, ...], out_path: Path,
         with warnings.catch_warnings(), captured_output():
             warnings.simplefilter("ignore")
             torch.onnx.export(module, example_inputs, str(out_path), dynamo=False,
-                              input_names=input_names, opset_version=17)
+                              input_names=input_names, output_names=output_names, opset_version=17)
     except Exception as legacy_error:  # both exporters failed: report both, drop the half file
         out_path.unlink(missing_ok=True)
         legacy_reason = first_line(legacy_error)

@@ -158,6 +158,10 @@ def bind(route: str, source: list[TensorSpec], artifact_shapes: list[tuple[tuple
     return bindings
 
 
+def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(d for d in shape if d != 1)
+
+
 def _shapes_for(src: tuple[int, ...]) -> set[tuple[int, ...]]:
     cl = channels_last_perm(len(src)) if 3 <= len(src) <= 5 else None
     return {src} | ({tuple(src[i] for i in cl)} if cl else set())
@@ -169,7 +173,7 @@ def _perm(route: str, name: str, src: tuple[int, ...], shape: tuple[int, ...],
     cl_shape = tuple(src[i] for i in cl) if cl else None
     if cl and channels_last and shape == cl_shape:
         return cl
-    if shape == src:
+    if shape == src or _squeezed(shape) == _squeezed(src):  # same, or a size-1 axis added/dropped
         return None
     if cl and shape == cl_shape:
         return cl
@@ -222,6 +226,8 @@ def compare(route: str, source: Engine, artifact: Engine, inputs: list[Binding],
             raise ShapeMismatchError(route, f"{len(got)} outputs, the source gives {len(expected)}")
         for i, (binding, ref, value) in enumerate(zip(outputs, expected, got, strict=True)):
             value = binding.to_source(value)
+            if value.shape != ref.shape and value.size == ref.size and _squeezed(value.shape) == _squeezed(ref.shape):
+                value = value.reshape(ref.shape)  # a size-1 axis added or dropped (a rank-0 value as [1])
             if value.shape != ref.shape:
                 raise ShapeMismatchError(route, f"output '{binding.source_name}' has shape "
                                          f"{list(value.shape)}, the source {list(ref.shape)}")

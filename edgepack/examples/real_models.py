@@ -69,6 +69,12 @@ CORPUS: tuple[RealModel, ...] = (
     RealModel("selfie_segmentation_landscape", _MP,
               "mediapipe/modules/selfie_segmentation/selfie_segmentation_landscape.tflite",
               "segmenter with a custom op"),
+    RealModel("ddddocr_common_old", "ddddocr==1.6.1", "ddddocr/common_old.onnx",
+              "captcha OCR, already dynamically quantized (ConvInteger)", "1,1,64,256", "text"),
+    RealModel("light_resnet50", "onnx==1.23.2", "onnx/backend/test/data/light/light_resnet50.onnx",
+              "ResNet-50, opset 9, weights made at load (ConstantOfShape)"),
+    RealModel("light_densenet121", "onnx==1.23.2", "onnx/backend/test/data/light/light_densenet121.onnx",
+              "DenseNet-121, opset 9, initializers listed as graph inputs"),
 )
 
 

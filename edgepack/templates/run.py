@@ -2,10 +2,12 @@
 """Run the model of this edgepack package on the device, with whichever runtime is installed.
 
     python3 run.py INPUT.npy [--top 5]      # one sample in the source model's layout (see manifest.json)
+    python3 run.py INPUTS.npz               # several inputs: one array per source input name
 
 Needs numpy and one of: ai_edge_litert, tflite_runtime, tensorflow (TFLite models) or onnxruntime
 (ONNX models). Input is given in the layout the original model took; this program transposes it and
-(for int8 models) quantizes it as manifest.json says, then prints the top classes.
+(for int8 models) quantizes it as manifest.json says, then prints each output as JSON (a class-score
+vector as its top classes, anything else as its shape, range and first values).
 """
 
 import argparse
@@ -57,7 +59,8 @@ def finish(array, binding):
     return array
 
 
-def run(manifest, sample):
+def run(manifest, samples):
+    """``samples``: one array per input, in the source's order and layout."""
     model = os.path.join(HERE, manifest["model_file"])
     inputs, outputs = manifest["inputs"], manifest["outputs"]
     if model.endswith(".onnx"):
@@ -66,33 +69,77 @@ def run(manifest, sample):
         except ImportError:
             sys.exit("no ONNX Runtime here: pip install onnxruntime")
         session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        values = session.run(None, {name: prepare(sample, inputs[0])})
+        feed = {b["name"]: prepare(x, b) for b, x in zip(inputs, samples)}
+        values = dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))
     else:
         interpreter = tflite_interpreter(model)
         interpreter.allocate_tensors()
-        detail = interpreter.get_input_details()[0]
-        interpreter.set_tensor(detail["index"], prepare(sample, inputs[0]))
+        details = {d["name"]: d for d in interpreter.get_input_details()}
+        for i, (binding, x) in enumerate(zip(inputs, samples)):
+            detail = details.get(binding["name"], interpreter.get_input_details()[i])
+            interpreter.set_tensor(detail["index"], prepare(x, binding).reshape(detail["shape"]))
         interpreter.invoke()
-        values = [interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()]
-    return [finish(v, b) for v, b in zip(values, outputs)]
+        values = {d["name"]: interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()}
+    ordered = list(values.values())
+    return [finish(values.get(b["name"], ordered[i]), b) for i, b in enumerate(outputs)]
+
+
+def usage(manifest):
+    """Each input as the original model took it, and the layout change run.py makes for the artifact."""
+    lines = ["inputs, in the original model's layout:"]
+    for i in manifest["inputs"]:
+        change = " (the model takes %s; run.py transposes)" % i["layout"] if i.get("perm") else ""
+        lines.append("  %s: %s %s %s%s" % (i["source_name"], i["source_shape"], i["source_layout"],
+                                          i["dtype"] if not i.get("scale") else "float32", change))
+    return "\n".join(lines)
+
+
+def read_inputs(path, manifest):
+    import numpy as np
+
+    specs = manifest["inputs"]
+    if path.endswith(".npz"):
+        with np.load(path) as archive:
+            missing = [s["source_name"] for s in specs if s["source_name"] not in archive.files]
+            if missing:
+                sys.exit("%s has no array for input '%s'" % (path, missing[0]))
+            arrays = [archive[s["source_name"]] for s in specs]
+    elif len(specs) == 1:
+        arrays = [np.load(path)]
+    else:
+        sys.exit("the model has %d inputs: give an .npz with one array per input name" % len(specs))
+    result = []
+    for spec, array in zip(specs, arrays):
+        if len(array.shape) == len(spec["source_shape"]) - 1:
+            array = array[None]
+        float_in = spec.get("scale") or np.dtype(spec["dtype"]).kind == "f"
+        result.append(array.astype(np.float32) if float_in else array)
+    return result
+
+
+def describe(array, top):
+    import numpy as np
+
+    flat = array.reshape(-1)
+    if flat.size > 1 and max(array.shape) == flat.size:  # one vector: class scores
+        order = np.argsort(flat)[::-1][:top]
+        return {"top": [{"class": int(i), "score": float(flat[i])} for i in order]}
+    return {"shape": list(array.shape), "min": float(flat.min()), "max": float(flat.max()),
+            "first": [float(v) for v in flat[:8]]}
 
 
 def main():
-    import numpy as np
-
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("input", help=".npy file with one sample, in the original model's layout")
+    manifest = load_manifest()
+    parser = argparse.ArgumentParser(description=__doc__, epilog=usage(manifest),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input", help=".npy file with one sample (or .npz by input name), in the original "
+                        "model's layout")
     parser.add_argument("--top", type=int, default=5)
     args = parser.parse_args()
-    manifest = load_manifest()
-    sample = np.load(args.input)
-    shape = manifest["inputs"][0]["source_shape"]
-    if len(sample.shape) == len(shape) - 1:
-        sample = sample[None]
-    scores = run(manifest, sample.astype(np.float32))[0].reshape(-1)
-    order = np.argsort(scores)[::-1][: args.top]
-    print(json.dumps({"top": [{"class": int(i), "score": float(scores[i])} for i in order]}))
+    results = run(manifest, read_inputs(args.input, manifest))
+    named = {b["source_name"]: describe(v, args.top) for b, v in zip(manifest["outputs"], results)}
+    first = next((d for d in named.values() if "top" in d), None)
+    print(json.dumps({**({"top": first["top"]} if first else {}), "outputs": named}))
 
 
 if __name__ == "__main__":

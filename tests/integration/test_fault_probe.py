@@ -99,11 +99,14 @@ def test_fixed_batch_and_huge_inputs_are_refused_in_one_line(cli, one_line_error
                         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 4])],
                         [helper.make_node("MatMul", ["x", "w"], ["y"])], [weight])
     np.save(tmp_path / "rows.npy", np.random.default_rng(0).random((64, 16), np.float32))
-    for argv in (["convert", batch8, "--to", "tflite", "-o", tmp_path / "out.tflite"],
-                 ["quantize", batch8, "--calib", tmp_path / "rows.npy", "--format", "onnx", "-o", tmp_path / "q.onnx"],
+    # a first axis fixed at 8 is not a batch axis: the input is fed whole, so it needs a value or data
+    # holding [N, 8, 16], never rows cut from the user's data or random numbers
+    one_line_error(cli("convert", batch8, "--to", "tflite", "-o", tmp_path / "out.tflite"),
+                   "input 'x' has a fixed first axis of 8", "--input-value", "batch 1")
+    for argv in (["quantize", batch8, "--calib", tmp_path / "rows.npy", "--format", "onnx", "-o", tmp_path / "q.onnx"],
                  ["build", batch8, "--device", "host", "--calib", tmp_path / "rows.npy", "--cache", tmp_path / "c",
                   "-o", tmp_path / "dist"]):
-        one_line_error(cli(*argv), "input 'x' has a fixed batch of 8")
+        one_line_error(cli(*argv), "input 'x' expects samples of shape Nx8x16", "given 64x16")
     huge = save_model(tmp_path / "huge.onnx",
                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 100000, 100000])],
                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 100000, 100000])],

@@ -1,0 +1,102 @@
+"""Inputs that are not samples (a rank-0 sample rate, a recurrent state [2, 1, 16]): never given a
+made-up value, fed whole rather than sliced on their first axis, and given by --input-value."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from edgepack.errors import UsageError
+from edgepack.model import TensorSpec
+
+
+@pytest.fixture(scope="module")
+def vad(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A small voice-activity model shaped like Silero VAD's: (x [1, 64], state [2, 1, 16], sr int64
+    scalar) -> (speech [1, 1], state_out [2, 1, 16]); its output scales with the sample rate."""
+    import torch
+    from torch import nn
+
+    class Vad(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin, self.head = nn.Linear(64, 16), nn.Linear(16, 1)
+
+        def forward(self, x: torch.Tensor, state: torch.Tensor, sr: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            h = torch.tanh(self.lin(x) + state.sum(0))
+            return torch.sigmoid(self.head(h)) * (sr.float() / 16000.0), torch.stack([h, h])
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("vad")
+    torch.onnx.export(Vad().eval(), (torch.zeros(1, 64), torch.zeros(2, 1, 16), torch.tensor(16000)),
+                      str(root / "vad.onnx"), input_names=["x", "state", "sr"],
+                      output_names=["speech", "state_out"], dynamo=False, opset_version=17)
+    np.savez(root / "calib.npz", x=np.random.default_rng(0).standard_normal((32, 64)).astype(np.float32))
+    return root / "vad.onnx", root / "calib.npz"
+
+
+def test_an_input_without_a_value_is_refused_not_made_up(cli, one_line_error, vad, tmp_path):
+    model, calib = vad
+    one_line_error(cli("quantize", model, "--calib", calib, "-o", tmp_path / "q.onnx"),
+                   "input 'state' has a fixed first axis of 2", "not a sample input", "--input-value")
+    one_line_error(cli("profile", model, "--runs", "3"), "not a sample input", "--input-value")
+    one_line_error(cli("quantize", model, "--calib", calib, "-o", tmp_path / "q.onnx", "--input-value",
+                       "state=zeros"), "input 'sr'", "a single value")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_given_values_are_fed_whole_to_every_sample(cli, vad, tmp_path):
+    """int8 with sr=8000 and a zero state: the result, run here with ONNX Runtime on those values,
+    matches the source on them (and the output really depends on sr: half of what 16000 gives)."""
+    model, calib = vad
+    values = "sr=8000;state=zeros"
+    code, _, err = cli("quantize", model, "--calib", calib, "-o", tmp_path / "q.onnx", "--input-value", values,
+                       "--format", "onnx", "--json")
+    assert code == 0, err
+    x = np.load(calib)["x"][:8]
+    feeds = [{"x": x[i:i + 1], "state": np.zeros((2, 1, 16), np.float32), "sr": np.array(8000)} for i in range(8)]
+    source = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    result = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])
+    ref = np.concatenate([source.run(["speech"], f)[0] for f in feeds])
+    got = np.concatenate([result.run(["speech"], f)[0] for f in feeds])
+    assert np.abs(ref - got).max() < 0.05 * np.abs(ref).max()
+    at_16k = np.concatenate([source.run(["speech"], {**f, "sr": np.array(16000)})[0] for f in feeds])
+    assert np.allclose(at_16k, 2 * ref, rtol=1e-5)
+    code, out, err = cli("profile", model, "--runs", "3", "--warmup", "1", "--input-value", values, "--json")
+    assert code == 0, err
+    assert json.loads(out)["latency_ms"]["p50"] > 0
+
+
+def test_profile_takes_input_shape_for_dynamic_dimensions(cli, one_line_error, tmp_path):
+    import torch
+
+    from edgepack.convert.torch_to_onnx import export_to_onnx
+
+    conv = torch.nn.Conv2d(3, 4, 3)
+    path = tmp_path / "dyn.onnx"
+    torch.onnx.export(conv, (torch.zeros(1, 3, 16, 16),), str(path), input_names=["image"], dynamo=False,
+                      dynamic_axes={"image": {2: "h", 3: "w"}}, opset_version=17)
+    assert export_to_onnx  # the same exporter edgepack uses elsewhere; this graph is dynamic on purpose
+    one_line_error(cli("profile", path, "--runs", "3"), "dynamic dimensions", "--input-shape image:1,3,N,N")
+    code, _, err = cli("profile", path, "--runs", "3", "--warmup", "1", "--input-shape", "1,3,40,24", "--json")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("sr", "not NAME=VALUE"), ("rate=1", "names no input 'rate'"), ("sr=fast", "not a number"),
+    ("sr=1.5", "fractional"), ("state=3", None)])
+def test_input_value_parsing(text: str, fragment: str | None):
+    from edgepack.input_values import parse_input_values
+
+    specs = [TensorSpec("x", (1, 64), "float32", "NC"), TensorSpec("state", (2, 1, 16), "float32", "NCW"),
+             TensorSpec("sr", (), "int64", "?")]
+    assert [s.is_sample for s in specs] == [True, False, False]
+    if fragment is None:
+        assert parse_input_values(text, specs)["state"].shape == (2, 1, 16)
+        return
+    with pytest.raises(UsageError, match=fragment):
+        parse_input_values(text, specs)
