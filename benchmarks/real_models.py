@@ -32,7 +32,8 @@ def argv_for(command: str, model: RealModel, path: Path, work: Path, data: Path)
         return ["inspect", str(path), "--device", "rpi4", *shape]
     if command == "convert":
         target = "tflite" if fmt == "onnx" else "onnx"
-        return ["convert", str(path), "--to", target, "-o", str(work / f"{model.name}.{target}"), *shape]
+        return ["convert", str(path), "--to", target, "-o", str(work / f"{model.name}.{target}"), "--calib",
+                str(data), *prep, "--json", *shape]
     if command == "quantize":
         return ["quantize", str(path), "--calib", str(data), *prep, "--format", fmt,
                 "-o", str(work / f"{model.name}_int8.{fmt}"), "--json", *shape]

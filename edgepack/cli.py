@@ -92,7 +92,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     profile = _registry(args).get(args.device)
     handle = _handle(args)
     output = _output(args, default_name(handle, args.to), directory=args.to in ("savedmodel", "torch"))
-    data = load_dataset(args.calib, handle.inputs, purpose="calibration") if args.calib else None
+    data = load_dataset(args.calib, handle.inputs, purpose="calibration",
+                        preprocessing=_preprocessing(args)) if args.calib else None
     result = convert_model(handle, args.to, output, profile, data, tolerance=args.tolerance,
                            kinds=_kinds(args), allow_drift=args.allow_drift)
     _show(args, result, render_conversion)
@@ -153,7 +154,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
     profile = _registry(args).get(args.device)
     handle = _handle(args)
-    fmt = args.format or default_format(profile)
+    fmt = _format(args, default_format(profile))
     output = _output(args, f"{handle.name}_{args.mode}.{fmt}")
     calib, eval_data = _datasets(args, handle)
     check = _check(args)
@@ -165,16 +166,29 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _format(args: argparse.Namespace, default: str) -> str:
+    """--format, else what -o's suffix says (-o model.tflite), else ``default``; a contradiction is refused."""
+    suffix = Path(args.output).suffix.lstrip(".") if args.output else ""
+    suffix = suffix if suffix in ("onnx", "tflite") else ""
+    if args.format and suffix and args.format != suffix:
+        from edgepack.errors import UsageError
+
+        raise UsageError(f"--format {args.format} but -o {args.output} is a .{suffix} file",
+                         "drop --format, or name the output after it")
+    return args.format or suffix or default
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     from edgepack.compress.pruning import prune_model
     from edgepack.render import render_pruning
 
     profile = _registry(args).get(args.device)
     handle = _handle(args)
-    output = _output(args, f"{handle.name}_pruned.{args.format}")
+    fmt = _format(args, "onnx")
+    output = _output(args, f"{handle.name}_pruned.{fmt}")
     calib, eval_data = _datasets(args, handle)
     result = prune_model(handle, calib, profile, output, max_size_mb=args.max_size_mb, ratio=args.ratio,
-                         fmt=args.format, precision=args.precision, importance=args.importance,
+                         fmt=fmt, precision=args.precision, importance=args.importance,
                          distill_epochs=args.distill_epochs, eval_data=eval_data, time_budget_s=args.time_budget,
                          round_to=args.round_to if args.round_to > 1 else None)
     _show(args, result, render_pruning)
@@ -278,6 +292,10 @@ def _add_ssh_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval", metavar="PATH", help="held-out data; an .npz with x and y (labels) gives accuracy")
+    _add_image_arguments(parser)
+
+
+def _add_image_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resize", metavar="HxW", help="image data: resize to this (default: the model's input)")
     parser.add_argument("--mean", metavar="R,G,B", help="image data: subtract after scaling to [0, 1]")
     parser.add_argument("--std", metavar="R,G,B", help="image data: divide by after subtracting the mean")
@@ -347,8 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--to", required=True, choices=["onnx", "tflite", "savedmodel", "torch"])
     convert.add_argument("-o", "--output", metavar="OUT", help="where to write (default: ./MODEL.EXT)")
     convert.add_argument("--calib", metavar="PATH",
-                         help="samples (.npy/.npz or a directory of them) in the source layout to verify on; "
-                              "default: random inputs")
+                         help="samples (.npy/.npz, images, or a directory of them) in the source layout to verify "
+                              "on; default: random inputs")
+    _add_image_arguments(convert)
     convert.add_argument("--device", default="host", metavar="NAME",
                          help="profile whose route order and tolerances apply (default: host)")
     convert.add_argument("--tolerance", type=float, metavar="REL",
@@ -365,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help=".npy/.npz, a directory of them or of images, or pkg.mod:function")
     _add_data_arguments(quantize)
     quantize.add_argument("--mode", choices=["int8", "fp16", "dynamic"], default="int8")
-    quantize.add_argument("--format", choices=["tflite", "onnx"], help="default: the device's first runtime")
+    quantize.add_argument("--format", choices=["tflite", "onnx"],
+                          help="default: -o's suffix, else the device's first runtime")
     quantize.add_argument("--device", default="host", metavar="NAME")
     quantize.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="PTS",
                           help="percentage points of --metric, of accuracy (with labels) or of agreement with the "
@@ -392,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--ratio", type=float, metavar="R", help="fraction of channels to remove, e.g. 0.5")
     prune.add_argument("--device", default="host", metavar="NAME", help="its memory budget applies without "
                        "--max-size-mb/--ratio")
-    prune.add_argument("--format", choices=["onnx", "tflite"], default="onnx")
+    prune.add_argument("--format", choices=["onnx", "tflite"], help="default: -o's suffix, else onnx")
     prune.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
     prune.add_argument("--importance", choices=["magnitude", "taylor"], default="magnitude")
     prune.add_argument("--distill-epochs", type=int, default=10, metavar="N")

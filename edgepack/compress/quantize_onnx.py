@@ -85,17 +85,46 @@ def quantize_onnx_static(src: Path, out: Path, feeds: list[dict[str, np.ndarray]
 
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[calibrate_method]
-    try:
+    options = {"ActivationSymmetric": activation_type == "int8"}
+
+    def run(extra: dict[str, bool]) -> None:
         quantize_static(
             str(src), str(out), _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=per_channel,
             activation_type=QuantType.QUInt8 if activation_type == "uint8" else QuantType.QInt8,
             weight_type=QuantType.QInt8, calibrate_method=method, nodes_to_exclude=nodes_to_exclude or [],
-            nodes_to_quantize=nodes_to_quantize, calibration_cache_path=cache,
-            extra_options={"ActivationSymmetric": activation_type == "int8"})
+            nodes_to_quantize=nodes_to_quantize, calibration_cache_path=cache, extra_options={**options, **extra})
+
+    try:
+        run({})
     except Exception as exc:  # ONNX Runtime raises many types here
         first = first_line(exc, 300)
-        raise ConversionError("onnx static quantization", first) from None
+        try:
+            # ORT's rescaling of weights for int32 biases fails on some graphs (e.g. a Gemm whose bias is
+            # [1, N]); without it the bias may round coarser, which the fidelity check then judges
+            run({"QDQDisableWeightAdjustForInt32Bias": True})
+        except Exception:  # the same failure, or another: the first reason is the one to report
+            raise ConversionError("onnx static quantization", first) from None
+    failure = _runs(out, feeds[0])
+    if failure and per_channel:  # per-channel scales ORT itself cannot run (a weight behind a Reshape)
+        return quantize_onnx_static(src, out, feeds, activation_type=activation_type, calibrate_method=calibrate_method,
+                                    per_channel=False, nodes_to_exclude=nodes_to_exclude,
+                                    nodes_to_quantize=nodes_to_quantize, cache=cache)
+    if failure:
+        raise ConversionError("onnx static quantization", f"the quantized graph does not run: {failure}")
     return _drop_value_info(out)
+
+
+def _runs(path: Path, feed: dict[str, np.ndarray]) -> str | None:
+    """None when ONNX Runtime loads the graph and runs it on one sample, else why not."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # the failure is reported in one line, not ORT's own log
+    try:
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(None, feed)
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph/RuntimeException types
+        return first_line(exc, 300)
+    return None
 
 
 def _drop_value_info(path: Path) -> Path:
@@ -156,6 +185,7 @@ def layer_sensitivity(src: Path, quantized: Path, probe: list[dict[str, np.ndarr
     and each tensor's noise is 1 / SQNR of its own quantize-dequantize step. Two runs, whatever the size
     of the graph, instead of one quantization per layer."""
     import onnx
+    import onnxruntime as ort
     from onnxruntime.quantization.qdq_loss_debug import (
         collect_activations,
         compute_activation_error,
@@ -165,13 +195,17 @@ def layer_sensitivity(src: Path, quantized: Path, probe: list[dict[str, np.ndarr
         modify_model_output_intermediate_tensors,
     )
 
+    ort.set_default_logger_severity(4)  # a run that fails here is handled, not logged in red
     with tempfile.TemporaryDirectory(prefix="edgepack-sens-") as tmp:
         saved = {}
-        for tag, model in (("float", src), ("qdq", quantized)):
-            augmented = Path(tmp) / f"{tag}.onnx"
-            modify_model_output_intermediate_tensors(str(model), str(augmented))
-            saved[tag] = collect_activations(str(augmented), probe)  # type: ignore[arg-type]
-    errors = compute_activation_error(create_activation_matching(saved["qdq"], saved["float"]))
+        try:
+            for tag, model in (("float", src), ("qdq", quantized)):
+                augmented = Path(tmp) / f"{tag}.onnx"
+                modify_model_output_intermediate_tensors(str(model), str(augmented))
+                saved[tag] = collect_activations(str(augmented), probe)  # type: ignore[arg-type]
+            errors = compute_activation_error(create_activation_matching(saved["qdq"], saved["float"]))
+        except Exception:  # a graph whose every tensor ORT cannot expose as an output: weights alone rank
+            errors = {}
     graph = onnx.load(str(src), load_external_data=False).graph
     producer = {out: node.name for node in graph.node for out in node.output if node.name}
     consumers: dict[str, list[str]] = {}

@@ -484,6 +484,7 @@ def simple_ops() -> dict[str, Callable[[dict[str, Any], list[np.ndarray | None]]
         "Cast": _cast,
         "PRelu": lambda a, c: lambda x, slope: torch.where(x >= 0, x, x * slope),
         "Equal": lambda a, c: torch.eq,
+        "MatMul": lambda a, c: torch.matmul,  # of two computed tensors (attention); weights become Linear
         "Max": lambda a, c: lambda *xs: functools.reduce(torch.maximum, xs),
         "Min": lambda a, c: lambda *xs: functools.reduce(torch.minimum, xs),
         "Sum": lambda a, c: lambda *xs: functools.reduce(torch.add, xs),
@@ -494,7 +495,7 @@ def simple_ops() -> dict[str, Callable[[dict[str, Any], list[np.ndarray | None]]
     }
 
 
-_BINARY = {"Add", "Sub", "Mul", "Div", "Pow", "PRelu", "Equal"}
+_BINARY = {"Add", "Sub", "Mul", "Div", "Pow", "PRelu", "Equal", "MatMul"}
 _VARIADIC = {"Concat", "Max", "Min", "Sum", "Where"}
 
 

@@ -101,3 +101,17 @@ def test_output_kinds_are_read_from_real_outputs():
     assert infer_kind("fetch_name_0", rng.random((8, 1, 1, 64, 64))) == "map"
     assert infer_kind("output0", rng.random((8, 1, 22, 2100)) * 320) == "values"
     assert infer_kind("Identity", rng.random((8, 1, 63)) * 200) == "values"
+
+
+def test_a_graph_ort_quantizes_into_something_it_cannot_run_is_refused_not_shipped(cli, one_line_error, tmp_path):
+    """Magika (a byte-level classifier exported from JAX): ONNX Runtime's quantizer fails on its Gemm bias,
+    then writes per-channel scales its own runtime cannot run. edgepack retries without those steps, checks
+    that what it wrote runs, and refuses in one line with the figure when int8 loses the classes."""
+    model, data = fetch("magika"), real_inputs(by_name("magika"), tmp_path / "data")
+    code, _, err = cli("quantize", model, "--input-shape", "1,2048", "--calib", data, "-o", tmp_path / "out" / "m.onnx")
+    assert "Traceback" not in err and "ONNXRuntimeError" not in err
+    if code == 2:
+        one_line_error((code, "", err), "top-1 agreement drops")
+        assert not (tmp_path / "out").exists()
+    else:
+        assert code == 0 and ort.InferenceSession(str(tmp_path / "out" / "m.onnx"))
