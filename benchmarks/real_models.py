@@ -39,11 +39,12 @@ def argv_for(command: str, model: RealModel, path: Path, work: Path, data: Path)
                 "-o", str(work / f"{model.name}_int8.{fmt}"), "--json", *shape]
     if command == "prune":
         return ["prune", str(path), "--calib", str(data), *prep, "--ratio", "0.25", "--distill-epochs", "2",
-                "--time-budget", "60", "-o", str(work / f"{model.name}_pruned.onnx"), "--json", *shape]
+                "--time-budget", "30", "-o", str(work / f"{model.name}_pruned.onnx"), "--json", *shape]
     if command == "profile":
         return ["profile", str(path), "--device", "host", "--runs", "20", "--json", *shape]
     return ["build", str(path), "--device", "host", "--calib", str(data), *prep, "--prune", "0",
-            "--max-measurements", "4", "--runs", "20", "-o", str(work / "dist"), "--cache", str(work / "cache"),
+            "--precisions", "fp32,int8", "--max-measurements", "3", "--runs", "20", "-o", str(work / "dist"),
+            "--cache", str(work / "cache"),
             "--json", *shape]
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from edgepack import __version__
 from edgepack.artifact import Artifact, install, staging_dir
 from edgepack.compress.quantize import Check
+from edgepack.convert.errors import ConversionError
 from edgepack.data import Dataset
 from edgepack.errors import EdgepackError
 from edgepack.model import ModelFormat, ModelHandle, file_sha256, load_model
@@ -72,6 +73,9 @@ class PlanBuilder:
         self._data_key = dataset_sha256(calib) + dataset_sha256(eval_data)
         self.root = cache / "artifacts"
         self._pruned: dict[float, tuple[ModelHandle, dict[str, Any]]] = {}
+        #: (format, prune ratio) -> why converting the model to that format failed: every precision of
+        #: that format starts with the same conversion (onnx2tf can take minutes to fail on a detector)
+        self._conversion_failed: dict[tuple[str, float], str] = {}
 
     def key(self, what: dict[str, Any]) -> str:
         text = json.dumps({**what, "source": self.handle.sha256, "data": self._data_key, "edgepack": __version__,
@@ -95,8 +99,12 @@ class PlanBuilder:
                 return BuiltArtifact(artifact, saved["accuracy_drop"], saved["fidelity"], saved["details"])
             shutil.rmtree(folder)
         try:
+            if (fmt, ratio) in self._conversion_failed:
+                raise BuildFailed(self._conversion_failed[fmt, ratio])
             built = self._make(fmt, precision, ratio, folder / f"model.{fmt}")
         except EdgepackError as exc:
+            if isinstance(exc, ConversionError) and exc.route.split(" ")[0].endswith(("->tflite", "->savedmodel")):
+                self._conversion_failed[fmt, ratio] = str(exc)
             _write_json(record, {"error": str(exc)})  # a plan that cannot be built stays unbuildable
             raise BuildFailed(str(exc)) from None
         _write_json(record, {"file": built.artifact.path.name, "accuracy_drop": built.accuracy_drop,

@@ -15,3 +15,14 @@ def test_peak_live_bytes_keeps_skip_connections_alive():
     steps = [(["x"], ["a"]), (["a"], ["b"]), (["x", "b"], ["y"])]
     sizes = {"x": 10, "a": 10, "b": 10, "y": 10}
     assert peak_live_bytes(steps, sizes, ["x"], ["y"]) == 30
+
+
+def test_an_onnx2tf_failure_names_the_onnx_node_it_failed_on():
+    from edgepack.convert.errors import failing_node, last_error_line
+
+    text = ("\x1b[31mERROR:\x1b[0m The trace log is below.\nValueError: Exception encountered when calling layer "
+            "\"tf.concat_21\" (type TFOpLambda).\n\x1b[31mERROR:\x1b[0m onnx_op_name: /model.22/Concat_3\n"
+            "\x1b[31mERROR:\x1b[0m Read this and deal with it.")
+    assert last_error_line(text).startswith("ValueError: Exception encountered")
+    assert failing_node(text) == " (at ONNX node '/model.22/Concat_3')"
+    assert failing_node("no node here") == ""
