@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import sys
 import tempfile
@@ -20,7 +21,10 @@ def captured_output() -> Iterator[Captured]:
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as sink:
+    # Python-level writes too: sys.stdout may not be fd 1 (an embedding host, pytest's capture)
+    python_level = io.StringIO()
+    with tempfile.TemporaryFile(mode="w+b") as sink, contextlib.redirect_stdout(python_level), \
+            contextlib.redirect_stderr(python_level):
         os.dup2(sink.fileno(), 1)
         os.dup2(sink.fileno(), 2)
         try:
@@ -33,7 +37,7 @@ def captured_output() -> Iterator[Captured]:
             os.close(saved[0])
             os.close(saved[1])
             sink.seek(0)
-            captured.text = sink.read().decode(errors="replace")
+            captured.text = sink.read().decode(errors="replace") + python_level.getvalue()
 
 
 def import_tensorflow() -> object:

@@ -112,7 +112,7 @@ def ordered_routes(handle: ModelHandle, target: str, profile: DeviceProfile) -> 
         raise UsageError(f"{handle.source} is already {handle.format.value}; nothing to convert to {target}",
                          "pick another --to")
     preference = {key: i for i, key in enumerate(profile.convert_routes)}
-    return sorted(routes, key=lambda r: preference.get(r.key, len(preference)))
+    return sorted(routes, key=lambda r: (r.fallback, preference.get(r.key, len(preference))))
 
 
 def source_output_specs(handle: ModelHandle, outputs: list[np.ndarray]) -> list[TensorSpec]:
@@ -152,6 +152,8 @@ def convert_model(handle: ModelHandle, target: str, output: Path, profile: Devic
     best: tuple[RouteAttempt, RouteOutput, list[Binding], list[Binding], ValidationReport] | None = None
     with tempfile.TemporaryDirectory(prefix="edgepack-convert-") as tmp:
         for index, route in enumerate(routes):
+            if route.fallback and best is not None and best[4].passed:
+                continue  # an earlier route's result passed: the fallback is not needed
             attempt = RouteAttempt(route.name)
             attempts.append(attempt)
             start = time.perf_counter()

@@ -36,6 +36,7 @@ class Route:
     name: str  # as shown to the user, e.g. "torch.onnx + onnx2tf"
     key: str  # the profile's name for the route that decides its rank (the last step)
     run: Callable[[ModelHandle, Path, np.ndarray | None], RouteOutput]
+    fallback: bool = False  # tried only when every other route failed or drifted
 
     def available(self) -> bool:
         needs = {"litert-torch": "litert_torch", "onnx2tf": "onnx2tf", "tf2onnx": "tf2onnx",
@@ -182,6 +183,34 @@ def _onnx_to_torch(handle: ModelHandle, work: Path, calib: np.ndarray | None) ->
     return RouteOutput(out, "torch", False, notes)
 
 
+def _graph_then_litert(handle: ModelHandle, work: Path, calib: np.ndarray | None) -> RouteOutput:
+    """ONNX -> PyTorch (edgepack's converter, on the graph with its shapes folded) -> litert-torch: the
+    other way to TFLite when onnx2tf cannot convert a graph (seen: a detector head's Concat)."""
+    import onnx
+    import torch
+
+    from edgepack.convert.onnx_to_torch import build_torch_module
+    from edgepack.convert.simplify import simplify_onnx
+    from edgepack.data import random_dataset
+
+    with captured_output():  # its import prints warnings about torchao kernels it cannot load
+        import litert_torch
+
+    onnx_path, notes, _ = onnx_of(handle, work)
+    simple, note = simplify_onnx(onnx_path, work / "simplified.onnx")
+    module = build_torch_module(onnx.load(str(simple)))
+    example = tuple(torch.from_numpy(x) for x in
+                    random_dataset(handle.inputs, 1).batch([s.name for s in handle.inputs], 0))
+    out = work / "litert_torch.tflite"
+    try:
+        with captured_output():
+            litert_torch.convert(module, example).export(str(out))
+    except Exception as exc:  # litert-torch raises many types; the route's failure is reported
+        raise ConversionError("litert-torch", first_line(exc, with_type=True)) from None
+    return RouteOutput(out, "tflite", False, [*notes, *([note] if note else []),
+                                              "the graph rebuilt in PyTorch by edgepack, then litert-torch"])
+
+
 def routes_for(handle: ModelHandle, target: str) -> list[Route]:
     """Every route from this source to the target, before the profile orders them."""
     fmt = handle.format
@@ -190,6 +219,8 @@ def routes_for(handle: ModelHandle, target: str) -> list[Route]:
             return []
         routes = [Route("onnx2tf" if fmt is ModelFormat.ONNX else _chain(fmt, "onnx2tf"), "onnx2tf",
                         _via_onnx2tf("tflite"))]
+        if fmt is ModelFormat.ONNX:
+            routes.append(Route("onnx-to-torch + litert-torch", "litert-torch", _graph_then_litert, fallback=True))
         if fmt.is_torch:
             routes.append(Route("litert-torch", "litert-torch", _litert_torch))
         if fmt.is_tensorflow:
