@@ -80,6 +80,7 @@ def _kinds(teacher: Any, x: np.ndarray) -> list[str]:
 
 
 def _loss(student_out: list[Any], teacher_out: list[Any], kinds: list[str], temperature: float) -> Any:
+    import torch
     import torch.nn.functional as F
 
     total = 0.0
@@ -87,6 +88,8 @@ def _loss(student_out: list[Any], teacher_out: list[Any], kinds: list[str], temp
         if kind in ("scores", "sequence"):
             classes = t.shape[-1] if t.shape[-1] > 1 else t[0].numel()
             s2, t2 = s.reshape(-1, classes), t.reshape(-1, classes)
+            if bool((t2 >= 0).all()) and bool(torch.allclose(t2.sum(1), torch.ones(1), atol=1e-3)):
+                s2, t2 = s2.clamp_min(1e-8).log(), t2.clamp_min(1e-8).log()  # probabilities: back to logits
             total = total + F.kl_div(F.log_softmax(s2 / temperature, 1), F.softmax(t2 / temperature, 1),
                                      reduction="batchmean") * temperature ** 2
         else:
