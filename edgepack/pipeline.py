@@ -219,7 +219,8 @@ class Build:
                 features, size = _estimate(plan, summary, self.profile)
                 candidates.append(Candidate(plan, features, size, built=False))
             o = self.options
-            strategy = Strategy(candidates, Predictor(), o.constraints, o.objective, o.max_measurements)
+            strategy = Strategy(candidates, Predictor(), o.constraints, o.objective, o.max_measurements,
+                                source_format=self.handle.format.value)
             self.say(f"searching {len(candidates)} candidates ({len({p.artifact for p in self.plans})} artifacts) "
                      f"for {self.profile.name}, measuring on {where}")
             while (candidate := strategy.propose()) is not None:

@@ -50,6 +50,8 @@ class Strategy:
     objective: str = "latency"  # or "size"
     max_measurements: int = 10
     findings: list[str] = field(default_factory=list)
+    #: the format the user's model is in: its fp32 plan is the baseline, the model as the user has it
+    source_format: str | None = None
 
     def predicted(self, c: Candidate) -> float:
         return c.latency_ms if c.latency_ms is not None else self.predictor.latency_ms(c.features)
@@ -82,8 +84,9 @@ class Strategy:
             return None
         if not any(c.measured for c in self.candidates):
             baselines = [c for c in open_ if c.plan.is_baseline]
-            if baselines:
-                return max(baselines, key=lambda c: c.plan.threads)
+            own = [c for c in baselines if c.plan.format == self.source_format]
+            if own or baselines:
+                return max(own or baselines, key=lambda c: c.plan.threads)
         # a runtime never measured has only the prior to go on: measure its most promising candidate once
         seen = {c.plan.format for c in self.candidates if c.measured}
         unseen = [c for c in open_ if c.plan.format not in seen]
