@@ -110,7 +110,7 @@ def build_torch_module(model: Any) -> Any:
                 self.steps.append((None, fn, ins[:1], outs))
             elif op in simple_ops():
                 fn = simple_ops()[op](a, [self._const(n) if n else None for n in ins])
-                if op in ("Slice", "Gather") or (op == "Reshape" and self._const(ins[1]) is not None
+                if op in ("Slice", "Gather", "DepthToSpace") or (op == "Reshape" and self._const(ins[1]) is not None
                                                  and self.consts[ins[1]].size != 2):
                     self.channel_contracts.append(ins[0])
                 # data inputs: both operands of a binary op and every input of a variadic one
@@ -384,6 +384,21 @@ def _gather(a: dict[str, Any], c: list[np.ndarray | None]) -> Callable[..., Any]
     return run
 
 
+def _depth_to_space(a: dict[str, Any], c: list[np.ndarray | None]) -> Callable[..., Any]:
+    import torch.nn.functional as F
+
+    b = int(a["blocksize"])
+    mode = a.get("mode", b"DCR")
+    if (mode.decode() if isinstance(mode, bytes) else mode) == "CRD":
+        return lambda x: F.pixel_shuffle(x, b)
+
+    def dcr(x: Any) -> Any:
+        n, channels, h, w = x.shape
+        y = x.reshape(n, b, b, channels // (b * b), h, w).permute(0, 3, 4, 1, 5, 2)
+        return y.reshape(n, channels // (b * b), h * b, w * b)
+    return dcr
+
+
 def _cast(a: dict[str, Any], c: list[np.ndarray | None]) -> Callable[..., Any]:
     import torch
     from onnx import helper
@@ -481,6 +496,7 @@ def simple_ops() -> dict[str, Callable[[dict[str, Any], list[np.ndarray | None]]
         "Upsample": _resize,
         "Slice": _slice,
         "Gather": _gather,
+        "DepthToSpace": _depth_to_space,
         "Cast": _cast,
         "PRelu": lambda a, c: lambda x, slope: torch.where(x >= 0, x, x * slope),
         "Equal": lambda a, c: torch.eq,
