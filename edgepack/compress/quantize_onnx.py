@@ -67,9 +67,26 @@ def upgrade_opset(src: Path, out: Path, version: int = PER_CHANNEL_OPSET) -> Pat
 
 
 def preprocess(src: Path, out: Path) -> Path:
-    """ONNX Runtime's recommended pre-processing (shape inference, graph optimisation) before quantizing."""
+    """ONNX Runtime's recommended pre-processing (shape inference, graph optimisation) before quantizing.
+    Initializers that old exporters also list as graph inputs (IR < 4) are taken off the inputs first
+    (the quantizer would otherwise expect them fed as data), and weights or shapes computed at run time
+    (ConstantOfShape, Shape chains) are folded to constants."""
+    import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from edgepack.convert.simplify import SHAPE_OPS, simplify_onnx
+
+    model = onnx.load(str(src))
+    weights = {i.name for i in model.graph.initializer}
+    if any(i.name in weights for i in model.graph.input):
+        kept = [i for i in model.graph.input if i.name not in weights]
+        del model.graph.input[:]
+        model.graph.input.extend(kept)
+        model.ir_version = max(model.ir_version, 4)  # IR 4 is where initializers stopped being inputs
+        src = out.with_name(f"inputs_{out.name}")
+        onnx.save(model, str(src))
+    if any(n.op_type in SHAPE_OPS for n in model.graph.node):  # weights or shapes computed at run time:
+        src, _ = simplify_onnx(src, out.with_name(f"folded_{out.name}"))  # constants, as ORT's quantizer needs
     try:
         quant_pre_process(str(src), str(out), skip_symbolic_shape=True)
     except Exception:  # pre-processing is an optimisation; quantize the model as it is if it fails
