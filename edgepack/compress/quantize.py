@@ -102,6 +102,25 @@ def io_dtype_for(profile: DeviceProfile, requested: str | None) -> str:
     return "float32" if "float32" in profile.precisions.io_dtypes else profile.precisions.io_dtypes[0]
 
 
+#: ONNX ops of a graph that is already quantized (ONNX Runtime's dynamic or QDQ/QOperator int8)
+QUANTIZED_OPS = frozenset({"ConvInteger", "MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeLSTM",
+                           "QLinearConv", "QLinearMatMul", "QuantizeLinear", "DequantizeLinear"})
+
+
+def _refuse_quantized(handle: ModelHandle) -> None:
+    """Quantizing a quantized graph again: ORT's quantizer fails on it in ways that name nothing."""
+    if handle.format is not ModelFormat.ONNX or handle.path is None:
+        return
+    import onnx
+
+    ops = sorted({n.op_type for n in onnx.load(str(handle.path), load_external_data=False).graph.node}
+                 & QUANTIZED_OPS)
+    if ops:
+        raise UsageError(f"{handle.name} is already quantized ({', '.join(ops)}): quantizing it again is not "
+                         "supported", "quantize the float model it came from, or ship it as it is "
+                         "(build --precisions fp32 measures it unchanged)")
+
+
 def quantize_model(handle: ModelHandle, calib: Dataset, profile: DeviceProfile, output: Path, *,
                    fmt: str | None = None, mode: str = "int8", eval_data: Dataset | None = None,
                    max_accuracy_drop: float = 1.0, calibrate_method: str = "minmax",
@@ -112,6 +131,7 @@ def quantize_model(handle: ModelHandle, calib: Dataset, profile: DeviceProfile, 
     check = check or Check()
     check = replace(check, gate=replace(check.gate, max_drop_pts=max_accuracy_drop))
     _check_request(profile, fmt, mode)
+    _refuse_quantized(handle)
     if len(calib) < MIN_CALIBRATION_SAMPLES:
         raise DataError(f"calibration data has {len(calib)} samples; at least {MIN_CALIBRATION_SAMPLES} are needed",
                         "give more samples (100-500 is typical)")

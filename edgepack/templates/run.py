@@ -60,7 +60,10 @@ def finish(array, binding):
 
 
 def run(manifest, samples):
-    """``samples``: one array per input, in the source's order and layout."""
+    """``samples``: one array per input, in the source's order and layout (or the one array of a
+    single-input model)."""
+    if not isinstance(samples, (list, tuple)):
+        samples = [samples]
     model = os.path.join(HERE, manifest["model_file"])
     inputs, outputs = manifest["inputs"], manifest["outputs"]
     if model.endswith(".onnx"):

@@ -115,3 +115,12 @@ def test_a_graph_ort_quantizes_into_something_it_cannot_run_is_refused_not_shipp
         assert not (tmp_path / "out").exists()
     else:
         assert code == 0 and ort.InferenceSession(str(tmp_path / "out" / "m.onnx"))
+
+
+def test_an_already_quantized_graph_is_refused_by_name(cli, one_line_error, tmp_path):
+    """ddddocr's model ships dynamically quantized (ConvInteger, DynamicQuantizeLinear): ORT's quantizer
+    failed on it with a bare KeyError; edgepack names what the graph already is."""
+    model = fetch("ddddocr_common_old")
+    np.save(tmp_path / "lines.npy", np.random.default_rng(0).random((24, 1, 64, 256), np.float32))
+    one_line_error(cli("quantize", model, "--input-shape", "1,1,64,256", "--calib", tmp_path / "lines.npy",
+                       "-o", tmp_path / "out" / "d.onnx"), "already quantized", "ConvInteger")
