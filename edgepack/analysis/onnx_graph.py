@@ -12,7 +12,8 @@ from edgepack.errors import InputShapeError
 
 TensorInfo = tuple[tuple[int, ...], np.dtype]
 
-_INT8_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm"}
+#: ops that compute in int8 (QOperator and integer ops)
+INT8_OPS = frozenset({"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm"})
 # Index of the weight input of ops that multiply by a weight matrix or kernel.
 _CONV_WEIGHT = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}
 _MATMUL_A = {"MatMul": 0, "MatMulInteger": 0, "QLinearMatMul": 0}
@@ -210,7 +211,7 @@ def _macs(node: Any, infos: dict[str, TensorInfo]) -> int:
 def _precision(
     node: Any, infos: dict[str, TensorInfo], producers: dict[str, str]
 ) -> str:
-    if node.op_type in _INT8_OPS:
+    if node.op_type in INT8_OPS:
         return "int8"
     if any(producers.get(n) == "DequantizeLinear" for n in node.input) and node.op_type != "QuantizeLinear":
         return "int8"

@@ -70,17 +70,12 @@ def torch_module_for_pruning(handle: ModelHandle, work: Path, held: np.ndarray, 
         from edgepack.convert.torch_source import torch_module_of
 
         return torch_module_of(handle)
-    import onnx
-
-    from edgepack.convert.onnx_to_torch import ROUTE, build_torch_module
-    from edgepack.convert.routes import onnx_of
-    from edgepack.convert.simplify import simplify_onnx
-
-    path, _, _ = onnx_of(handle, work)
-    simple, note = simplify_onnx(path, work / "simplified.onnx")
-    notes.extend([note] if note else [])
-    module = build_torch_module(onnx.load(str(simple)))
     from edgepack.convert.convert import parity_tolerances
+    from edgepack.convert.onnx_to_torch import ROUTE
+    from edgepack.convert.routes import graph_module
+
+    module, path, _, folded = graph_module(handle, work)
+    notes.extend([folded] if folded else [])
 
     failure = _parity(module, path, held, parity_tolerances(handle, profile))
     if failure:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from edgepack.analysis.onnx_graph import INT8_OPS
 from edgepack.artifact import Artifact, Binding, install, staging_dir
 from edgepack.convert.validate import Gate, Metric, ValidationReport, bind, compare
 from edgepack.data import DataError, Dataset
@@ -103,8 +104,7 @@ def io_dtype_for(profile: DeviceProfile, requested: str | None) -> str:
 
 
 #: ONNX ops of a graph that is already quantized (ONNX Runtime's dynamic or QDQ/QOperator int8)
-QUANTIZED_OPS = frozenset({"ConvInteger", "MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeLSTM",
-                           "QLinearConv", "QLinearMatMul", "QuantizeLinear", "DequantizeLinear"})
+QUANTIZED_OPS = INT8_OPS | {"DynamicQuantizeLinear", "DynamicQuantizeLSTM", "QuantizeLinear", "DequantizeLinear"}
 
 
 def _refuse_quantized(handle: ModelHandle) -> None:

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -140,19 +141,22 @@ def _via_onnx2tf(target: str) -> Callable[[ModelHandle, Path, np.ndarray | None]
     return run
 
 
-def _litert_torch(handle: ModelHandle, work: Path, calib: np.ndarray | None) -> RouteOutput:
+def _litert_export(module: Any, example: tuple[Any, ...], out: Path) -> Path:
+    """``module`` converted to TFLite by litert-torch, written to ``out``."""
     with captured_output():  # its import prints warnings about torchao kernels it cannot load
         import litert_torch
-
-    from edgepack.convert.torch_source import example_inputs, torch_module_of
-
-    module, example = torch_module_of(handle), example_inputs(handle)
-    out = work / "litert_torch.tflite"
     try:
         with captured_output():
             litert_torch.convert(module, example).export(str(out))
     except Exception as exc:  # litert-torch raises many types; the route's failure is reported
         raise ConversionError("litert-torch", first_line(exc, with_type=True)) from None
+    return out
+
+
+def _litert_torch(handle: ModelHandle, work: Path, calib: np.ndarray | None) -> RouteOutput:
+    from edgepack.convert.torch_source import example_inputs, torch_module_of
+
+    out = _litert_export(torch_module_of(handle), example_inputs(handle), work / "litert_torch.tflite")
     return RouteOutput(out, "tflite", False)
 
 
@@ -183,31 +187,32 @@ def _onnx_to_torch(handle: ModelHandle, work: Path, calib: np.ndarray | None) ->
     return RouteOutput(out, "torch", False, notes)
 
 
-def _graph_then_litert(handle: ModelHandle, work: Path, calib: np.ndarray | None) -> RouteOutput:
-    """ONNX -> PyTorch (edgepack's converter, on the graph with its shapes folded) -> litert-torch: the
-    other way to TFLite when onnx2tf cannot convert a graph (seen: a detector head's Concat)."""
+def graph_module(handle: ModelHandle, work: Path) -> tuple[Any, Path, list[str], str]:
+    """The model's ONNX graph rebuilt in PyTorch by edgepack's converter, its shapes frozen and folded
+    first: (the module, the ONNX file it stands for, the notes of getting that file, the note of the
+    folding). The caller checks the module against the file."""
     import onnx
-    import torch
 
     from edgepack.convert.onnx_to_torch import build_torch_module
     from edgepack.convert.simplify import simplify_onnx
-    from edgepack.data import random_dataset
-
-    with captured_output():  # its import prints warnings about torchao kernels it cannot load
-        import litert_torch
 
     onnx_path, notes, _ = onnx_of(handle, work)
     simple, note = simplify_onnx(onnx_path, work / "simplified.onnx")
-    module = build_torch_module(onnx.load(str(simple)))
+    return build_torch_module(onnx.load(str(simple))), onnx_path, notes, note
+
+
+def _graph_then_litert(handle: ModelHandle, work: Path, calib: np.ndarray | None) -> RouteOutput:
+    """ONNX -> PyTorch (edgepack's converter, on the graph with its shapes folded) -> litert-torch: the
+    other way to TFLite when onnx2tf cannot convert a graph (seen: a detector head's Concat)."""
+    import torch
+
+    from edgepack.data import random_dataset
+
+    module, _, notes, folded = graph_module(handle, work)
     example = tuple(torch.from_numpy(x) for x in
                     random_dataset(handle.inputs, 1).batch([s.name for s in handle.inputs], 0))
-    out = work / "litert_torch.tflite"
-    try:
-        with captured_output():
-            litert_torch.convert(module, example).export(str(out))
-    except Exception as exc:  # litert-torch raises many types; the route's failure is reported
-        raise ConversionError("litert-torch", first_line(exc, with_type=True)) from None
-    return RouteOutput(out, "tflite", False, [*notes, *([note] if note else []),
+    out = _litert_export(module, example, work / "litert_torch.tflite")
+    return RouteOutput(out, "tflite", False, [*notes, *([folded] if folded else []),
                                               "the graph rebuilt in PyTorch by edgepack, then litert-torch"])
 
 
