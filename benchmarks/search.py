@@ -25,6 +25,7 @@ import json
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ from edgepack.profiles import ProfileRegistry
 from edgepack.render import table
 from edgepack.runners.base import RunRequest
 from edgepack.runners.factory import SshOptions
-from edgepack.runners.loopback import SshDevice
+from edgepack.runners.loopback import SshDevice, keygen
 from edgepack.search.space import Constraints
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "edgepack" / "examples" / "digits_cnn.onnx"
@@ -77,19 +78,19 @@ def run_case(name: str, case: tuple[Path, Dataset, Dataset, Constraints], device
 
     build = Build(load_model(model), profile, options, ssh, calib, eval_data, say)
     result = build.run()
-    used = result.new - 1  # the chosen candidate's per-op profile is not part of the search
+    used = result.counts.new.get("latency", 0)  # search and confirmation; not the op profile or accuracy check
     assert result.chosen is not None and result.predictor is not None
 
     # exhaustive: every artifact built, every candidate measured ROUNDS times (rounds interleaved, a
     # fresh harness process each), on the same device, now; truth = the median of its p50s
-    from edgepack.pipeline import features_of
+    from edgepack.search.estimate import features_of
 
     runner = build.runners[0]
     todo = []
     for c in result.candidates:
         if c.error and not c.built:
             continue
-        built = build.builder.build(c.plan)
+        built = build.artifacts.local.build(c.plan)
         if not c.built:  # the build never built it: give the predictor the real features now
             c.features = features_of(built.artifact.path, built.artifact.format, c.plan, profile)
         todo.append((c, built))
@@ -128,6 +129,34 @@ def run_case(name: str, case: tuple[Path, Dataset, Dataset, Constraints], device
              f"{statistics.median(errors):.0%}", f"{statistics.median(before):.0%}", f"{spread:.0%}"]]
 
 
+def pool_case(name: str, case: tuple[Path, Dataset, Dataset, Constraints], devices: list[SshDevice], work: Path,
+              runs: int, threads: list[int]) -> list[list[str]]:
+    """The same build on one board and on ``len(devices)`` boards (artifacts built once, beforehand; fresh
+    records each time): wall seconds of measuring and of the whole build, and the choice."""
+    model, calib, eval_data, constraints = case
+    profile = ProfileRegistry.discover().get("host")
+    work.mkdir(parents=True, exist_ok=True)
+    known = work / "known_hosts"
+    known.write_text("".join(d.known_hosts_line() for d in devices))
+    rows = []
+    for count in (0, 1, len(devices)):  # 0: a warm-up that builds every artifact the search asks for
+        boards = devices[:max(count, 1)]
+        ssh = SshOptions(tuple(d.target for d in boards), known, devices[0].client_key, False, devices[0].python)
+        options = BuildOptions(constraints, runs=runs, threads=threads, output_dir=work / "dist",
+                               cache_dir=work / f"cache-{name}")
+        (work / f"cache-{name}" / "records.jsonl").unlink(missing_ok=True)
+        tag = f"  [{name} x{len(boards)}]"
+        start = time.perf_counter()
+        result = Build(load_model(model), profile, options, ssh, calib, eval_data,
+                       lambda line, tag=tag: print(tag, line, file=sys.stderr, flush=True)).run()
+        wall = time.perf_counter() - start
+        if count:
+            assert result.chosen is not None
+            rows.append([name, str(len(boards)), str(sum(result.counts.new.values())),
+                         f"{result.counts.seconds:.1f}", f"{wall:.1f}", result.chosen.plan.label])
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=300, help="timed runs per measurement")
@@ -137,7 +166,11 @@ def main() -> int:
                         "2-vCPU machine a 2-thread p50 flips between two modes from one process to the next)")
     parser.add_argument("--work", type=Path, help="keep built artifacts here between runs (default: a temp dir)")
     parser.add_argument("--save", type=Path, help="write every candidate's features and measured p50 as JSON")
+    parser.add_argument("--hosts", type=int, default=1, help="N > 1: the build on one board and on a pool of N "
+                        "loopback boards, side by side (wall time of measuring, same choice?), instead")
     args = parser.parse_args()
+    if args.hosts > 1:
+        return compare_pools(args)
     cases = {"digits": digits_case, "mobilenet": mobilenet_case}
     rows: list[list[str]] = []
     saved: list[dict[str, object]] = []
@@ -161,6 +194,28 @@ def main() -> int:
           "included, the chosen one's per-op profile run not. predictor within 10% / median error: the build's "
           "final fit on every candidate. error before measuring: the build's own figure, each candidate it "
           "measured predicted just before. noise: median spread (max/min - 1) of a candidate's p50s.")
+    return 0
+
+
+def compare_pools(args: argparse.Namespace) -> int:
+    cases = {"digits": digits_case, "mobilenet": mobilenet_case}
+    rows: list[list[str]] = []
+    with tempfile.TemporaryDirectory(prefix="edgepack-bench-pool-") as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        key = Path(tmp) / "client_ed25519"
+        keygen(key)
+        devices = [SshDevice(Path(tmp) / f"board{i}", client_key=key).start() for i in range(args.hosts)]
+        try:
+            for name in args.models.split(","):
+                rows += pool_case(name, cases[name](work), devices, work / name, args.runs,
+                                  [int(t) for t in args.threads.split(",")])
+        finally:
+            for d in devices:
+                d.kill()
+    print(table(["model", "boards", "measurements", "measuring s", "build s", "chosen"], rows, "lrrrrl"))
+    print("measuring s: wall time inside the Measurer (transfers, lock, harness runs), artifacts already built; "
+          "build s: the whole build. Boards: loopback sshd on this 2-vCPU machine, one harness thread each.")
     return 0
 
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from edgepack.package import PackageContents, package_name, write_package
 
 if TYPE_CHECKING:
-    from edgepack.pipeline import Build, BuildResult
+    from edgepack.search.result import BuildResult
     from edgepack.search.strategy import Candidate
 
 
@@ -17,8 +17,8 @@ def constraint_report(result: BuildResult, chosen: Candidate) -> dict[str, Any]:
     """Every constraint that was set: its limit, the chosen candidate's figure, and whether it held.
     Accuracy: the worse of the host check and the check on the device."""
     c = result.constraints
-    drops = [d for d in (chosen.accuracy_drop, (result.device_accuracy or {}).get("accuracy_drop_pts"))
-             if d is not None]
+    on_board = result.device_accuracy.accuracy_drop_pts if result.device_accuracy else None
+    drops = [d for d in (chosen.accuracy_drop, on_board) if d is not None]
     figures = {"max_size_mb": (c.max_size_mb, chosen.size_mb), "max_ram_mb": (c.max_ram_mb, chosen.peak_rss_mb),
                "max_latency_ms": (c.max_latency_ms, chosen.latency_ms),
                "max_accuracy_drop": (c.max_accuracy_drop, max(drops) if drops else None)}
@@ -38,22 +38,24 @@ def report_rows(result: BuildResult) -> list[dict[str, Any]]:
     return rows
 
 
-def write_build_package(build: Build, result: BuildResult, op_result: dict[str, Any] | None) -> Path:
+def write_build_package(result: BuildResult, output_dir: Path) -> Path:
+    """The chosen artifact's package (written to a temporary directory and renamed into place)."""
     chosen = result.chosen
-    assert chosen is not None and chosen.result is not None
+    if chosen is None or chosen.measurement is None:
+        raise ValueError("no chosen, measured candidate to package")
     built = result.built[chosen.plan.artifact]
-    measurement = {**chosen.result, "measured_on": result.where,
-                   "op_profile": (op_result or {}).get("op_profile")}
+    measurement = {**chosen.measurement.raw, "device": chosen.board, "measured_on": result.where,
+                   "op_profile": result.op_profile}
+    if chosen.p50_rounds_ms:
+        measurement["p50_rounds_ms"] = chosen.p50_rounds_ms
     plan = {**chosen.plan.to_dict(), "route": built.artifact.route, **built.details,
             "accuracy_drop_pts": built.accuracy_drop,
             "checked_against_original": {k: built.fidelity.get(k) for k in
                                          ("samples", "data", "source_accuracy", "accuracy")},
-            "checked_on_device": result.device_accuracy}
-    names = [s.name for s in build.handle.inputs]
+            "checked_on_device": result.device_accuracy.to_dict() if result.device_accuracy else None}
     contents = PackageContents(
-        name=package_name(build.handle.name, build.profile.name), artifact=built.artifact,
-        source_name=build.handle.source, source_sha256=build.handle.sha256, device=build.profile.name,
+        name=package_name(result.source.name, result.device.name), artifact=built.artifact,
+        source_name=result.source.source, source_sha256=result.source.sha256, device=result.device.name,
         plan=plan, measurement=measurement, candidates=report_rows(result),
-        constraints=constraint_report(result, chosen), preprocessing=build.options.preprocessing,
-        sample=build.eval_data.batch(names, 0)[0] if len(names) == 1 else None)
-    return write_package(contents, build.options.output_dir)
+        constraints=constraint_report(result, chosen), preprocessing=result.preprocessing, sample=result.sample)
+    return write_package(contents, output_dir)

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from edgepack import __version__
+from edgepack.compress.distill import DISTILL_EPOCHS
 from edgepack.errors import USER_ERROR_EXIT_CODE, EdgepackError
+from edgepack.formats import FORMATS
 
 
 def _emit_json(data: Any) -> None:
@@ -168,8 +171,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 def _format(args: argparse.Namespace, default: str) -> str:
     """--format, else what -o's suffix says (-o model.tflite), else ``default``; a contradiction is refused."""
-    suffix = Path(args.output).suffix.lstrip(".") if args.output else ""
-    suffix = suffix if suffix in ("onnx", "tflite") else ""
+    from edgepack.formats import ArtifactFormat
+
+    suffix = str(ArtifactFormat.of_path(args.output) or "") if args.output else ""
     if args.format and suffix and args.format != suffix:
         from edgepack.errors import UsageError
 
@@ -252,9 +256,14 @@ def cmd_build(args: argparse.Namespace) -> int:
         prune_ratios=tuple(_floats(args.prune, "--prune") or PRUNE_RATIOS), runs=args.runs, warmup=args.warmup,
         timeout_s=args.timeout, output_dir=Path(args.output), distill_epochs=args.distill_epochs,
         cache_dir=Path(args.cache) if args.cache else default_cache_dir(),
-        preprocessing=_preprocessing(args).to_dict() if images else None, check=_check(args))
-    result = build(handle, profile, options, _ssh_options(args), calib, eval_data,
-                   say=_say)
+        preprocessing=_preprocessing(args).to_dict() if images else None, check=_check(args),
+        jobs=args.jobs or os.cpu_count() or 1, skip_device_check=args.skip_device_check)
+    result = build(handle, profile, options, _ssh_options(args), calib, eval_data, say=_say)
+    if result.chosen is not None:
+        from edgepack.bundle import write_build_package
+
+        result.package = write_build_package(result, options.output_dir)
+        _say(f"package {result.package}")
     _show(args, result, render_build)
     if result.chosen is None:
         print(f"edgepack: error: {no_feasible_message(result.to_dict())}; loosen a constraint or widen the search",
@@ -362,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
         "convert", parents=[common],
         help="convert to ONNX, TFLite, SavedModel or PyTorch, verified against the source")
     _add_model_arguments(convert)
-    convert.add_argument("--to", required=True, choices=["onnx", "tflite", "savedmodel", "torch"])
+    convert.add_argument("--to", required=True, choices=[*FORMATS, "savedmodel", "torch"])
     convert.add_argument("-o", "--output", metavar="OUT", help="where to write (default: ./MODEL.EXT)")
     convert.add_argument("--calib", metavar="PATH",
                          help="samples (.npy/.npz, images, or a directory of them) in the source layout to verify "
@@ -384,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help=".npy/.npz, a directory of them or of images, or pkg.mod:function")
     _add_data_arguments(quantize)
     quantize.add_argument("--mode", choices=["int8", "fp16", "dynamic"], default="int8")
-    quantize.add_argument("--format", choices=["tflite", "onnx"],
+    quantize.add_argument("--format", choices=FORMATS,
                           help="default: -o's suffix, else the device's first runtime")
     quantize.add_argument("--device", default="host", metavar="NAME")
     quantize.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="PTS",
@@ -412,10 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--ratio", type=float, metavar="R", help="fraction of channels to remove, e.g. 0.5")
     prune.add_argument("--device", default="host", metavar="NAME", help="its memory budget applies without "
                        "--max-size-mb/--ratio")
-    prune.add_argument("--format", choices=["onnx", "tflite"], help="default: -o's suffix, else onnx")
+    prune.add_argument("--format", choices=FORMATS, help="default: -o's suffix, else onnx")
     prune.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
     prune.add_argument("--importance", choices=["magnitude", "taylor"], default="magnitude")
-    prune.add_argument("--distill-epochs", type=int, default=10, metavar="N")
+    prune.add_argument("--distill-epochs", type=int, default=DISTILL_EPOCHS, metavar="N",
+                       help=f"at most (default {DISTILL_EPOCHS}; stops early when the held-out loss stalls)")
     prune.add_argument("--round-to", type=int, default=8, metavar="N",
                        help="keep channel counts multiples of N, so kernels stay on their fast path (1: exact)")
     prune.add_argument("--time-budget", type=float, default=300.0, metavar="S", help="for distillation")
@@ -462,12 +472,18 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--precisions", metavar="P,...", help="search only these (fp32, fp16, int8, dynamic)")
     build.add_argument("--prune", metavar="R,...", help="pruning ratios to try (default 0,0.3,0.5,0.7)")
     build.add_argument("--threads", metavar="T,...", help="thread counts to try (default 1, 2, 4, ... cores)")
-    build.add_argument("--distill-epochs", type=int, default=10, metavar="N")
+    build.add_argument("--distill-epochs", type=int, default=DISTILL_EPOCHS, metavar="N",
+                       help=f"at most (default {DISTILL_EPOCHS}; stops early when the held-out loss stalls)")
     build.add_argument("--runs", type=int, metavar="N", help="timed runs per measurement (default: the profile's)")
     build.add_argument("--warmup", type=int, metavar="N", help="untimed runs first (default: the profile's)")
     build.add_argument("--timeout", type=float, default=300.0, metavar="S", help="per measurement (default 300)")
     build.add_argument("-o", "--output", default="dist", metavar="DIR", help="where the package goes (default dist)")
     build.add_argument("--cache", metavar="DIR", help="records and built artifacts (default ~/.cache/edgepack)")
+    build.add_argument("--jobs", type=int, metavar="N",
+                       help="artifacts built side by side, in worker processes (default: this machine's cores)")
+    build.add_argument("--skip-device-check", action="store_true",
+                       help="package even when the held-out samples cannot be run on the board (the manifest "
+                            "says it was skipped)")
     build.set_defaults(handler=cmd_build)
 
     deploy = commands.add_parser(

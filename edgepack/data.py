@@ -21,6 +21,8 @@ import numpy as np
 from edgepack.errors import EdgepackError, first_line
 from edgepack.model import TensorSpec
 
+HOLDOUT_SHARE = 0.2  # of the calibration data, held out to check on when there is no --eval
+
 
 class DataError(EdgepackError):
     """Calibration or evaluation data that does not fit the model."""
@@ -43,6 +45,17 @@ class Dataset:
         """Samples ``start:start+size`` of every input, in the order of ``names`` (an input fed whole:
         the value of sample ``start``)."""
         return [self.inputs[n][start, ...] if n in self.whole else self.inputs[n][start:start + size] for n in names]
+
+    def holdout(self, min_calibration: int, min_held_out: int = 1) -> tuple[Dataset, Dataset]:
+        """(calibration, held-out): the last fifth held out for checking, never calibrated or trained
+        on, and at least ``min_calibration`` samples kept to calibrate on. DataError when the data is
+        too small for both: the one split every command uses when there is no ``--eval``."""
+        cut = max(min_calibration, int(len(self) * (1 - HOLDOUT_SHARE)))
+        if len(self) - cut < min_held_out:
+            raise DataError(f"calibration data has {len(self)} samples: too few to hold some out for checking "
+                            f"(needs {min_calibration + min_held_out})", "give more samples, or --eval with "
+                            "held-out data")
+        return self.split(cut)
 
     def split(self, count: int) -> tuple[Dataset, Dataset]:
         """The first ``count`` samples and the rest (calibration vs held-out evaluation)."""

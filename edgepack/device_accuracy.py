@@ -6,6 +6,8 @@ another runtime build, another CPU, another delegate can each change the answers
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +16,38 @@ import numpy as np
 from edgepack.artifact import Artifact, Binding
 from edgepack.data import Dataset
 from edgepack.engines import Engine, dequantize_output, quantize_input
+from edgepack.measurer import Job, Measurer
+from edgepack.records import Purpose
+from edgepack.runners.base import RunRequest
 
 MAX_UPLOAD_BYTES = 8_000_000
 MAX_SAMPLES = 500
+
+
+@dataclass
+class DeviceAccuracy:
+    """The chosen artifact's answers on the board, scored here. ``error``: the check could not run;
+    ``skipped``: the user asked for none (--skip-device-check)."""
+
+    samples: int = 0
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # per output: kind, agreement, figure
+    top1_agreement: float | None = None
+    accuracy: float | None = None  # with labels: on the board ...
+    source_accuracy: float | None = None  # ... and the original's, on the same samples
+    accuracy_drop_pts: float | None = None  # the worst loss in points
+    error: str | None = None
+    skipped: str | None = None
+
+    @property
+    def ran(self) -> bool:
+        return self.error is None and self.skipped is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DeviceAccuracy:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
 def _detail(binding: Binding) -> dict[str, Any]:
@@ -41,7 +72,7 @@ def write_inputs(artifact: Artifact, data: Dataset, path: Path) -> int:
 
 
 def score(artifact: Artifact, outputs: dict[str, Any], data: Dataset, count: int, source: Engine,
-          kinds: dict[str, str] | None = None) -> dict[str, Any]:
+          kinds: dict[str, str] | None = None) -> DeviceAccuracy:
     """Every output the device returned against the original's, by its kind (edgepack.fidelity); with
     labels and a scores output, accuracy too. ``accuracy_drop_pts`` is the worst loss in points."""
     from edgepack.convert.validate import by_binding
@@ -52,25 +83,50 @@ def score(artifact: Artifact, outputs: dict[str, Any], data: Dataset, count: int
     raw = [np.asarray(outputs[f"output_{i}"]) for i in range(len(artifact.outputs))]
     names = [b.source_name for b in artifact.inputs]
     references = [source.run(data.batch(names, i)) for i in range(count)]
-    result: dict[str, Any] = {"samples": count, "outputs": {}}
+    result = DeviceAccuracy(count)
     losses = []
     for k, (binding, got) in enumerate(zip(artifact.outputs, by_binding(local, raw, artifact.outputs), strict=True)):
         got = dequantize_output(got, _detail(binding))
         got = np.stack([binding.to_source(g) for g in got]).astype(np.float64)
         reference = np.stack([r[k] for r in references]).astype(np.float64).reshape(got.shape)
         d = drift(binding.source_name, reference, got, (kinds or {}).get(binding.source_name))
-        result["outputs"][binding.source_name] = {"kind": d.kind, "agreement": d.agreement,
-                                                  "channel_error_rel": d.channel_error_rel, "figure": d.describe()}
+        result.outputs[binding.source_name] = {"kind": d.kind, "agreement": d.agreement,
+                                               "channel_error_rel": d.channel_error_rel, "figure": d.describe()}
         if d.loss_pts is not None:
             losses.append(d.loss_pts)
-        if d.kind == "scores" and "top1_agreement" not in result:
-            result["top1_agreement"] = d.agreement
+        if d.kind == "scores" and result.top1_agreement is None:
+            result.top1_agreement = d.agreement
             if data.labels is not None:
                 labels = data.labels[:count]
-                result["accuracy"] = float(np.mean(got.reshape(count, -1).argmax(1) == labels))
-                result["source_accuracy"] = float(np.mean(reference.reshape(count, -1).argmax(1) == labels))
-    if "accuracy" in result:
-        result["accuracy_drop_pts"] = 100.0 * (result["source_accuracy"] - result["accuracy"])
+                result.accuracy = float(np.mean(got.reshape(count, -1).argmax(1) == labels))
+                result.source_accuracy = float(np.mean(reference.reshape(count, -1).argmax(1) == labels))
+    if result.accuracy is not None and result.source_accuracy is not None:
+        result.accuracy_drop_pts = 100.0 * (result.source_accuracy - result.accuracy)
     elif losses:
-        result["accuracy_drop_pts"] = max(losses)
+        result.accuracy_drop_pts = max(losses)
     return result
+
+
+def check_on_device(artifact: Artifact, threads: int, data: Dataset, measurer: Measurer, source: Engine,
+                    kinds: dict[str, str] | None, timeout_s: float, say: Callable[[str], None]) -> DeviceAccuracy:
+    """Run the held-out samples through ``artifact`` on a board of the pool and score the answers here
+    (from the records when this artifact was checked on this pool's boards before)."""
+    import tempfile
+
+    probe = Job(RunRequest(artifact.path, threads=threads), artifact.sha256, Purpose.ACCURACY)
+    found = measurer.lookup(probe)
+    if found is not None:
+        return DeviceAccuracy.from_dict(found[1])
+    with tempfile.TemporaryDirectory(prefix="edgepack-check-") as tmp:
+        inputs = Path(tmp) / "samples.npz"
+        count = write_inputs(artifact, data, inputs)
+        where = "this machine" if measurer.where.startswith("local") else "the board"
+        say(f"checking accuracy on {where}: {count} held-out samples through {artifact.path.name}")
+        request = RunRequest(artifact.path, threads=threads, warmup=0, runs=1, inputs=inputs, want_outputs=True,
+                             timeout_s=timeout_s)
+        outcome = measurer.measure([Job(request, artifact.sha256, Purpose.ACCURACY)], use_records=False)[0]
+    if not outcome.ok or not outcome.outputs or outcome.board is None:
+        return DeviceAccuracy(error=outcome.error or "the board sent no outputs back")
+    check = score(artifact, outcome.outputs, data, count, source, kinds)
+    measurer.store(probe, outcome.board, check.to_dict())
+    return check

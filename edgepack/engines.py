@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from edgepack.errors import first_line
+from edgepack.formats import FORMATS, ArtifactFormat
 from edgepack.model import ModelFormat, ModelHandle
 from edgepack.quiet import captured_output, import_tensorflow
 
@@ -22,6 +23,10 @@ class Engine(Protocol):
     output_names: list[str]
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]: ...
+
+    def input_specs(self) -> list[tuple[tuple[int, ...], str, str]] | None:
+        """(shape, dtype, name) of each input as the runtime declares it; None when the format declares
+        nothing to trust (SavedModel, TorchScript, a module)."""
 
 
 class OnnxEngine:
@@ -38,6 +43,10 @@ class OnnxEngine:
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         return [np.asarray(v) for v in self.session.run(None, dict(zip(self.input_names, inputs, strict=True)))]
+
+    def input_specs(self) -> list[tuple[tuple[int, ...], str, str]]:
+        return [(tuple(int(d) if isinstance(d, int) else 1 for d in i.shape), "float32", i.name)
+                for i in self.session.get_inputs()]
 
 
 class TfliteEngine:
@@ -63,6 +72,9 @@ class TfliteEngine:
             self.interpreter.set_tensor(detail["index"], quantize_input(value, detail))
         self.interpreter.invoke()
         return [dequantize_output(np.array(self.interpreter.get_tensor(d["index"])), d) for d in self.outputs]
+
+    def input_specs(self) -> list[tuple[tuple[int, ...], str, str]]:
+        return [(tuple(int(d) for d in d_["shape"]), np.dtype(d_["dtype"]).name, d_["name"]) for d_ in self.inputs]
 
 
 def signature_output_keys(interpreter: Any, outputs: list[dict[str, Any]]) -> list[str]:
@@ -96,7 +108,14 @@ def dequantize_output(value: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
     return value
 
 
-class TorchEngine:
+class _Undeclared:
+    """Engines whose format declares no input shapes to trust."""
+
+    def input_specs(self) -> None:
+        return None
+
+
+class TorchEngine(_Undeclared):
     def __init__(self, module: Any, input_names: list[str]) -> None:
         self.module = module
         self.input_names = input_names
@@ -113,7 +132,7 @@ class TorchEngine:
         return [t.detach().cpu().numpy() for t in flat]
 
 
-class KerasEngine:
+class KerasEngine(_Undeclared):
     def __init__(self, path: Path) -> None:
         import_tensorflow()
         import keras
@@ -129,7 +148,7 @@ class KerasEngine:
         return [np.asarray(t) for t in flat]
 
 
-class SavedModelEngine:
+class SavedModelEngine(_Undeclared):
     def __init__(self, path: Path) -> None:
         tf: Any = import_tensorflow()
         self.tf = tf
@@ -171,14 +190,14 @@ def engine_for(handle: ModelHandle) -> Engine:
 def engine_for_file(path: Path, fmt: str) -> Engine:
     """An engine for an artifact edgepack wrote. One its runtime cannot load (a converter that emitted
     an op the runtime lacks) raises ConversionError: that route failed, with the runtime's reason."""
-    if fmt in ("onnx", "tflite"):
+    if fmt in FORMATS:
         try:
-            return OnnxEngine(path) if fmt == "onnx" else TfliteEngine(path)
+            return OnnxEngine(path) if fmt == ArtifactFormat.ONNX else TfliteEngine(path)
         except Exception as exc:  # the runtimes' own types (InvalidGraph, Fail, RuntimeError, ValueError)
             from edgepack.convert.errors import ConversionError
 
-            runtime = "ONNX Runtime" if fmt == "onnx" else "the TFLite interpreter"
-            raise ConversionError(f"to {fmt}", f"{runtime} cannot load the result ({first_line(exc, 320)})") from None
+            raise ConversionError(f"to {fmt}", f"{ArtifactFormat(fmt).engine} cannot load the result "
+                                  f"({first_line(exc, 320)})") from None
     if fmt == "savedmodel":
         return SavedModelEngine(path)
     if fmt == "torch":

@@ -13,14 +13,26 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from edgepack.errors import UsageError, first_line
 
-if TYPE_CHECKING:
-    from edgepack.model import TensorSpec
+
+class Spec(Protocol):
+    """What this module reads of an input (edgepack.model.TensorSpec, a dataclass)."""
+
+    name: str
+    shape: tuple[Any, ...]
+    dtype: str
+    value: np.ndarray | None
+
+    @property
+    def is_sample(self) -> bool: ...
+
+
+TensorSpec = TypeVar("TensorSpec", bound=Spec)
 
 FLAG = "--input-value"
 

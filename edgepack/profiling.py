@@ -6,7 +6,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgepack.errors import ModelFileError, UsageError
 from edgepack.model import ModelHandle
@@ -14,6 +14,10 @@ from edgepack.profiles import DeviceProfile
 from edgepack.runners.base import Measurement, RunRequest
 from edgepack.runners.factory import SshOptions, runners_for
 from edgepack.runners.pool import DevicePool
+
+if TYPE_CHECKING:
+    from edgepack.artifact import Artifact
+    from edgepack.data import Dataset
 
 
 @dataclass
@@ -28,12 +32,12 @@ class ProfileReport:
             "host": first.device,
             "error": first.error,
             "latency_ms": first.latency_ms,
-            "peak_rss_mb": first.result.get("peak_rss_mb"),
-            "runtime": first.result.get("runtime"),
+            "peak_rss_mb": first.result.peak_rss_mb,
+            "runtime": first.result.runtime,
             "runtime_version": first.result.get("runtime_version"),
             "load_ms": first.result.get("load_ms"),
             "environment": first.result.get("environment"),
-            "op_profile": first.result.get("op_profile"),
+            "op_profile": first.result.op_profile,
             "measurements": [m.to_dict() for m in self.measurements],
         }
         return data
@@ -90,4 +94,20 @@ def _inputs_file(handle: ModelHandle, work: Path) -> Path | None:
     names = [t.name for t in handle.inputs]
     path = work / "inputs.npz"
     np.savez(path, **dict(zip(names, random_dataset(handle.inputs, 1).batch(names, 0), strict=True)))
+    return path
+
+
+def held_out_inputs(handle: ModelHandle, artifact: Artifact, data: Dataset) -> Path | None:
+    """For a build: a held-out sample in the artifact's layout when the model has inputs fed whole (their
+    values are the user's, never the harness's random ones), written beside the artifact once; None:
+    random inputs of the file's shapes."""
+    if all(s.is_sample for s in handle.inputs):
+        return None
+    import numpy as np
+
+    names = [s.name for s in handle.inputs]
+    sample = dict(zip(names, data.batch(names, 0), strict=True))
+    path = artifact.path.parent / "inputs.npz"
+    if not path.exists():
+        np.savez(path, **{b.name: b.from_source(sample[b.source_name]) for b in artifact.inputs})
     return path

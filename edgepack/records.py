@@ -2,7 +2,8 @@
 
 One JSON object per line in ``<cache>/records.jsonl`` (``~/.cache/edgepack`` unless ``--cache DIR``),
 keyed by what was measured: the artifact's sha256, the device's identity (profile name and host key
-fingerprint, or "local"), the runtime, the thread count and the harness version. A build killed
+fingerprint, or "local"), the runtime, the thread count, the harness version and the purpose (a
+latency, the on-device accuracy check, a per-op profile). A build killed
 midway loses at most the measurement in flight: every record is flushed and fsynced as it is written.
 A line that cannot be a record (torn by a crash mid-write, written by another version, not UTF-8) is
 skipped on reading and counted (``skipped``): a damaged line costs its measurement, never the cache.
@@ -12,8 +13,10 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,17 @@ from typing import Any
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "edgepack"
+
+
+class Purpose(str, Enum):
+    """What a measurement is for: each is recorded and counted apart."""
+
+    LATENCY = "latency"  # timing a candidate (search and confirmation rounds)
+    ACCURACY = "accuracy"  # the held-out samples through the chosen artifact on the board
+    OP_PROFILE = "op-profile"  # the chosen artifact's per-op breakdown
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True)
@@ -31,9 +45,11 @@ class RecordKey:
     threads: int
     harness_version: str
     repeat: int = 0  # 1, 2, ...: the same thing measured again, to see through the device's noise
+    purpose: str = "latency"  # Purpose: what the measurement served
 
-    def as_tuple(self) -> tuple[str, str, str, int, str, int]:
-        return (self.artifact_sha256, self.device, self.runtime, self.threads, self.harness_version, self.repeat)
+    def as_tuple(self) -> tuple[str, str, str, int, str, int, str]:
+        return (self.artifact_sha256, self.device, self.runtime, self.threads, self.harness_version, self.repeat,
+                str(self.purpose))  # a Purpose hashes by its name, the text by its value
 
     @classmethod
     def parse(cls, data: Any) -> RecordKey:
@@ -50,7 +66,8 @@ class Records:
 
     def __init__(self, cache_dir: Path | None = None) -> None:
         self.path = (cache_dir or default_cache_dir()) / "records.jsonl"
-        self._index: dict[tuple[str, str, str, int, str, int], dict[str, Any]] = {}
+        self._index: dict[tuple[str, str, str, int, str, int, str], dict[str, Any]] = {}
+        self._lock = threading.Lock()  # a pool's boards report from their own threads
         self.skipped = 0  # lines that could not be read as records
         for key, result in self._read():
             self._index[key.as_tuple()] = result
@@ -77,8 +94,8 @@ class Records:
 
     def add(self, key: RecordKey, result: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"key": asdict(key), "result": result}, default=str)
-        with self.path.open("a+b") as fh:
+        line = json.dumps({"key": {**asdict(key), "purpose": str(key.purpose)}, "result": result}, default=str)
+        with self._lock, self.path.open("a+b") as fh:
             if fh.tell() > 0:  # after a torn line, start on a line of our own
                 fh.seek(-1, os.SEEK_END)
                 if fh.read(1) != b"\n":
@@ -86,7 +103,7 @@ class Records:
             fh.write(line.encode() + b"\n")
             fh.flush()
             os.fsync(fh.fileno())
-        self._index[key.as_tuple()] = result
+            self._index[key.as_tuple()] = result
 
     def __len__(self) -> int:
         return len(self._index)

@@ -205,8 +205,8 @@ def render_profile(report: ProfileReport) -> str:
         r, lat = m.result, m.latency_ms
         lines.append(table(["runtime", "threads", "runs", "load ms", "p50 ms", "p90 ms", "p99 ms", "mean ms",
                             "min ms", "max ms", "peak RSS"],
-                           [(f"{r.get('runtime')} {r.get('runtime_version')}", r.get("threads"), len(
-                               r.get("latency_ms", {}).get("runs", [])), f"{r.get('load_ms', 0):.2f}",
+                           [(f"{r.runtime} {r.get('runtime_version')}", r.get("threads"), len(r.runs_ms),
+                             f"{r.get('load_ms', 0):.2f}",
                              f"{lat['p50']:.3f}", f"{lat['p90']:.3f}", f"{lat['p99']:.3f}", f"{lat['mean']:.3f}",
                              f"{lat['min']:.3f}", f"{lat['max']:.3f}", f"{r.get('peak_rss_mb', 0):.1f} MB")],
                            "lrrrrrrrrrr"))

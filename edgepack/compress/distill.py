@@ -21,6 +21,11 @@ import numpy as np
 
 from edgepack.fidelity import OutputDrift, drift, infer_kind
 
+#: epochs at most. Measured (benchmarks/pruning_axis.py): a digits CNN pruned to 40% of its size on 240
+#: unlabelled samples lost 1.7 points at 10 epochs, 0.6 at 30 with mixup; it stops early when the
+#: held-out loss stalls, and at the time budget
+DISTILL_EPOCHS = 30
+
 
 @dataclass
 class DistillReport:
@@ -97,6 +102,15 @@ def _loss(student_out: list[Any], teacher_out: list[Any], kinds: list[str], temp
     return total
 
 
+def _mixed(x: Any, generator: Any) -> Any:
+    """Each sample blended with another of the batch (weights uniform in [0, 1]): inputs near the data
+    that the student has not seen, for the teacher to answer (mixup, without labels)."""
+    import torch
+
+    weight = torch.rand(len(x), *([1] * (x.dim() - 1)), generator=generator)
+    return weight * x + (1 - weight) * x[torch.randperm(len(x), generator=generator)]
+
+
 def held_out_loss(teacher: Any, student: Any, x: np.ndarray, temperature: float,
                   kinds: list[str] | None = None) -> float:
     import torch
@@ -109,7 +123,7 @@ def held_out_loss(teacher: Any, student: Any, x: np.ndarray, temperature: float,
 def distill(teacher: Any, student: Any, x: np.ndarray, *, labels: np.ndarray | None = None,
             held_out: np.ndarray | None = None, epochs: int = 20, temperature: float = 4.0,
             time_budget_s: float = 300.0, patience: int = 4, lr: float = 1e-3, batch: int = 64,
-            progress: bool = True) -> tuple[Any, DistillReport]:
+            progress: bool = True, mixup: bool = True) -> tuple[Any, DistillReport]:
     """``x``: samples stacked on the first axis, in the model's input layout (no batch-1 axis)."""
     import torch
     import torch.nn.functional as F
@@ -140,6 +154,11 @@ def distill(teacher: Any, student: Any, x: np.ndarray, *, labels: np.ndarray | N
             optimizer.zero_grad()
             out = outputs_of(student, inputs[idx])
             loss = _loss(out, [t[idx] for t in soft], kinds, temperature)
+            if mixup and inputs.is_floating_point():  # more data the teacher labels: blends of two samples
+                mixed = _mixed(inputs[idx], generator)
+                with torch.no_grad():
+                    taught = outputs_of(teacher, mixed)
+                loss = loss + _loss(outputs_of(student, mixed), taught, kinds, temperature)
             if targets is not None and labelled is not None:
                 loss = loss + F.cross_entropy(out[labelled].reshape(len(idx), -1), targets[idx])
             loss.backward()

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from edgepack.artifact import Artifact
-from edgepack.compress.distill import DistillReport, distill
+from edgepack.compress.distill import DISTILL_EPOCHS, DistillReport, distill
 from edgepack.compress.prune import (
     ROUND_TO,
     PrunedModel,
@@ -24,11 +24,12 @@ from edgepack.compress.prune import (
     prune_to_budget,
     sensitivity_scan,
 )
-from edgepack.data import DataError, Dataset
+from edgepack.data import Dataset
 from edgepack.errors import UsageError, first_line
 from edgepack.model import ModelFormat, ModelHandle
 from edgepack.profiles import DeviceProfile, Tolerances
 
+MIN_DISTILL_SAMPLES = 8
 SCAN_SAMPLES = 16  # held-out samples the sensitivity scan scores each layer on
 
 
@@ -115,9 +116,9 @@ def _parity(module: Any, path: Path, held: np.ndarray, tolerances: Tolerances) -
 
 def prune_model(handle: ModelHandle, calib: Dataset, profile: DeviceProfile, output: Path, *,
                 max_size_mb: float | None = None, ratio: float | None = None, fmt: str = "onnx",
-                precision: str = "fp32", importance: str = "magnitude", distill_epochs: int = 10,
+                precision: str = "fp32", importance: str = "magnitude", distill_epochs: int = DISTILL_EPOCHS,
                 eval_data: Dataset | None = None, time_budget_s: float = 300.0,
-                round_to: int | None = ROUND_TO) -> PruneResult:
+                round_to: int | None = ROUND_TO, mixup: bool = True) -> PruneResult:
     import torch
 
     from edgepack.convert.convert import require_static_inputs
@@ -129,11 +130,7 @@ def prune_model(handle: ModelHandle, calib: Dataset, profile: DeviceProfile, out
         raise UsageError(f"--ratio {ratio} is not in [0, 1)", "e.g. --ratio 0.5 removes half the channels")
     name = handle.inputs[0].name
     if eval_data is None:
-        if len(calib) < 10:
-            raise DataError(f"calibration data has {len(calib)} samples; pruning needs at least 10",
-                            "give more samples")
-        cut = int(len(calib) * 0.8)
-        calib, eval_data = calib.split(cut)
+        calib, eval_data = calib.holdout(MIN_DISTILL_SAMPLES, min_held_out=2)
     x, held = calib.inputs[name], eval_data.inputs[name]  # samples stacked on the batch axis
     example = (torch.zeros(*[int(d) for d in handle.inputs[0].shape]),)  # type: ignore[misc]
     notes: list[str] = []
@@ -187,7 +184,7 @@ def prune_model(handle: ModelHandle, calib: Dataset, profile: DeviceProfile, out
         student = pruned.module
         if distill_epochs > 0 and pruned.history:
             student, report = distill(original, pruned.module, x, labels=calib.labels, held_out=held,
-                                      epochs=distill_epochs, time_budget_s=time_budget_s)
+                                      epochs=distill_epochs, time_budget_s=time_budget_s, mixup=mixup)
             stages.append(_stage("after distillation", student, original, example, name, held, eval_data.labels,
                                  work))
         artifact = _write(handle, student, example, name, fmt, precision, calib, profile, output, work, pruned)

@@ -19,11 +19,11 @@ from edgepack.convert.validate import Gate, Metric, ValidationReport, bind, comp
 from edgepack.data import DataError, Dataset
 from edgepack.engines import Engine, engine_for, engine_for_file
 from edgepack.errors import EdgepackError, UsageError
+from edgepack.formats import FORMATS, ArtifactFormat
 from edgepack.model import ModelFormat, ModelHandle
 from edgepack.profiles import DeviceProfile
 
 MODES = ("int8", "fp16", "dynamic")
-FORMATS = ("tflite", "onnx")
 MIN_CALIBRATION_SAMPLES = 8
 MAX_CALIBRATION_SAMPLES = 200
 MAX_FLOAT_LAYERS = 12  # the fallback gives up after keeping this many layers in float
@@ -91,7 +91,7 @@ class _Base:
 
 
 def default_format(profile: DeviceProfile) -> str:
-    return "onnx" if profile.runtimes[0] == "onnxruntime" else "tflite"
+    return ArtifactFormat.for_runtime(profile.runtimes[0]).value
 
 
 def io_dtype_for(profile: DeviceProfile, requested: str | None) -> str:
@@ -135,12 +135,8 @@ def quantize_model(handle: ModelHandle, calib: Dataset, profile: DeviceProfile, 
     if len(calib) < MIN_CALIBRATION_SAMPLES:
         raise DataError(f"calibration data has {len(calib)} samples; at least {MIN_CALIBRATION_SAMPLES} are needed",
                         "give more samples (100-500 is typical)")
-    if eval_data is None:  # hold out the last fifth: fidelity is never measured on calibration samples
-        cut = max(MIN_CALIBRATION_SAMPLES, int(len(calib) * 0.8))
-        if cut >= len(calib):
-            raise DataError(f"calibration data has {len(calib)} samples: too few to hold some out for checking",
-                            "give more samples, or --eval with held-out data")
-        calib, eval_data = calib.split(cut)
+    if eval_data is None:  # fidelity is never measured on calibration samples
+        calib, eval_data = calib.holdout(MIN_CALIBRATION_SAMPLES)
     calib, _ = calib.split(MAX_CALIBRATION_SAMPLES)
     io = io_dtype_for(profile, io_dtype) if (fmt == "tflite" and mode == "int8") else "float32"
     source = engine_for(handle)
@@ -346,7 +342,7 @@ class _Judge:
         self.source, self.base, self.held_out, self.profile, self.check = source, base, held_out, profile, check
 
     def __call__(self, candidate: Path, route: str) -> ValidationReport:
-        engine = engine_for_file(candidate, "onnx" if candidate.suffix == ".onnx" else "tflite")
+        engine = engine_for_file(candidate, str(ArtifactFormat.of_path(candidate)))
         return compare(route, self.source, engine, self.base.inputs, self.base.outputs, self.held_out, "held-out",
                        self.profile.tolerances, max_samples=len(self.held_out), kinds=self.check.kinds,
                        metric=self.check.metric)

@@ -17,13 +17,13 @@ from edgepack.convert.errors import ConversionError
 from edgepack.convert.routes import Route, RouteOutput, routes_for
 from edgepack.convert.validate import ShapeMismatchError, ValidationReport, bind, check_tolerance, compare
 from edgepack.data import Dataset, random_dataset
-from edgepack.engines import engine_for, engine_for_file
+from edgepack.engines import Engine, engine_for, engine_for_file
 from edgepack.errors import InputShapeError, UsageError
+from edgepack.formats import FORMATS, ArtifactFormat
 from edgepack.model import ModelHandle, TensorSpec, default_layout
 from edgepack.profiles import DeviceProfile, Tolerances
 
-TARGETS = ("onnx", "tflite", "savedmodel", "torch")
-SUFFIX = {"onnx": ".onnx", "tflite": ".tflite", "savedmodel": "", "torch": ""}
+TARGETS = (*FORMATS, "savedmodel", "torch")  # the last two are directories
 
 
 @dataclass
@@ -51,7 +51,7 @@ class ConversionResult:
 
 def default_name(handle: ModelHandle, target: str) -> str:
     """``MODEL.onnx``/``MODEL.tflite``, or ``MODEL_savedmodel``/``MODEL_torch`` for directory artifacts."""
-    return f"{handle.name}{SUFFIX[target]}" if target in ("onnx", "tflite") else f"{handle.name}_{target}"
+    return f"{handle.name}{ArtifactFormat(target).suffix}" if target in FORMATS else f"{handle.name}_{target}"
 
 
 MAX_SAMPLE_BYTES = 1 << 30  # one sample of all inputs together; checked before anything is allocated
@@ -95,7 +95,7 @@ def parity_tolerances(handle: ModelHandle, profile: DeviceProfile, tolerance: fl
 
 def _op_count(handle: ModelHandle) -> int:
     """Ops in the source graph (ONNX nodes, TFLite ops); 0 where counting would need a conversion."""
-    if handle.path is None or handle.format.value not in ("onnx", "tflite"):
+    if handle.path is None or handle.format.value not in FORMATS:
         return 0
     if handle.format.value == "onnx":
         import onnx
@@ -209,21 +209,18 @@ def _names(names: list[str], count: int) -> list[str]:
     return names if len(names) == count else [f"output_{i}" for i in range(count)]
 
 
-def _artifact_input_shapes(engine: Any, probe: list[np.ndarray],
+def _artifact_input_shapes(engine: Engine, probe: list[np.ndarray],
                            produced: RouteOutput) -> list[tuple[tuple[int, ...], str, str]]:
-    if hasattr(engine, "inputs"):  # TFLite: the interpreter declares them
-        return [(tuple(int(d) for d in d_["shape"]), np.dtype(d_["dtype"]).name, d_["name"])
-                for d_ in engine.inputs]
-    if hasattr(engine, "session"):
-        return [(tuple(int(d) if isinstance(d, int) else 1 for d in i.shape), "float32", i.name)
-                for i in engine.session.get_inputs()]
+    declared = engine.input_specs()
+    if declared is not None:  # ONNX and TFLite declare their inputs
+        return declared
     perm_shapes = []
     for x in probe:  # SavedModel / TorchScript declare nothing we can trust: the route's convention
         shape = tuple(x.shape)
         if produced.channels_last and 3 <= x.ndim <= 5:
             shape = (shape[0], *shape[2:], shape[1])
         perm_shapes.append((shape, x.dtype.name, ""))
-    names = getattr(engine, "input_names", [])
+    names = engine.input_names
     return [(s, d, names[i] if i < len(names) else n) for i, (s, d, n) in enumerate(perm_shapes)]
 
 

@@ -47,17 +47,79 @@ class RunRequest:
         return args
 
 
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
+class HarnessResult:
+    """The harness's JSON, parsed once, here. ``raw`` keeps every field it printed (for the records,
+    ``--json`` and the manifest); the fields are what edgepack itself reads."""
+
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, data: Any) -> HarnessResult:
+        return cls(dict(data) if isinstance(data, dict) else {})
+
+    @property
+    def latency_ms(self) -> dict[str, float]:
+        """p50, p90, p99, mean, std, min, max over the timed runs (milliseconds)."""
+        found = self.raw.get("latency_ms")
+        return {k: float(v) for k, v in (found if isinstance(found, dict) else {}).items()
+                if k != "runs" and _number(v) is not None}
+
+    @property
+    def p50_ms(self) -> float | None:
+        return self.latency_ms.get("p50")
+
+    @property
+    def p90_ms(self) -> float | None:
+        return self.latency_ms.get("p90")
+
+    @property
+    def runs_ms(self) -> list[float]:
+        """Every timed run's latency, in order."""
+        found = self.raw.get("latency_ms")
+        runs = found.get("runs") if isinstance(found, dict) else None
+        return [float(v) for v in runs] if isinstance(runs, list) else []
+
+    @property
+    def peak_rss_mb(self) -> float | None:
+        return _number(self.raw.get("peak_rss_mb"))
+
+    @property
+    def runtime(self) -> str | None:
+        return self.raw.get("runtime")
+
+    @property
+    def op_profile(self) -> dict[str, Any] | None:
+        return self.raw.get("op_profile")
+
+    @property
+    def error_kind(self) -> str | None:
+        return self.raw.get("error_kind")
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """Any other field the harness printed (runtime_version, load_ms, environment, ...)."""
+        return self.raw.get(name, default)
+
+
 @dataclass
 class Measurement:
-    """What the harness reported (``result``), or why there is nothing (``error``)."""
+    """What the harness reported (``result``), or why there is nothing (``error``). ``board_lost``:
+    the board itself failed (connection lost, unreachable), not the model: a pool moves the request to
+    another board."""
 
     request: RunRequest
     device: str  # "local" or user@host:port
-    result: dict[str, Any] = field(default_factory=dict)
+    result: HarnessResult = field(default_factory=HarnessResult)
     error: str | None = None
     outputs: dict[str, Any] | None = None
     wall_s: float = 0.0  # from the runner's side, transfers included
     uploaded_bytes: int = 0
+    board_lost: bool = False
+    measured_at: tuple[float, float] | None = None  # wall clock (epoch s) while the board was held
 
     @property
     def ok(self) -> bool:
@@ -66,19 +128,19 @@ class Measurement:
     @property
     def error_kind(self) -> str | None:
         """The harness's word for what failed (missing_runtime, model_changed, ...), when it said one."""
-        return self.result.get("error_kind")
+        return self.result.error_kind
 
     @property
     def latency_ms(self) -> dict[str, float]:
-        return {k: v for k, v in self.result.get("latency_ms", {}).items() if k != "runs"}
+        return self.result.latency_ms
 
     @property
     def p50_ms(self) -> float | None:
-        return self.latency_ms.get("p50")
+        return self.result.p50_ms
 
     def to_dict(self) -> dict[str, Any]:
         return {"device": self.device, "model": str(self.request.model), "error": self.error,
-                "wall_s": self.wall_s, "uploaded_bytes": self.uploaded_bytes, **self.result}
+                "wall_s": self.wall_s, "uploaded_bytes": self.uploaded_bytes, **self.result.raw}
 
 
 class DeviceSetupError(EdgepackError):
@@ -118,12 +180,15 @@ def parse_harness_output(request: RunRequest, device: str, stdout: str, stderr: 
         result = json.loads(line) if line else {}
     except json.JSONDecodeError:
         result = {}
+    if not isinstance(result, dict):
+        result = {}
     if result.get("error"):
-        message = result["error"]
+        message = str(result["error"])
         if result.get("install"):
             message += f"; on the device run: {result['install']}"
-        return Measurement(request, device, result, message, wall_s=wall_s)
+        return Measurement(request, device, HarnessResult(result), message, wall_s=wall_s)
     if not result:
         tail = (stderr.strip().splitlines() or ["no output"])[-1][:300]
-        return Measurement(request, device, {}, f"harness exited with code {code}: {tail}", wall_s=wall_s)
-    return Measurement(request, device, result, None, wall_s=wall_s)
+        return Measurement(request, device, HarnessResult(), f"harness exited with code {code}: {tail}",
+                           wall_s=wall_s)
+    return Measurement(request, device, HarnessResult(result), None, wall_s=wall_s)

@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgepack.runners.base import HARNESS, Measurement, Runner, RunRequest, parse_harness_output
+from edgepack.runners.base import HARNESS, HarnessResult, Measurement, Runner, RunRequest, parse_harness_output
 
 
 class LocalRunner(Runner):
@@ -29,7 +29,7 @@ class LocalRunner(Runner):
             args = request.harness_args(str(request.model.resolve()),
                                         str(request.inputs.resolve()) if request.inputs else None,
                                         str(outputs) if outputs else None)
-            start = time.perf_counter()
+            start, began = time.perf_counter(), time.time()
             proc = subprocess.Popen([self.python, str(HARNESS), *args], stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True, start_new_session=True, cwd=tmp)
             try:
@@ -37,10 +37,12 @@ class LocalRunner(Runner):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.communicate()
-                return Measurement(request, self.label, {}, f"timeout: killed after {request.timeout_s:g} s",
+                return Measurement(request, self.label, HarnessResult(),
+                                   f"timeout: killed after {request.timeout_s:g} s",
                                    wall_s=time.perf_counter() - start)
             measurement = parse_harness_output(request, self.label, stdout, stderr, proc.returncode,
                                                time.perf_counter() - start)
+            measurement.measured_at = (began, time.time())
             if measurement.ok and outputs is not None and outputs.exists():
                 import numpy as np
 

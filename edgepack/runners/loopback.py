@@ -35,7 +35,7 @@ class SshDevice:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.tmp = root / "device_tmp"  # the device's TMPDIR: temp dirs must not outlive a run
-        self.cache = root / "device_cache"
+        self.cache = root / "device_xdg" / "edgepack"  # its own cache and lock: boards of a pool are apart
         self.tmp.mkdir(exist_ok=True)
         self.host_key = root / "host_ed25519"
         keygen(self.host_key)
@@ -66,7 +66,7 @@ class SshDevice:
             "PubkeyAuthentication yes", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
             "UsePAM no", "StrictModes no", "AllowTcpForwarding no", "X11Forwarding no",
             "PermitRootLogin prohibit-password", "Subsystem sftp internal-sftp", "MaxStartups 50:30:100",
-            f"SetEnv TMPDIR={self.tmp}", ""]))
+            f"SetEnv TMPDIR={self.tmp} XDG_CACHE_HOME={self.cache.parent}", ""]))
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL,
                                      stderr=(self.root / "sshd.log").open("ab"))

@@ -28,7 +28,15 @@ from typing import Any
 
 from edgepack.errors import EdgepackError
 from edgepack.model import file_sha256
-from edgepack.runners.base import HARNESS, Measurement, Runner, RunRequest, parse_harness_output, raise_for_setup
+from edgepack.runners.base import (
+    HARNESS,
+    HarnessResult,
+    Measurement,
+    Runner,
+    RunRequest,
+    parse_harness_output,
+    raise_for_setup,
+)
 
 # paramiko logs a failed handshake (a port that does not speak SSH) as a page of traceback through the
 # root logger's last resort; the error reaches the user as one line from us instead.
@@ -166,7 +174,7 @@ class SshRunner(Runner):
     python: str = "python3"
     known_hosts: Path = field(default_factory=lambda: Path.home() / ".ssh" / "known_hosts")
     trust_new_host: bool = False
-    remote_cache: str | None = None  # default: ~/.cache/edgepack on the device
+    remote_cache: str | None = None  # default: $XDG_CACHE_HOME/edgepack (~/.cache/edgepack) on the device
     connect_timeout_s: float = 15.0
     lock_timeout_s: float = 600.0  # how long a batch waits for another edgepack using the device
     say: Callable[[str], None] = field(default=lambda _: None, repr=False)  # progress lines (waiting for a lock)
@@ -318,12 +326,15 @@ class SshRunner(Runner):
     # -- 2. content-addressed cache -----------------------------------------------------------------
     def _cache(self) -> str:
         if self._cache_dir is None:
-            sftp = self._connect().open_sftp()
-            try:
-                home = sftp.normalize(".")
-            finally:
-                sftp.close()
-            self._cache_dir = self.remote_cache or f"{home}/.cache/edgepack"
+            _, out, _ = self._exec('printf %s "${XDG_CACHE_HOME:-$HOME/.cache}"')
+            base = out.strip()
+            if not base.startswith("/"):  # no HOME either: the login directory
+                sftp = self._connect().open_sftp()
+                try:
+                    base = sftp.normalize(".") + "/.cache"
+                finally:
+                    sftp.close()
+            self._cache_dir = self.remote_cache or f"{base}/edgepack"
             self._exec(f"mkdir -p -- {shlex.quote(self._cache_dir + '/models')}")
         return self._cache_dir
 
@@ -362,13 +373,22 @@ class SshRunner(Runner):
 
         try:
             with self.device_lock("measuring"):
-                return [self._one(r) for r in requests]
+                return [self._held(r) for r in requests]
         except DeviceBusyError as exc:
-            return [Measurement(r, self.label, {}, str(exc)) for r in requests]
+            return [Measurement(r, self.label, HarnessResult(), str(exc)) for r in requests]
         except (paramiko.SSHException, OSError, EOFError) as exc:  # while taking the lock
             self.close()
-            return [Measurement(r, self.label, {}, f"connection lost: {type(exc).__name__}: {exc}")
-                    for r in requests]
+            return [self._lost(r, f"{type(exc).__name__}: {exc}", 0.0) for r in requests]
+
+    def _held(self, request: RunRequest) -> Measurement:
+        began = time.time()
+        measurement = self._one(request)
+        measurement.measured_at = (began, time.time())
+        return measurement
+
+    def _lost(self, request: RunRequest, why: str, wall_s: float) -> Measurement:
+        return Measurement(request, self.label, HarnessResult(), f"connection lost: {why}", wall_s=wall_s,
+                           board_lost=True)
 
     def _one(self, request: RunRequest) -> Measurement:
         import paramiko
@@ -383,8 +403,7 @@ class SshRunner(Runner):
             raise
         except (paramiko.SSHException, OSError, EOFError) as exc:
             self.close()
-            return Measurement(request, self.label, {}, f"connection lost: {type(exc).__name__}: {exc}",
-                               wall_s=time.perf_counter() - start)
+            return self._lost(request, f"{type(exc).__name__}: {exc}", time.perf_counter() - start)
 
     def _temp_base(self) -> str:
         if self._tmp_base is None:
@@ -455,7 +474,8 @@ class SshRunner(Runner):
             if time.monotonic() > deadline:
                 self._kill_group(stdout)
                 channel.close()
-                return Measurement(request, self.label, {}, f"timeout: killed after {request.timeout_s:g} s",
+                return Measurement(request, self.label, HarnessResult(),
+                                   f"timeout: killed after {request.timeout_s:g} s",
                                    wall_s=time.perf_counter() - start)
             if channel.closed and not channel.recv_ready():
                 break
@@ -464,8 +484,7 @@ class SshRunner(Runner):
         channel.close()
         if code == -1 and not stdout.strip().endswith(b"}"):  # no exit status: the connection went down
             self.close()
-            return Measurement(request, self.label, {}, "connection lost: the device closed the connection "
-                               "during the run", wall_s=time.perf_counter() - start)
+            return self._lost(request, "the device closed the connection during the run", time.perf_counter() - start)
         text = stdout.decode(errors="replace")
         if code == 127 and "{" not in text:  # the shell found no such command: nothing on this board will run
             missing = self.python if self.python in stderr.decode(errors="replace") else "a command edgepack needs"

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from edgepack.errors import UsageError
+from edgepack.formats import ArtifactFormat
 from edgepack.profiles import DeviceProfile
 
 PRUNE_RATIOS = (0.0, 0.3, 0.5, 0.7)
@@ -47,7 +48,7 @@ class CompressionPlan:
 def formats_for(profile: DeviceProfile) -> list[str]:
     formats = []
     for runtime in profile.runtimes:
-        fmt = "onnx" if runtime == "onnxruntime" else "tflite"
+        fmt = ArtifactFormat.for_runtime(runtime).value
         if fmt not in formats:
             formats.append(fmt)
     return formats

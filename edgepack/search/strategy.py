@@ -1,18 +1,19 @@
-"""Which candidate to measure next: ``propose()`` -> candidate or None (done), ``observe(...)``.
+"""Which candidates to measure next: ``propose(k)`` -> up to k candidates (none: done), ``observe(...)``.
 
-Measure the fp32 baseline first, and the most promising candidate of each other runtime once (a
-runtime never measured has only the prior); then, again and again, the candidate the predictor ranks best among
-those not yet measured and not known to break a constraint; refit after each measurement. Stop when
-no unmeasured candidate can beat the best measured feasible one by more than the predictor's margin,
-or when ``max_measurements`` are spent.
+A batch of k is k single picks in a row, each treating the ones before it as pending, so a pool of k
+boards measures k different candidates at once. Measure the fp32 baseline first, and the most promising
+candidate of each other runtime once (a runtime never measured has only the prior); then, again and
+again, the candidate the predictor ranks best among those not yet measured and not known to break a
+constraint; refit after each measurement. Stop when no unmeasured candidate can beat the best measured
+feasible one by more than the predictor's margin, or when ``max_measurements`` are spent.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from edgepack.predict import Features, Predictor
+from edgepack.runners.base import HarnessResult
 from edgepack.search.space import CompressionPlan, Constraints
 
 
@@ -29,7 +30,9 @@ class Candidate:
     skipped: str | None = None  # ruled out without building it, and why
     predicted_ms: float | None = None  # just before it was measured; for the unmeasured, at the end
     p90_ms: float | None = None
-    result: dict[str, Any] | None = None  # what the harness reported for it
+    measurement: HarnessResult | None = None  # what the harness reported (the median round, once confirmed)
+    board: str | None = None  # the board that measured it
+    p50_rounds_ms: list[float] = field(default_factory=list)  # confirmation rounds on one board, if any
 
     @property
     def measured(self) -> bool:
@@ -73,22 +76,30 @@ class Strategy:
             (lambda c: (c.size_mb, c.latency_ms))
         return min(feasible, key=key)  # type: ignore[arg-type]
 
-    def propose(self) -> Candidate | None:
+    def propose(self, k: int = 1) -> list[Candidate]:
+        """Up to ``k`` candidates to build (if not built yet) and measure; an empty list: done."""
+        batch: list[Candidate] = []
+        while len(batch) < k and (pick := self._pick(batch)) is not None:
+            batch.append(pick)
+        return batch
+
+    def _pick(self, pending: list[Candidate]) -> Candidate | None:
+        taken = {id(c) for c in pending}
         attempted = [c for c in self.candidates if c.measured or (c.error and c.built)]
-        if len(attempted) >= self.max_measurements:
+        if len(attempted) + len(pending) >= self.max_measurements:
             return None
         # size and accuracy are known once built: never measure what they already rule out
         open_ = [c for c in self.candidates if not c.measured and not c.error and not c.skipped
-                 and not c.known_blockers(self.constraints)]
+                 and not c.known_blockers(self.constraints) and id(c) not in taken]
         if not open_:
             return None
-        if not any(c.measured for c in self.candidates):
+        if not any(c.measured for c in self.candidates) and not pending:
             baselines = [c for c in open_ if c.plan.is_baseline]
             own = [c for c in baselines if c.plan.format == self.source_format]
             if own or baselines:
                 return max(own or baselines, key=lambda c: c.plan.threads)
         # a runtime never measured has only the prior to go on: measure its most promising candidate once
-        seen = {c.plan.format for c in self.candidates if c.measured}
+        seen = {c.plan.format for c in self.candidates if c.measured or id(c) in taken}
         unseen = [c for c in open_ if c.plan.format not in seen]
         if unseen:
             return min(unseen, key=self.predicted)

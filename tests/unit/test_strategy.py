@@ -30,8 +30,8 @@ def candidates() -> list[Candidate]:
 
 def run(strategy: Strategy) -> int:
     count = 0
-    while (candidate := strategy.propose()) is not None:
-        strategy.observe(candidate, board_latency(candidate.plan))
+    while batch := strategy.propose():
+        strategy.observe(batch[0], board_latency(batch[0].plan))
         count += 1
     return count
 
@@ -86,17 +86,17 @@ def test_unbuilt_candidates_are_proposed_and_size_rules_out_only_once_built():
     for c in pool:
         c.built = False
     strategy = Strategy(pool, Predictor(), Constraints(max_size_mb=1.5), max_measurements=len(pool))
-    first = strategy.propose()
-    assert first is not None and first.plan.is_baseline and not first.built  # the caller builds it first
+    first, = strategy.propose()
+    assert first.plan.is_baseline and not first.built  # the caller builds it first
     for c in pool:
         c.built = True  # now the real sizes are known: fp32 (4 MB) is over the limit
-    assert all(c.plan.precision == "int8" for c in [strategy.propose()] if c is not None)
+    assert all(c.plan.precision == "int8" for c in strategy.propose())
 
 
 def test_the_model_as_the_user_has_it_is_measured_first():
     """A TFLite model's own fp32 plan is the baseline (never left to a prior that may think it slow)."""
     for source in ("tflite", "onnx"):
         strategy = Strategy(candidates(), Predictor(), Constraints(), max_measurements=5, source_format=source)
-        first = strategy.propose()
-        assert first is not None and (first.plan.format, first.plan.precision, first.plan.prune_ratio) == \
+        first, = strategy.propose()
+        assert (first.plan.format, first.plan.precision, first.plan.prune_ratio) == \
             (source, "fp32", 0.0)

@@ -5,14 +5,20 @@ Pruning happens once per ratio on the fp32 model (prune, then distil from the or
 and precision of that ratio is converted or quantized from the pruned model. Each artifact is then
 checked against the ORIGINAL model on held-out data, so that a pruned-then-quantized candidate shows
 its whole loss, not the last step's.
+
+Several processes may build at once (``--jobs``, or two ``edgepack build`` runs on one cache): each
+artifact folder is built under its own file lock, so the second builder of the same artifact waits and
+then reads what the first one wrote.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +27,7 @@ import numpy as np
 
 from edgepack import __version__
 from edgepack.artifact import Artifact, install, staging_dir
+from edgepack.compress.distill import DISTILL_EPOCHS
 from edgepack.compress.quantize import Check
 from edgepack.convert.errors import ConversionError
 from edgepack.data import Dataset
@@ -61,7 +68,7 @@ def dataset_sha256(data: Dataset | None) -> str:
 
 class PlanBuilder:
     def __init__(self, handle: ModelHandle, profile: DeviceProfile, calib: Dataset, eval_data: Dataset,
-                 cache: Path, *, calibrated: bool, max_accuracy_drop: float, distill_epochs: int = 10,
+                 cache: Path, *, calibrated: bool, max_accuracy_drop: float, distill_epochs: int = DISTILL_EPOCHS,
                  say: Callable[[str], None] = lambda _: None, check: Check | None = None) -> None:
         from edgepack.engines import engine_for
 
@@ -89,6 +96,11 @@ class PlanBuilder:
         """The artifact for ``plan`` (from the cache when it was built before); raises BuildFailed."""
         fmt, precision, ratio = plan.artifact
         folder = self.root / self.key({"format": fmt, "precision": precision, "prune_ratio": ratio})
+        with _locked(folder):
+            return self._build(plan, folder)
+
+    def _build(self, plan: CompressionPlan, folder: Path) -> BuiltArtifact:
+        fmt, precision, ratio = plan.artifact
         record = folder / "build.json"
         if record.exists():
             saved = json.loads(record.read_text())
@@ -160,9 +172,14 @@ class PlanBuilder:
         """The fp32 ONNX model pruned by ``ratio`` and distilled from the original (built once)."""
         if ratio in self._pruned:
             return self._pruned[ratio]
+        folder = self.root / self.key({"pruned": ratio})
+        with _locked(folder):
+            self._pruned[ratio] = self._prune(ratio, folder)
+        return self._pruned[ratio]
+
+    def _prune(self, ratio: float, folder: Path) -> tuple[ModelHandle, dict[str, Any]]:
         from edgepack.compress.pruning import prune_model
 
-        folder = self.root / self.key({"pruned": ratio})
         path, record = folder / "pruned.onnx", folder / "pruning.json"
         if record.exists() and not self._intact(path, json.loads(record.read_text()).get("sha256"),
                                                 f"pruned {ratio:.0%} model"):
@@ -176,9 +193,7 @@ class PlanBuilder:
                 "ratio_asked": ratio, "ratio": result.ratio, "history": result.history,
                 "protected_layers": result.protected, "notes": result.notes,
                 "distillation": result.distill_report.__dict__ if result.distill_report else None}})
-        pruned = load_model(path)
-        self._pruned[ratio] = (pruned, json.loads(record.read_text()))
-        return self._pruned[ratio]
+        return load_model(path), json.loads(record.read_text())
 
     def _intact(self, path: Path, sha256: str | None, what: str) -> bool:
         """A cached file is used only when its bytes still hash to what was verified when it was built."""
@@ -202,6 +217,18 @@ class PlanBuilder:
         if failure:
             raise BuildFailed(f"refused by its check against the original: {failure}")
         return report.drop_pts, report.to_dict()
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """Hold ``<folder>.lock`` (flock): one builder per artifact at a time, across processes."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(folder.name + ".lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -1,0 +1,222 @@
+"""The Measurer: a batch of measurements in, a batch of typed outcomes out, over a pool of boards.
+
+It holds the pool (one runner per board of one profile), the records (nothing measured twice), the
+boards' identities (profile + host key: what a record is keyed by) and the counters (how many
+measurements each purpose took, new and from the records). A batch is spread over the boards: each
+board takes the next job it may run (a job pinned to one board waits for that board), so different
+candidates are measured on different boards at the same time. Each runner holds its board's lock
+for every measurement, the same lock ``deploy`` takes, so two edgepacks never time one board at once.
+
+A board that fails as a board (the connection is lost and a reconnect fails) is dropped, said once,
+and its job goes to the others. When no board is left, ``NoBoardLeft`` ends the build. Failures of a
+model on a healthy board (timeout, crash, missing runtime) are outcomes with ``error`` set.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgepack.errors import EdgepackError
+from edgepack.formats import ArtifactFormat
+from edgepack.records import Purpose, RecordKey, Records
+from edgepack.runners.base import HarnessResult, Runner, RunRequest
+
+
+class NoBoardLeft(EdgepackError):
+    """Every board of the pool was lost mid-build."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One measurement to take. ``sha256``: the artifact's (its record key); ``board``: only that board
+    may take it (confirmation rounds compare candidates on one board), None: any board."""
+
+    request: RunRequest
+    sha256: str
+    purpose: Purpose = Purpose.LATENCY
+    repeat: int = 0
+    board: str | None = None
+
+
+@dataclass
+class Outcome:
+    """A job's result (``result``) or why there is none (``error``); ``board``: whose it is."""
+
+    job: Job
+    result: HarnessResult | None = None
+    error: str | None = None
+    board: str | None = None
+    recorded: bool = False  # from the records: nothing was measured now
+    outputs: dict[str, Any] | None = None
+    measured_at: tuple[float, float] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.result is not None
+
+
+@dataclass
+class Counts:
+    """Measurements by purpose: ``new`` ones taken on a board, ``recorded`` ones read from the records."""
+
+    new: dict[str, int] = field(default_factory=dict)
+    recorded: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0  # wall time spent measuring (batches, transfers and waiting for a board's lock)
+
+    def add(self, purpose: Purpose, recorded: bool) -> None:
+        counter = self.recorded if recorded else self.new
+        counter[str(purpose)] = counter.get(str(purpose), 0) + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"new": sum(self.new.values()), "cached": sum(self.recorded.values()),
+                "seconds": round(self.seconds, 3),
+                "by_purpose": {str(p): {"new": self.new.get(str(p), 0), "cached": self.recorded.get(str(p), 0)}
+                               for p in Purpose}}
+
+
+class Measurer:
+    def __init__(self, runners: list[Runner], records: Records, profile_name: str,
+                 say: Callable[[str], None] = lambda _: None) -> None:
+        if not runners:
+            raise ValueError("a Measurer needs at least one board")
+        self.boards: dict[str, Runner] = {r.label: r for r in runners}  # the boards still in the pool
+        self.all_boards = dict(self.boards)
+        self.identities = {r.label: f"{profile_name}@{r.identity()}" for r in runners}
+        self.records, self.say = records, say
+        self.counts = Counts()
+        self.dropped: dict[str, str] = {}  # board -> why it was dropped
+        self._lock = threading.Lock()
+
+    @property
+    def where(self) -> str:
+        labels = ", ".join(self.all_boards)
+        return "local (this machine, not a board)" if labels == "local" else labels
+
+    @property
+    def width(self) -> int:
+        """How many measurements the pool takes at once."""
+        return max(1, len(self.boards))
+
+    # -- the records ----------------------------------------------------------------------------------
+    def key(self, job: Job, board: str) -> RecordKey:
+        from edgepack.runners.harness import HARNESS_VERSION
+
+        fmt = ArtifactFormat.of_path(job.request.model)
+        runtime = fmt.runtime if fmt else job.request.runtime
+        return RecordKey(job.sha256, self.identities[board], runtime, job.request.threads, HARNESS_VERSION,
+                         job.repeat, str(job.purpose))
+
+    def lookup(self, job: Job) -> tuple[str, dict[str, Any]] | None:
+        """(board, what was recorded) for this job on its board, or on any board of the pool."""
+        for board in [job.board] if job.board else list(self.all_boards):
+            found = self.records.get(self.key(job, board))
+            if found is not None:
+                with self._lock:
+                    self.counts.add(job.purpose, recorded=True)
+                return board, found
+        return None
+
+    def store(self, job: Job, board: str, data: dict[str, Any]) -> None:
+        self.records.add(self.key(job, board), data)
+
+    # -- a batch --------------------------------------------------------------------------------------
+    def measure(self, jobs: list[Job], *, use_records: bool = True) -> list[Outcome]:
+        """Every job's outcome, in order. Latency and op-profile results go to the records; an accuracy
+        job's outputs are the caller's to score and store."""
+        start = time.perf_counter()
+        outcomes: list[Outcome | None] = [None] * len(jobs)
+        todo: deque[int] = deque()
+        for i, job in enumerate(jobs):
+            found = self.lookup(job) if use_records else None
+            if found is None:
+                todo.append(i)
+            else:
+                outcomes[i] = Outcome(job, HarnessResult.parse(found[1]), board=found[0], recorded=True)
+        if todo:
+            try:
+                self._drain(jobs, todo, outcomes)
+            finally:
+                self.counts.seconds += time.perf_counter() - start
+        for i, job in enumerate(jobs):
+            if outcomes[i] is None:
+                gone = job.board if job.board in self.dropped else ", ".join(self.dropped)
+                outcomes[i] = Outcome(job, error=f"not measured: board {gone} was lost")
+        if not self.boards:
+            raise NoBoardLeft("every board was lost: " + "; ".join(f"{b} ({why})" for b, why in self.dropped.items()),
+                              "check the boards and their network, then build again (measurements so far are "
+                              "in the records)")
+        return [o for o in outcomes if o is not None]
+
+    def _drain(self, jobs: list[Job], todo: deque[int], outcomes: list[Outcome | None]) -> None:
+        """One thread per board takes jobs until none is left for it; a lost board's job goes back in
+        the queue, and another round starts while a board that may take it remains."""
+        errors: list[BaseException] = []
+
+        def take(board: str) -> int | None:
+            with self._lock:
+                index = next((i for i in todo if jobs[i].board in (None, board)), None)
+                if index is not None:
+                    todo.remove(index)
+                return index
+
+        def work(board: str) -> None:
+            try:
+                while board in self.boards and (index := take(board)) is not None:
+                    if not self._run(board, jobs[index], outcomes, index):
+                        with self._lock:
+                            todo.appendleft(index)
+                        return
+            except BaseException as exc:  # a user error (host key, setup): re-raised in the caller
+                errors.append(exc)
+
+        while any(jobs[i].board in (None, *self.boards) for i in todo) and self.boards and not errors:
+            threads = [threading.Thread(target=work, args=(b,), daemon=True) for b in list(self.boards)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        if errors:
+            raise errors[0]
+
+    def _run(self, board: str, job: Job, outcomes: list[Outcome | None], index: int) -> bool:
+        """Measure one job on ``board``; False when the board was lost (the job is not done)."""
+        runner = self.boards[board]
+        measurement = runner.run([job.request])[0]
+        if measurement.board_lost and not self._still_there(board, measurement.error or "connection lost"):
+            return False
+        with self._lock:
+            self.counts.add(job.purpose, recorded=False)
+        outcome = Outcome(job, measurement.result if measurement.ok else None, measurement.error, board,
+                          outputs=measurement.outputs, measured_at=measurement.measured_at)
+        if outcome.ok and job.purpose is not Purpose.ACCURACY:
+            data = dict(measurement.result.raw)
+            if measurement.measured_at:
+                data["measured_at"] = list(measurement.measured_at)
+            self.store(job, board, data)
+        outcomes[index] = outcome
+        return True
+
+    def _still_there(self, board: str, why: str) -> bool:
+        """After a lost connection: one reconnect. A board that answers as itself stays in the pool."""
+        runner = self.boards[board]
+        try:
+            if f"{self.identities[board].split('@', 1)[0]}@{runner.identity()}" == self.identities[board]:
+                return True
+            why = "it answered with another host key"
+        except EdgepackError as exc:
+            why = f"{why}; reconnecting: {exc}"
+        with self._lock:
+            self.boards.pop(board, None)
+            self.dropped[board] = why
+        left = ", ".join(self.boards) or "none"
+        self.say(f"board {board} lost ({why}): dropped; its work goes to the others (left: {left})")
+        return False
+
+    def close(self) -> None:
+        for runner in self.all_boards.values():
+            runner.close()

@@ -1,0 +1,50 @@
+"""Confirmation rounds: the closest contenders measured again, side by side on ONE board, and judged by
+their median. One measurement on a busy board can be off by more than the gap between them, and two
+boards of one model differ by more than that too: contenders are compared only on the same board."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from edgepack.measurer import Job, Measurer
+from edgepack.runners.base import HarnessResult
+from edgepack.search.strategy import Candidate, Strategy
+
+CONTENDERS = 3  # re-measured side by side at the end
+CONTENDER_GAP = 0.15  # ... when measured within this of the best: a gap one measurement's noise can close
+
+
+def confirm(strategy: Strategy, measurer: Measurer, job_for: Callable[[Candidate, int, str], Job], rounds: int,
+            say: Callable[[str], None]) -> None:
+    """Re-measure the contenders ``rounds`` more times on the board that measured the best (one more
+    round for a contender first measured elsewhere), interleaved; set each one's median figures."""
+    best = strategy.best()
+    if best is None or best.latency_ms is None or rounds < 1:
+        return
+    limit = best.latency_ms * (1 + CONTENDER_GAP)
+    contenders = sorted((c for c in strategy.feasible_measured() if (c.latency_ms or 0) <= limit),
+                        key=lambda c: c.latency_ms or 0.0)[:CONTENDERS]
+    if len(contenders) < 2:
+        return
+    board = best.board if best.board in measurer.boards else next(iter(measurer.boards))
+    say(f"confirming {len(contenders)} contenders within {limit / best.latency_ms - 1:.0%} of the best on "
+        f"{board}: {rounds} more rounds each")
+    results: dict[str, list[HarnessResult]] = {
+        c.plan.key: [c.measurement] if c.measurement is not None and c.board == board else [] for c in contenders}
+    pairs = [(c, job_for(c, repeat, board)) for repeat in range(1, rounds + 2) for c in contenders
+             if repeat <= rounds or not results[c.plan.key]]
+    for (c, _), outcome in zip(pairs, measurer.measure([job for _, job in pairs]), strict=True):
+        if outcome.ok and outcome.result is not None:
+            results[c.plan.key].append(outcome.result)
+        else:
+            say(f"confirm {c.plan.label}: FAILED: {outcome.error}")
+    for c in contenders:
+        rounds_of = sorted((r for r in results[c.plan.key] if r.p50_ms is not None), key=lambda r: r.p50_ms or 0.0)
+        if not rounds_of:
+            continue
+        middle = rounds_of[(len(rounds_of) - 1) // 2]
+        c.measurement, c.latency_ms, c.p90_ms, c.board = middle, middle.p50_ms, middle.p90_ms, board
+        c.p50_rounds_ms = [r.p50_ms for r in results[c.plan.key] if r.p50_ms is not None]
+        say(f"confirm {c.plan.label}: p50 " + ", ".join(f"{v:.3f}" for v in c.p50_rounds_ms)
+            + f" ms; median {c.latency_ms:.3f}")
+
