@@ -38,7 +38,8 @@ def test_foreign_and_damaged_lines_are_skipped_and_counted(tmp_path: Path):
     good = records.path.read_bytes()
     with records.path.open("ab") as fh:
         fh.write(b'{"key": {"artifact_sha256": "c", "device": "d", "runtime": "r", "threads": 1, '
-                 b'"harness_version": "1", "repeat": 0, "purpose": "latency", "board_temp": 1}, "result": {}}\n')  # newer
+                 b'"harness_version": "1", "repeat": 0, "purpose": "latency", "board_temp": 1}, '
+                 b'"result": {}}\n')  # a newer version's field
         fh.write(b'{"key": {"artifact_sha256": "c"}, "result": {}}\n')  # a field missing
         fh.write(b'{"key": 5}\n')
         fh.write(b'{"key": {"artifact_sha256": "c", "device": "d", "runtime": "r", "threads": "one", '
