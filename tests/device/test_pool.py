@@ -78,7 +78,8 @@ def test_two_builds_on_one_board_take_turns(device: SshDevice, digits, digits_on
     argv = [str(Path(sys.executable).parent / "edgepack"), "build", str(digits_onnx), "--device", "host",
             "--host", device.target, "--known-hosts", str(device.known_hosts), "--identity", str(device.client_key),
             "--remote-python", device.python, "--calib", str(tmp_path / "calib.npy"),
-            "--eval", str(tmp_path / "eval.npz"), "--formats", "onnx", "--precisions", "fp32", "--prune", "0", "--threads", "1", "--runs", "300"]
+            "--eval", str(tmp_path / "eval.npz"), "--formats", "onnx", "--precisions", "fp32", "--prune", "0",
+            "--threads", "1", "--runs", "300"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with device.runner().device_lock("a test holding the board"):  # both builds find the board in use
         procs = [subprocess.Popen([*argv, "--cache", str(tmp_path / f"cache{i}"), "-o", str(tmp_path / f"dist{i}")],
