@@ -196,7 +196,8 @@ def test_profile_over_ssh_leaves_no_trace_files_or_partial_uploads(device: SshDe
     assert profiled.ok and (profiled.result.op_profile or {}).get("ops")
     # the profiler kept every event of the timed runs: 190 MB against 68 MB for this model at 3000 runs
     assert (profiled.result.peak_rss_mb or 0) < (plain.result.peak_rss_mb or 0) * 1.25 + 20
-    assert sorted(p.suffix for p in models.iterdir()) == [".onnx", ".py"]
+    left = [p.name for p in models.iterdir()]  # the cache is the board's: other tests' models are there too
+    assert not [n for n in left if ".part-" in n or n.startswith("ort_profile")] and f"{'ab' * 32}.onnx" not in left
     assert not device.leftover_temp_dirs()
 
 
