@@ -25,6 +25,7 @@ from edgepack.errors import EdgepackError
 from edgepack.formats import ArtifactFormat
 from edgepack.records import Purpose, RecordKey, Records
 from edgepack.runners.base import HarnessResult, Runner, RunRequest
+from edgepack.runners.pool import in_parallel
 
 
 class NoBoardLeft(EdgepackError):
@@ -86,6 +87,7 @@ class Measurer:
             raise ValueError("a Measurer needs at least one board")
         self.boards: dict[str, Runner] = {r.label: r for r in runners}  # the boards still in the pool
         self.all_boards = dict(self.boards)
+        self.profile_name = profile_name
         self.identities = {r.label: f"{profile_name}@{r.identity()}" for r in runners}
         self.records, self.say = records, say
         self.counts = Counts()
@@ -155,7 +157,6 @@ class Measurer:
     def _drain(self, jobs: list[Job], todo: deque[int], outcomes: list[Outcome | None]) -> None:
         """One thread per board takes jobs until none is left for it; a lost board's job goes back in
         the queue, and another round starts while a board that may take it remains."""
-        errors: list[BaseException] = []
 
         def take(board: str) -> int | None:
             with self._lock:
@@ -165,23 +166,15 @@ class Measurer:
                 return index
 
         def work(board: str) -> None:
-            try:
-                while board in self.boards and (index := take(board)) is not None:
-                    if not self._run(board, jobs[index], outcomes, index):
-                        with self._lock:
-                            todo.appendleft(index)
-                        return
-            except BaseException as exc:  # a user error (host key, setup): re-raised in the caller
-                errors.append(exc)
+            while board in self.boards and (index := take(board)) is not None:
+                if not self._run(board, jobs[index], outcomes, index):
+                    with self._lock:
+                        todo.appendleft(index)
+                    return
 
-        while any(jobs[i].board in (None, *self.boards) for i in todo) and self.boards and not errors:
-            threads = [threading.Thread(target=work, args=(b,), daemon=True) for b in list(self.boards)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-        if errors:
-            raise errors[0]
+        # a user error in a board's thread (host key, setup) is re-raised here by in_parallel
+        while any(jobs[i].board in (None, *self.boards) for i in todo) and self.boards:
+            in_parallel([lambda b=b: work(b) for b in list(self.boards)])
 
     def _run(self, board: str, job: Job, outcomes: list[Outcome | None], index: int) -> bool:
         """Measure one job on ``board``; False when the board was lost (the job is not done)."""
@@ -205,7 +198,7 @@ class Measurer:
         """After a lost connection: one reconnect. A board that answers as itself stays in the pool."""
         runner = self.boards[board]
         try:
-            if f"{self.identities[board].split('@', 1)[0]}@{runner.identity()}" == self.identities[board]:
+            if f"{self.profile_name}@{runner.identity()}" == self.identities[board]:
                 return True
             why = "it answered with another host key"
         except EdgepackError as exc:

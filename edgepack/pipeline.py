@@ -119,7 +119,7 @@ class Build:
                 continue
             c.measurement, c.board, c.p90_ms = outcome.result, outcome.board, outcome.result.p90_ms
             strategy.observe(c, p50, outcome.result.peak_rss_mb)
-            where = f" on {outcome.board}" if measurer.width > 1 or len(measurer.all_boards) > 1 else ""
+            where = f" on {outcome.board}" if len(measurer.all_boards) > 1 else ""
             self.say(f"measure {count:>2}  {c.plan.label}: p50 {p50:.3f} ms (predicted {c.predicted_ms:.3f})"
                      f"{where}{' [recorded]' if outcome.recorded else ''}")
 

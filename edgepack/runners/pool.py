@@ -9,7 +9,7 @@ from collections.abc import Callable
 from edgepack.runners.base import Measurement, Runner, RunRequest
 
 
-def _in_parallel(tasks: list[Callable[[], None]]) -> None:
+def in_parallel(tasks: list[Callable[[], None]]) -> None:
     """Run each task in its own thread; the first exception (a user error, e.g. a host key) is re-raised."""
     errors: list[BaseException] = []
 
@@ -52,7 +52,7 @@ class DevicePool(Runner):
                     return
                 results[index] = runner.run([request])[0]
 
-        _in_parallel([lambda r=r: drain(r) for r in self.runners])
+        in_parallel([lambda r=r: drain(r) for r in self.runners])
         return [m for m in results if m is not None]
 
     def run_everywhere(self, request: RunRequest) -> list[Measurement]:
@@ -62,7 +62,7 @@ class DevicePool(Runner):
         def one(index: int) -> None:
             results[index] = self.runners[index].run([request])[0]
 
-        _in_parallel([lambda i=i: one(i) for i in range(len(self.runners))])
+        in_parallel([lambda i=i: one(i) for i in range(len(self.runners))])
         return [m for m in results if m is not None]
 
     def close(self) -> None:

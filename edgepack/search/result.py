@@ -80,10 +80,6 @@ class BuildResult:
         return [abs(c.predicted_ms - c.latency_ms) / c.latency_ms for c in self.candidates
                 if c.measured and c.predicted_ms is not None and c.latency_ms]
 
-    @property
-    def new(self) -> int:
-        return sum(self.counts.new.values())
-
     def row(self, c: Candidate) -> dict[str, Any]:
         built = self.built.get(c.plan.artifact)
         status = "measured" if c.measured else "failed" if c.error else "skipped" if c.skipped else \
