@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.edgepack-installed
 
-.PHONY: demo test lint install device-deps clean
+.PHONY: demo test lint install device-deps board-deps board-image board board-stop clean
 
 install: $(STAMP)
 
@@ -26,6 +26,26 @@ $(STAMP): pyproject.toml Makefile requirements/constraints.txt
 device-deps:
 	@test -x /usr/sbin/sshd || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null)
 
+# The emulated Raspberry Pi OS board (Debian 12 arm64 under qemu-user, edgepack/runners/emulated.py):
+# root only. binfmt_misc is mounted first, so that installing qemu-user-static registers qemu-aarch64.
+board-deps:
+	@test -e /proc/sys/fs/binfmt_misc/status || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+	@test -x /usr/bin/qemu-aarch64-static -a -x /usr/sbin/debootstrap -a -x /usr/sbin/update-binfmts || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		 qemu-user-static binfmt-support debootstrap >/dev/null)
+	@test -e /proc/sys/fs/binfmt_misc/qemu-aarch64 || update-binfmts --enable qemu-aarch64
+
+# Built once (debootstrap, about 7 minutes) and cached in ~/.cache/edgepack/boards/.
+board-image: $(STAMP) board-deps
+	$(BIN)/python -m edgepack.runners.emulated image
+
+# Starts a board and prints the flags that reach it; `make board-stop` ends it.
+board: board-image
+	$(BIN)/python -m edgepack.runners.emulated start
+
+board-stop:
+	$(BIN)/python -m edgepack.runners.emulated stop
+
 # The main job on the bundled example: the digits CNN, calibrated on 300 training images and checked
 # on the 360 held-out ones (scikit-learn's bundled digits, no download), built for this machine.
 demo: $(STAMP)
@@ -35,7 +55,7 @@ demo: $(STAMP)
 		--calib dist/demo-data/calib.npz --eval dist/demo-data/eval.npz -o dist
 	@echo "package: $$(pwd)/dist/digits_cnn-host (and dist/digits_cnn-host.tar.gz)"
 
-test: $(STAMP) device-deps
+test: $(STAMP) device-deps board-image
 	$(BIN)/ruff check edgepack tests benchmarks
 	$(BIN)/python -m pytest -q
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgepack.package import PackageContents, package_name, write_package
+from edgepack.runners.base import EMULATED
 
 if TYPE_CHECKING:
     from edgepack.search.result import BuildResult
@@ -22,8 +23,11 @@ def constraint_report(result: BuildResult, chosen: Candidate) -> dict[str, Any]:
     figures = {"max_size_mb": (c.max_size_mb, chosen.size_mb), "max_ram_mb": (c.max_ram_mb, chosen.peak_rss_mb),
                "max_latency_ms": (c.max_latency_ms, chosen.latency_ms),
                "max_accuracy_drop": (c.max_accuracy_drop, max(drops) if drops else None)}
-    return {name: {"limit": limit, "value": value, "held": value is None or value <= limit}
-            for name, (limit, value) in figures.items() if limit is not None}
+    report = {name: {"limit": limit, "value": value, "held": value is None or value <= limit}
+              for name, (limit, value) in figures.items() if limit is not None}
+    if "max_latency_ms" in report and chosen.latency_source == "predicted":
+        report["max_latency_ms"]["source"] = "predicted (emulated board)"
+    return report
 
 
 def report_rows(result: BuildResult) -> list[dict[str, Any]]:
@@ -33,7 +37,9 @@ def report_rows(result: BuildResult) -> list[dict[str, Any]]:
             continue
         row = result.row(c)
         row["quality"] = "-" if c.accuracy_drop is None else f"drop {c.accuracy_drop:.2f} pts"
-        row["measured"] = c.measured
+        row["measured"] = c.latency_measured
+        if c.latency_source == "predicted":  # plotted and listed, as the predictor's
+            row["latency_ms"] = c.latency_ms
         rows.append(row)
     return rows
 
@@ -41,11 +47,15 @@ def report_rows(result: BuildResult) -> list[dict[str, Any]]:
 def write_build_package(result: BuildResult, output_dir: Path) -> Path:
     """The chosen artifact's package (written to a temporary directory and renamed into place)."""
     chosen = result.chosen
-    if chosen is None or chosen.measurement is None:
+    if chosen is None or (chosen.measurement is None and chosen.latency_source == "measured"):
         raise ValueError("no chosen, measured candidate to package")
     built = result.built[chosen.plan.artifact]
-    measurement = {**chosen.measurement.raw, "device": chosen.board, "measured_on": result.where,
-                   "op_profile": result.op_profile}
+    if chosen.measurement is not None:
+        measurement = {**chosen.measurement.raw, "latency_source": "measured"}
+    else:  # an emulated board: nothing of speed was measured
+        measurement = {"latency_source": "predicted", "why": f"the board is emulated ({EMULATED})",
+                       "predicted_p50_ms": chosen.latency_ms, "environment": result.environment}
+    measurement.update({"device": chosen.board, "measured_on": result.where, "op_profile": result.op_profile})
     if chosen.p50_rounds_ms:
         measurement["p50_rounds_ms"] = chosen.p50_rounds_ms
     plan = {**chosen.plan.to_dict(), "route": built.artifact.route, **built.details,

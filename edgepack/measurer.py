@@ -7,6 +7,10 @@ board takes the next job it may run (a job pinned to one board waits for that bo
 candidates are measured on different boards at the same time. Each runner holds its board's lock
 for every measurement, the same lock ``deploy`` takes, so two edgepacks never time one board at once.
 
+An emulated board (an arm64 userland under qemu on an x86 CPU, ``environment.emulated``) times an
+emulator, not a board: ``set_aside_emulated`` keeps such boards out of a pool that has real ones, and
+says when only emulated ones are left (then nothing about speed is measured).
+
 A board that fails as a board (the connection is lost and a reconnect fails) is dropped, said once,
 and its job goes to the others. When no board is left, ``NoBoardLeft`` ends the build. Failures of a
 model on a healthy board (timeout, crash, missing runtime) are outcomes with ``error`` set.
@@ -24,7 +28,7 @@ from typing import Any
 from edgepack.errors import EdgepackError
 from edgepack.formats import ArtifactFormat
 from edgepack.records import Purpose, RecordKey, Records
-from edgepack.runners.base import HarnessResult, Runner, RunRequest
+from edgepack.runners.base import EMULATED, HarnessResult, Runner, RunRequest
 from edgepack.runners.pool import in_parallel
 
 
@@ -92,12 +96,36 @@ class Measurer:
         self.records, self.say = records, say
         self.counts = Counts()
         self.dropped: dict[str, str] = {}  # board -> why it was dropped
+        self.environments: dict[str, dict[str, Any]] = {}  # board -> what the harness said of it
+        self.set_aside: list[str] = []  # emulated boards left out of a pool that has real ones
         self._lock = threading.Lock()
 
     @property
     def where(self) -> str:
-        labels = ", ".join(self.all_boards)
+        labels = ", ".join(f"{b} ({EMULATED})" if self.environments.get(b, {}).get("emulated") else b
+                           for b in self.all_boards if b not in self.set_aside)
         return "local (this machine, not a board)" if labels == "local" else labels
+
+    def is_emulated(self, board: str) -> bool:
+        return self.environments.get(board, {}).get("emulated") is True
+
+    @property
+    def emulated(self) -> bool:
+        """Every board left is emulated: no figure of speed can be measured."""
+        return bool(self.boards) and all(self.is_emulated(b) for b in self.boards)
+
+    def set_aside_emulated(self) -> None:
+        """Ask every board what it is (``harness.py --describe``); emulated boards leave a pool that has
+        real ones, said once."""
+        found: dict[str, HarnessResult] = {}
+        in_parallel([lambda b=b, r=r: found.__setitem__(b, r.describe()) for b, r in self.boards.items()])
+        self.environments = {b: r.environment for b, r in found.items()}
+        emulated = [b for b in self.boards if self.is_emulated(b)]
+        if emulated and len(emulated) < len(self.boards):
+            for board in emulated:
+                self.boards.pop(board)
+            self.set_aside = emulated
+            self.say(f"board(s) {', '.join(emulated)} are emulated: left out, measuring on {', '.join(self.boards)}")
 
     @property
     def width(self) -> int:
@@ -115,7 +143,7 @@ class Measurer:
 
     def lookup(self, job: Job) -> tuple[str, dict[str, Any]] | None:
         """(board, what was recorded) for this job on its board, or on any board of the pool."""
-        for board in [job.board] if job.board else list(self.all_boards):
+        for board in [job.board] if job.board else [b for b in self.all_boards if b not in self.set_aside]:
             found = self.records.get(self.key(job, board))
             if found is not None:
                 with self._lock:

@@ -181,6 +181,8 @@ def _readme(contents: PackageContents, manifest: dict[str, Any]) -> str:
                f"p50 {latency.get('p50', float('nan')):.3f} ms, "
                f"p90 {latency.get('p90', float('nan')):.3f} ms, peak RSS {measured.get('peak_rss_mb', 0):.1f} MB "
                f"({measured.get('runtime')} {measured.get('runtime_version')}).\n\n" if latency else "")
+            + (f"Latency: not measured, {measured['why']}; predicted p50 {measured['predicted_p50_ms']:.3f} ms "
+               "(the profile's roofline figures).\n\n" if measured.get("latency_source") == "predicted" else "")
             + "## Run it\n\n```sh\npip install numpy ai-edge-litert    # or tflite-runtime, or onnxruntime for .onnx\n"
             f"python3 run.py sample.npy\n```\n\n`sample.npy`: one sample of shape {i['source_shape']} "
             f"({i['source_layout']}, {i['dtype'] if not i['scale'] else 'float32'}), in the layout the original "
@@ -230,6 +232,9 @@ def _report(contents: PackageContents) -> str:
             "text-align:right}}</style></head><body>"
             f"<h1>{html.escape(contents.name)}</h1><p>Measured candidates. Red: chosen; blue: on the Pareto "
             "front (size, latency, accuracy drop; each labelled with its drop in points); grey: dominated.</p>"
+            + ("<p><b>Latencies here are predicted, not measured: "
+               f"{html.escape((contents.measurement or {}).get('why', ''))}.</b></p>"
+               if (contents.measurement or {}).get("latency_source") == "predicted" else "")
             + "".join(svg)
             + "<h2>Candidates</h2><table><tr>" + "".join(f"<th>{h}</th>" for h in headers) + f"</tr>{table}</table>"
             + "<h2>Per-op profile of the chosen candidate</h2>"

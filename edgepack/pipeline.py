@@ -7,6 +7,9 @@ constraints still allow, on different boards at once (from the records when meas
 strategy observes the results and its predictor is refitted; again, until the strategy is done. Then
 the closest contenders are confirmed on one board, the chosen one's per-op profile is measured and its
 accuracy checked on the board itself. Writing the package is the caller's (``edgepack.bundle``).
+
+On an emulated board (an arm64 userland under qemu) nothing about speed is measured: candidates are
+ranked by the predictor, labelled so everywhere; their accuracy is still checked on the board.
 """
 
 from __future__ import annotations
@@ -73,6 +76,11 @@ class Build:
 
         measurer = Measurer(self.runners, self.records, self.profile.name, self.say)
         try:
+            measurer.set_aside_emulated()
+            emulated = measurer.emulated
+            if emulated:
+                self.notes.append("the board is emulated (an arm64 userland under qemu): latencies are the "
+                                  "predictor's, not measured; accuracy, the package and deploy are the board's own")
             summary, _ = summarize_model(self.handle)
             candidates = [Candidate(p, *estimate(p, summary, self.profile), built=False) for p in self.plans]
             o = self.options
@@ -82,9 +90,14 @@ class Build:
                      f"for {self.profile.name}, measuring on {measurer.where}")
             while batch := strategy.propose(measurer.width):
                 self.builder.build(batch, candidates)
-                self._measure([c for c in batch if c.built and not c.error and not c.skipped
-                               and not c.known_blockers(o.constraints)], strategy, measurer)
-            confirm(strategy, measurer, self._job, o.confirm_rounds, self.say)
+                ready = [c for c in batch if c.built and not c.error and not c.skipped
+                         and not c.known_blockers(o.constraints)]
+                if emulated:
+                    self._rank(ready, strategy, next(iter(measurer.boards)))
+                else:
+                    self._measure(ready, strategy, measurer)
+            if not emulated:
+                confirm(strategy, measurer, self._job, o.confirm_rounds, self.say)
             result = BuildResult(self.profile, measurer.where, candidates, strategy.best(), self.builder.built,
                                  o.constraints, o.objective, self._source(), findings=strategy.findings,
                                  notes=self.notes, predictor=strategy.predictor, preprocessing=o.preprocessing)
@@ -123,6 +136,12 @@ class Build:
             self.say(f"measure {count:>2}  {c.plan.label}: p50 {p50:.3f} ms (predicted {c.predicted_ms:.3f})"
                      f"{where}{' [recorded]' if outcome.recorded else ''}")
 
+    def _rank(self, batch: list[Candidate], strategy: Strategy, board: str) -> None:
+        for c in batch:
+            strategy.rank_by_prediction(c)
+            c.board = board
+            self.say(f"rank      {c.plan.label}: ~{c.latency_ms:.3f} ms predicted (emulated board: not measured)")
+
     def _finish(self, result: BuildResult, strategy: Strategy, measurer: Measurer) -> None:
         from edgepack.device_accuracy import DeviceAccuracy, check_on_device
         from edgepack.package import pareto_front
@@ -138,9 +157,14 @@ class Build:
         chosen = result.chosen
         if chosen is None:
             return
-        self.say(f"chosen {chosen.plan.label}; measuring its per-op profile")
-        profiled = measurer.measure([self._job(chosen, purpose=Purpose.OP_PROFILE)])[0]
-        result.op_profile = profiled.result.op_profile if profiled.ok and profiled.result else None
+        if measurer.emulated:
+            self.say(f"chosen {chosen.plan.label} by predicted latency")
+            result.op_profile = {"unavailable": "the board is emulated: per-op times would be the emulator's"}
+            result.environment = measurer.environments.get(next(iter(measurer.boards)), {})
+        else:
+            self.say(f"chosen {chosen.plan.label}; measuring its per-op profile")
+            profiled = measurer.measure([self._job(chosen, purpose=Purpose.OP_PROFILE)])[0]
+            result.op_profile = profiled.result.op_profile if profiled.ok and profiled.result else None
         names = [s.name for s in self.handle.inputs]
         result.sample = self.eval_data.batch(names, 0)[0] if len(names) == 1 else None
         if self.options.skip_device_check:

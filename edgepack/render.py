@@ -11,6 +11,7 @@ from edgepack.convert.convert import ConversionResult
 from edgepack.inspection import Inspection
 from edgepack.profiles import DeviceProfile
 from edgepack.profiling import ProfileReport
+from edgepack.runners.base import EMULATED
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "") -> str:
@@ -203,6 +204,9 @@ def render_profile(report: ProfileReport) -> str:
             lines.append(f"  FAILED: {m.error}")
             continue
         r, lat = m.result, m.latency_ms
+        if r.emulated:
+            lines.append(f"  {EMULATED.upper()}: an arm64 userland under qemu on this machine's CPU times the "
+                         "emulator; outputs and 'does it run' are the board's, the milliseconds are not")
         lines.append(table(["runtime", "threads", "runs", "load ms", "p50 ms", "p90 ms", "p99 ms", "mean ms",
                             "min ms", "max ms", "peak RSS"],
                            [(f"{r.runtime} {r.get('runtime_version')}", r.get("threads"), len(r.runs_ms),
@@ -218,7 +222,7 @@ def render_profile(report: ProfileReport) -> str:
         ops = r.get("op_profile") or {}
         if ops.get("ops"):
             top = ops["ops"][:10]
-            lines.append("  most expensive ops (per inference):")
+            lines.append("  most expensive ops (per inference" + (", emulated" if r.emulated else "") + "):")
             lines.append(table(["op", "type", "ms"], [(o["name"][:50], o["type"], f"{o['ms']:.4f}") for o in top],
                                "llr"))
         elif ops.get("unavailable"):
@@ -280,7 +284,9 @@ def render_build(result: Any) -> str:
     lines += [f"finding: {f}" for f in data["findings"]] + [f"note: {n}" for n in data["notes"]]
     if data["chosen"]:
         c = data["chosen"]
-        lines.append(f"chosen: {c['label']}: p50 {c['latency_ms']:.3f} ms, {c['size_mb']:.3f} MB"
+        speed = f"p50 {c['latency_ms']:.3f} ms" if c["latency_ms"] is not None else \
+            f"p50 ~{c['predicted_ms']:.3f} ms predicted (the board is emulated: not measured)"
+        lines.append(f"chosen: {c['label']}: {speed}, {c['size_mb']:.3f} MB"
                      + ("" if c["accuracy_drop"] is None else f", accuracy drop {c['accuracy_drop']:.2f} pts"))
         check = data.get("checked_on_device") or {}
         if check.get("error"):

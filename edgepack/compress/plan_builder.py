@@ -138,6 +138,7 @@ class PlanBuilder:
             artifact = result.artifact
             details = {**details, "quantization": {
                 "mode": precision, "calibration_samples": result.calibration_samples if self.calibrated else 0,
+                "activation_type": result.activation_type,
                 "float_layers": [f.__dict__ for f in result.float_layers], "notes": result.notes + artifact.notes}}
         drop, fidelity = self._check(artifact)
         return BuiltArtifact(artifact, drop, fidelity, details)

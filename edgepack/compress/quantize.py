@@ -64,6 +64,8 @@ class QuantizeResult:
     all_quantized_size_bytes: int = 0  # before any layer was kept in float
     notes: list[str] = field(default_factory=list)
     gate_failure: str | None = None  # set only when --allow-drift wrote it anyway
+    #: int8: the activations' type ("int8", or "uint8" for ONNX on x86: ORT's fast U8S8 path); weights are int8
+    activation_type: str | None = None
 
     @property
     def within_bound(self) -> bool:
@@ -78,7 +80,7 @@ class QuantizeResult:
                 "float_layers": [f.__dict__ for f in self.float_layers],
                 "all_quantized_size_bytes": self.all_quantized_size_bytes,
                 "calibration_samples": self.calibration_samples, "notes": self.notes,
-                "gate_failure": self.gate_failure}
+                "gate_failure": self.gate_failure, "activation_type": self.activation_type}
 
 
 @dataclass
@@ -176,7 +178,16 @@ def quantize_model(handle: ModelHandle, calib: Dataset, profile: DeviceProfile, 
                             f"{calibrate_method} calibration, {granularity} weights", io, failure)
     return QuantizeResult(artifact, mode, fp32_size, report, report.drop_pts, max_accuracy_drop,
                           float_layers=float_layers, calibration_samples=len(calib),
-                          all_quantized_size_bytes=all_quantized_size, notes=notes, gate_failure=failure)
+                          all_quantized_size_bytes=all_quantized_size, notes=notes, gate_failure=failure,
+                          activation_type=_activation_type(profile, fmt, mode))
+
+
+def _activation_type(profile: DeviceProfile, fmt: str, mode: str) -> str | None:
+    from edgepack.compress.quantize_onnx import activation_type_for
+
+    if mode != "int8":
+        return None
+    return activation_type_for(profile.architecture) if fmt == "onnx" else "int8"
 
 
 def _check_request(profile: DeviceProfile, fmt: str, mode: str) -> None:

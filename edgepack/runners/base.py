@@ -16,6 +16,7 @@ from typing import Any
 from edgepack.errors import EdgepackError
 
 HARNESS = Path(__file__).resolve().parent / "harness.py"
+EMULATED = "emulated: not a latency"  # the label of every timing taken on an emulated board
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,16 @@ class HarnessResult:
         return self.raw.get("op_profile")
 
     @property
+    def environment(self) -> dict[str, Any]:
+        found = self.raw.get("environment")
+        return found if isinstance(found, dict) else {}
+
+    @property
+    def emulated(self) -> bool:
+        """Measured under emulation (an arm64 userland on an x86 CPU): right for outputs, not for speed."""
+        return self.environment.get("emulated") is True
+
+    @property
     def error_kind(self) -> str | None:
         return self.raw.get("error_kind")
 
@@ -140,7 +151,8 @@ class Measurement:
 
     def to_dict(self) -> dict[str, Any]:
         return {"device": self.device, "model": str(self.request.model), "error": self.error,
-                "wall_s": self.wall_s, "uploaded_bytes": self.uploaded_bytes, **self.result.raw}
+                "wall_s": self.wall_s, "uploaded_bytes": self.uploaded_bytes,
+                "latency_source": EMULATED if self.result.emulated else "measured", **self.result.raw}
 
 
 class DeviceSetupError(EdgepackError):
@@ -168,8 +180,21 @@ class Runner(abc.ABC):
         """What identifies the device in the records ("local", or its SSH host key fingerprint)."""
         return self.label
 
+    def describe(self) -> HarnessResult:
+        """The device's environment as the harness reports it (``--describe``): Python, CPU, emulated."""
+        return HarnessResult()
+
     def close(self) -> None:  # noqa: B027 - optional for runners that hold no connection
         """Release connections; the runner may be used again afterwards."""
+
+
+def parse_description(stdout: str) -> HarnessResult:
+    """What ``harness.py --describe`` printed (an empty result when it printed no JSON)."""
+    line = next((ln for ln in reversed(stdout.strip().splitlines()) if ln.startswith("{")), "")
+    try:
+        return HarnessResult.parse(json.loads(line) if line else {})
+    except json.JSONDecodeError:
+        return HarnessResult()
 
 
 def parse_harness_output(request: RunRequest, device: str, stdout: str, stderr: str, code: int | None,

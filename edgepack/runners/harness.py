@@ -9,6 +9,10 @@ instead when something failed.
 
     python3 harness.py --model M.tflite [--model-sha256 HEX] [--inputs X.npz] [--threads 4] [--warmup 10]
                        [--runs 50] [--save-outputs OUT.npz] [--op-profile]
+    python3 harness.py --describe      (the environment only: Python, CPU, "emulated")
+
+"emulated" is true when the userland's architecture is not the CPU's (an arm64 userland under
+qemu-user on an x86 machine): its latencies are an emulator's, and edgepack never calls them a board's.
 
 With --model-sha256 the model file is hashed before it is loaded and refused when it differs
 (error_kind "model_changed"): a cached model on the device is never trusted by its name or size.
@@ -54,6 +58,14 @@ def read_first(path):
         return None
 
 
+def emulated(machine, cpuinfo):
+    """True when this userland's architecture is not the CPU's: qemu-user translating aarch64 code on
+    an x86 machine shows the host's /proc/cpuinfo (an x86 "vendor_id", no Arm "CPU implementer")."""
+    arm_userland = machine.startswith(("aarch64", "arm"))
+    x86_userland = machine in ("x86_64", "amd64", "i386", "i686")
+    return bool((arm_userland and "vendor_id" in cpuinfo) or (x86_userland and "cpu implementer" in cpuinfo))
+
+
 def environment():
     temp = read_first("/sys/class/thermal/thermal_zone0/temp")
     fields = {}
@@ -61,8 +73,15 @@ def environment():
         key, _, value = line.partition(":")
         fields.setdefault(key.strip().lower(), value.strip())
     cpu_model = fields.get("model name") or fields.get("hardware") or fields.get("model") or None
+    try:
+        import numpy
+        numpy_version = numpy.__version__
+    except ImportError:
+        numpy_version = None
     return {
+        "emulated": emulated(platform.machine(), fields),
         "python": platform.python_version(),
+        "numpy": numpy_version,
         "uname": " ".join(platform.uname()),
         "machine": platform.machine(),
         "cpu_model": cpu_model,
@@ -315,7 +334,8 @@ def measure(once, args):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--describe", action="store_true", help="print the device's environment only")
+    parser.add_argument("--model")
     parser.add_argument("--model-sha256")
     parser.add_argument("--runtime", choices=["auto", "tflite", "onnxruntime"], default="auto")
     parser.add_argument("--inputs")
@@ -325,6 +345,11 @@ def main():
     parser.add_argument("--save-outputs")
     parser.add_argument("--op-profile", action="store_true")
     args = parser.parse_args()
+    if args.describe:
+        emit({"harness_version": HARNESS_VERSION, "environment": environment()})
+        return
+    if not args.model:
+        fail("bad_arguments", "--model is required")
     try:
         import numpy  # noqa: F401
     except ImportError:

@@ -10,7 +10,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgepack.runners.base import HARNESS, HarnessResult, Measurement, Runner, RunRequest, parse_harness_output
+from edgepack.runners.base import (
+    HARNESS,
+    HarnessResult,
+    Measurement,
+    Runner,
+    RunRequest,
+    parse_description,
+    parse_harness_output,
+)
 
 
 class LocalRunner(Runner):
@@ -22,6 +30,10 @@ class LocalRunner(Runner):
 
     def run(self, requests: list[RunRequest]) -> list[Measurement]:
         return [self._one(r) for r in requests]
+
+    def describe(self) -> HarnessResult:
+        done = subprocess.run([self.python, str(HARNESS), "--describe"], capture_output=True, text=True, timeout=60)
+        return parse_description(done.stdout)
 
     def _one(self, request: RunRequest) -> Measurement:
         with tempfile.TemporaryDirectory(prefix="edgepack-run-") as tmp:

@@ -34,6 +34,7 @@ from edgepack.runners.base import (
     Measurement,
     Runner,
     RunRequest,
+    parse_description,
     parse_harness_output,
     raise_for_setup,
 )
@@ -59,9 +60,11 @@ LAUNCHER = (
 # Held by one remote shell for as long as our channel is open (flock on fd 9; `cat` reads the channel
 # until it closes): a lost connection ends the shell and so releases the lock. No Python involved, so
 # a broken interpreter on the board cannot hold the lock. Prints "busy <holder>" once while waiting,
-# then "locked" or "timeout". Holding it, it removes what an interrupted holder left in the model cache
-# (every uploader holds the lock, so a partial upload found now was abandoned).
-LOCK_SCRIPT = """lock=$1 timeout=$2 holder=$3 models=$4
+# then "locked" or "timeout". Holding it, it removes what an interrupted holder left: partial uploads in
+# the model cache, and harness runs whose edgepack was killed or cut off (every harness runs under the
+# lock, so one still running now is an orphan: its process group is ended, so it does not compete
+# with our measurement for the CPU, and its work directory removed).
+LOCK_SCRIPT = """lock=$1 timeout=$2 holder=$3 models=$4 tmp=$5
 command -v flock >/dev/null 2>&1 || { echo 'no flock'; exit 5; }
 mkdir -p -- "$models" && exec 9>>"$lock" || exit 6
 if ! flock -n 9; then
@@ -70,6 +73,13 @@ if ! flock -n 9; then
 fi
 printf '%s, since %s\\n' "$holder" "$(date -u '+%Y-%m-%d %H:%M:%S UTC')" > "$lock"
 rm -f -- "$models"/*.part-* "$models"/ort_profile_*
+for d in "$tmp"/edgepack.*; do
+  [ -f "$d/.edgepack-harness.pid" ] || continue
+  pid=$(cat -- "$d/.edgepack-harness.pid")
+  case $pid in ''|*[!0-9]*) continue;; esac
+  kill -KILL -- "-$pid" 2>/dev/null
+  rm -rf -- "$d"
+done
 echo locked
 cat >/dev/null
 """
@@ -186,7 +196,6 @@ class SshRunner(Runner):
         self._uploaded: set[str] = set()
         self._stale_dirs: list[str] = []  # temp dirs a lost connection kept us from removing
         self._tmp_base: str | None = None
-        self._orphans_checked = False
         self.host_key_fingerprint: str | None = None
 
     # -- 1. connect ---------------------------------------------------------------------------------
@@ -221,9 +230,6 @@ class SshRunner(Runner):
         self._client = client
         self.host_key_fingerprint = "SHA256:" + _fingerprint(client.get_transport().get_remote_server_key())
         self._cleanup_stale()
-        if not self._orphans_checked:
-            self._orphans_checked = True
-            self._remove_orphans()
         return client
 
     def identity(self) -> str:
@@ -238,6 +244,17 @@ class SshRunner(Runner):
                                 "check the host name and port, and that sshd runs on the board") from None
         assert self.host_key_fingerprint is not None
         return self.host_key_fingerprint
+
+    def describe(self) -> HarnessResult:
+        """The board's environment from the harness (``--describe``), holding the lock for the upload."""
+        with self.device_lock("describing"):
+            harness, digest, _ = self._put_cached(HARNESS, ".py")
+            code, out, err = self._exec(" ".join(shlex.quote(a) for a in [self.python, "-c", LAUNCHER, harness, digest,
+                                                                           "--describe"]), timeout=120)
+        if code == 127 and "{" not in out:
+            raise SshSetupError(f"{self.label}: '{self.python}' was not found on the device ({err.strip()[-200:]})",
+                                "install python3 there, or pass --remote-python with its path")
+        return parse_description(out)
 
     def execute(self, command: str, timeout: float = 60.0) -> tuple[int, str, str]:
         """Run one shell command on the device (the caller quotes every path in it); returns code, out, err."""
@@ -261,7 +278,7 @@ class SshRunner(Runner):
         timeout_s = self.lock_timeout_s if timeout_s is None else timeout_s
         cache = self._cache()
         argv = ["sh", "-c", LOCK_SCRIPT, "sh", f"{cache}/device.lock", str(max(1, math.ceil(timeout_s))),
-                holder_description(purpose), f"{cache}/models"]
+                holder_description(purpose), f"{cache}/models", self._temp_base()]
         channel = self._connect().get_transport().open_session()
         channel.settimeout(timeout_s + self.connect_timeout_s)
         try:
@@ -310,14 +327,6 @@ class SshRunner(Runner):
         out = stdout.read().decode(errors="replace")
         err = stderr.read().decode(errors="replace")
         return stdout.channel.recv_exit_status(), out, err
-
-    def _remove_orphans(self) -> None:
-        """Work directories of runs whose connection died (here or in an earlier, killed edgepack):
-        removed once their harness is no longer running. A directory without a pid file may belong to
-        a run being set up right now by another edgepack, and is left alone."""
-        pattern = shlex.quote(self._temp_base()) + "/edgepack.*"
-        self._exec(f"for d in {pattern}; do [ -f \"$d/{PID_FILE}\" ] || continue; "
-                   f"kill -0 \"$(cat \"$d/{PID_FILE}\")\" 2>/dev/null || rm -rf -- \"$d\"; done; true")
 
     def _cleanup_stale(self) -> None:
         while self._stale_dirs:

@@ -17,6 +17,7 @@ class TableRunner(Runner):
     label: str = "table"
     lost_after: int | None = None  # the board is lost (connection and reconnect fail) after this many runs
     runs: list[str] = field(default_factory=list)  # file names, in the order they were measured
+    seconds: float = 0.005  # each run takes this long, so every board of a pool gets a share of a batch
 
     def run(self, requests: list[RunRequest]) -> list[Measurement]:
         out = []
@@ -27,6 +28,7 @@ class TableRunner(Runner):
                 continue
             self.runs.append(request.model.name)
             began = time.time()
+            time.sleep(self.seconds)
             p50 = self.latencies_ms.get(request.model.name)
             if p50 is None:
                 out.append(Measurement(request, self.label, HarnessResult({"error_kind": "runtime_error"}),

@@ -70,6 +70,7 @@ class BuildResult:
     predictor: Predictor | None = None  # as fitted at the end
     device_accuracy: DeviceAccuracy | None = None  # the chosen one, checked on the board itself
     op_profile: dict[str, Any] | None = None  # the chosen one's per-op breakdown, from the board
+    environment: dict[str, Any] | None = None  # the board's, when no latency was measured (emulated)
     sample: np.ndarray | None = None  # one held-out sample for the package's smoke test (single input)
     preprocessing: dict[str, Any] | None = None
     package: Path | None = None  # once written (edgepack.bundle)
@@ -78,14 +79,21 @@ class BuildResult:
     def predictor_errors(self) -> list[float]:
         """Relative error of each latency prediction made just before the measurement that checked it."""
         return [abs(c.predicted_ms - c.latency_ms) / c.latency_ms for c in self.candidates
-                if c.measured and c.predicted_ms is not None and c.latency_ms]
+                if c.latency_measured and c.predicted_ms is not None and c.latency_ms]
+
+    @property
+    def emulated(self) -> bool:
+        """Every latency is the predictor's: the only board was emulated."""
+        return any(c.latency_source == "predicted" for c in self.candidates)
 
     def row(self, c: Candidate) -> dict[str, Any]:
         built = self.built.get(c.plan.artifact)
-        status = "measured" if c.measured else "failed" if c.error else "skipped" if c.skipped else \
+        status = "measured" if c.latency_measured else "failed" if c.error else "skipped" if c.skipped else \
             "predicted" if c.built else "not built"
         return {"plan": c.plan.to_dict(), "label": c.plan.label, "size_mb": c.size_mb if c.built else None,
-                "latency_ms": c.latency_ms, "p90_ms": c.p90_ms, "predicted_ms": c.predicted_ms,
+                "latency_ms": c.latency_ms if c.latency_measured else None, "p90_ms": c.p90_ms,
+                "predicted_ms": c.predicted_ms,
+                "latency_source": "measured" if c.latency_measured else "predicted",
                 "peak_rss_mb": c.peak_rss_mb, "accuracy_drop": c.accuracy_drop,
                 "accuracy": (built.fidelity.get("accuracy") if built else None),
                 "feasible": c.built and not c.error and not self.blockers.get(c.plan.key),

@@ -23,7 +23,7 @@ class Candidate:
     features: Features
     size_mb: float  # an estimate until built
     accuracy_drop: float | None = None  # known once built and checked on held-out data
-    latency_ms: float | None = None  # measured p50
+    latency_ms: float | None = None  # measured p50 (the predictor's figure when latency_source says so)
     peak_rss_mb: float | None = None
     built: bool = True
     error: str | None = None  # the build or the measurement failed: never proposed again
@@ -33,6 +33,12 @@ class Candidate:
     measurement: HarnessResult | None = None  # what the harness reported (the median round, once confirmed)
     board: str | None = None  # the board that measured it
     p50_rounds_ms: list[float] = field(default_factory=list)  # confirmation rounds on one board, if any
+    #: "measured" on a board; "predicted" when the only board is emulated (its timings are an emulator's)
+    latency_source: str = "measured"
+
+    @property
+    def latency_measured(self) -> bool:
+        return self.latency_ms is not None and self.latency_source == "measured"
 
     @property
     def measured(self) -> bool:
@@ -119,6 +125,12 @@ class Strategy:
         if best is not None and pick.size_mb >= best.size_mb:
             return None
         return pick
+
+    def rank_by_prediction(self, candidate: Candidate) -> None:
+        """No board can time it (an emulated one): its latency is the predictor's, labelled so, and the
+        predictor learns nothing from it."""
+        candidate.predicted_ms = self.predictor.latency_ms(candidate.features)
+        candidate.latency_ms, candidate.latency_source = candidate.predicted_ms, "predicted"
 
     def observe(self, candidate: Candidate, latency_ms: float, peak_rss_mb: float | None = None) -> None:
         if candidate.predicted_ms is None:
