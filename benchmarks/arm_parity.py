@@ -25,11 +25,11 @@ import numpy as np
 
 from edgepack.artifact import Artifact
 from edgepack.cli import main as edgepack_main
-from edgepack.compress.quantize import quantize_model
+from edgepack.compress.quantize import identity_bindings, quantize_model
 from edgepack.convert.convert import convert_model
 from edgepack.data import load_dataset
 from edgepack.device_accuracy import write_inputs
-from edgepack.engines import dequantize_output
+from edgepack.engines import dequantize_output, engine_for
 from edgepack.examples.digits import load_digits_data
 from edgepack.model import load_model
 from edgepack.profiles import ProfileRegistry
@@ -46,7 +46,8 @@ def artifacts(work: Path, calib_path: Path, eval_path: Path) -> dict[str, Artifa
     handle = load_model(SOURCE)
     calib = load_dataset(calib_path, handle.inputs)
     held_out = load_dataset(eval_path, handle.inputs, purpose="evaluation")
-    made = {"onnx fp32": convert_model(handle, "onnx", work / "fp32.onnx", rpi4, data=calib).artifact,
+    inputs, outputs = identity_bindings(handle, engine_for(handle), calib.batch([s.name for s in handle.inputs], 0))
+    made = {"onnx fp32": Artifact(SOURCE, "onnx", "as given", handle.sha256, inputs, outputs),
             "tflite fp32": convert_model(handle, "tflite", work / "fp32.tflite", rpi4, data=calib).artifact}
     for fmt in ("onnx", "tflite"):
         made[f"{fmt} int8"] = quantize_model(load_model(SOURCE), calib, rpi4, work / f"int8.{fmt}", fmt=fmt,
@@ -89,17 +90,20 @@ def main() -> int:
         board = EmulatedBoard.start(work / "board", say=lambda line: print(line, file=sys.stderr))
         print(f"board started in {time.perf_counter() - started:.1f} s", file=sys.stderr)
         try:
-            rows = []
+            rows, reference = [], None
             for name, artifact in made.items():
                 inputs = work / f"inputs-{name.replace(' ', '-')}.npz"
                 write_inputs(artifact, held_out, inputs)
                 x86, arm = scores(LocalRunner(), artifact, inputs), scores(board.runner(), artifact, inputs)
+                reference = x86 if reference is None else reference  # the original (onnx fp32 on x86)
                 rows.append((name, f"{np.abs(x86 - arm).max():.3g}", f"{np.mean(x86.argmax(1) == arm.argmax(1)):.2%}",
+                             f"{np.abs(x86 - reference).max():.3g}", f"{np.abs(arm - reference).max():.3g}",
                              f"{np.mean(x86.argmax(1) == digits.y_test):.2%}",
                              f"{np.mean(arm.argmax(1) == digits.y_test):.2%}"))
             print("the digits CNN on 360 held-out digits: aarch64 (emulated Raspberry Pi OS board) against x86_64")
-            print(table(["artifact", "max |x86 - arm|", "top-1 agreement", "accuracy x86", "accuracy arm"], rows,
-                        "lrrrr"))
+            print(table(["artifact", "max |x86 - arm|", "top-1 agreement", "max |x86 - original|",
+                         "max |arm - original|", "accuracy x86", "accuracy arm"], rows, "lrrrrrr"))
+            print("(scores are logits, about -20 to 20; the original: the fp32 ONNX model on x86)")
             builds = []
             for fmt in ("tflite", "onnx"):
                 result = build_on_board(board, fmt, work / "calib.npz", work / "eval.npz", work)

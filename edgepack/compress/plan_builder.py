@@ -209,7 +209,8 @@ class PlanBuilder:
         from edgepack.convert.validate import compare
         from edgepack.engines import engine_for_file
 
-        report = compare("against the original", self.source, engine_for_file(artifact.path, artifact.format),
+        report = compare("against the original", self.source,
+                         engine_for_file(artifact.path, artifact.format, self.profile.architecture),
                          artifact.inputs, artifact.outputs, self.eval_data,
                          "held-out" if self.calibrated else "random", self.profile.tolerances, EVAL_SAMPLES,
                          kinds=self.check.kinds, metric=self.check.metric)

@@ -353,7 +353,7 @@ class _Judge:
         self.source, self.base, self.held_out, self.profile, self.check = source, base, held_out, profile, check
 
     def __call__(self, candidate: Path, route: str) -> ValidationReport:
-        engine = engine_for_file(candidate, str(ArtifactFormat.of_path(candidate)))
+        engine = engine_for_file(candidate, str(ArtifactFormat.of_path(candidate)), self.profile.architecture)
         return compare(route, self.source, engine, self.base.inputs, self.base.outputs, self.held_out, "held-out",
                        self.profile.tolerances, max_samples=len(self.held_out), kinds=self.check.kinds,
                        metric=self.check.metric)
