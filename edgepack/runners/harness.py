@@ -307,6 +307,49 @@ def ort_op_profile(ort, args, feeds):
     return {"ops": sorted(ops, key=lambda o: o["ms"], reverse=True)}
 
 
+RUNTIME_DISTRIBUTIONS = {"tflite": ("ai-edge-litert", "tflite-runtime", "tensorflow"), "onnxruntime": ("onnxruntime",)}
+
+
+def version_tuple(text):
+    parts = []
+    for piece in text.split(".")[:3]:
+        digits = ""
+        for c in piece:
+            if not c.isdigit():
+                break
+            digits += c
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def numpy_shortfall(runtime, installed=None, requirements=None):
+    """(why, what to run) when an installed runtime asks for a newer numpy than the device has (Debian 11's
+    numpy 1.19 under tflite-runtime 2.14, say), else None. ``requirements``: {distribution: [Requires-Dist]}."""
+    if installed is None:
+        import numpy
+        installed = numpy.__version__
+    for name in RUNTIME_DISTRIBUTIONS.get(runtime, ()):
+        if requirements is not None:
+            found = requirements.get(name)
+        else:
+            try:
+                from importlib import metadata
+                found = metadata.requires(name)
+            except Exception:  # not installed (PackageNotFoundError), or no importlib.metadata
+                found = None
+        for requirement in found or []:
+            head = requirement.split(";")[0].replace(" ", "")
+            if not head.startswith("numpy>="):
+                continue
+            needed = head[len("numpy>="):].split(",")[0]
+            if version_tuple(installed) < version_tuple(needed):
+                return ("%s needs numpy>=%s; the device has numpy %s" % (name, needed, installed),
+                        "pip install 'numpy>=%s'   (in the Python edgepack runs)" % needed)
+    return None
+
+
 def check_model(path, expected):
     """Refuse a model file whose bytes are not the ones edgepack sent (a cache overwritten on the device)."""
     import hashlib
@@ -371,6 +414,9 @@ def main():
         fail("out_of_memory", "the device ran out of memory")
     except Exception as exc:  # the runtime's own errors, reported as data
         detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        short = numpy_shortfall(runtime)
+        if short:  # a runtime built against a newer numpy fails with a cryptic SystemError: say why
+            fail("runtime_error", "%s: %s (%s)" % (type(exc).__name__, detail, short[0]), install=short[1])
         fail("runtime_error", "%s: %s" % (type(exc).__name__, detail))
     op_profile = None
     if args.op_profile:
