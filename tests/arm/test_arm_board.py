@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,13 +65,26 @@ def test_profile_runs_on_aarch64_and_says_emulated(arm_board: EmulatedBoard, dig
     assert not list((arm_board.root / "tmp").glob("edgepack.*"))
 
 
-@pytest.fixture(scope="module", params=["tflite", "onnx"])
-def arm_build(request: pytest.FixtureRequest, arm_board: EmulatedBoard, digits_onnx: Path, data_files,
-              tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, dict]:
-    root = tmp_path_factory.mktemp(f"arm-build-{request.param}")
-    code, out = cli(*build_argv(arm_board, digits_onnx, request.param, data_files, root))
+def _build(fmt: str, board: EmulatedBoard, model: Path, data_files, factory: pytest.TempPathFactory):
+    root = factory.mktemp(f"arm-build-{fmt}")
+    code, out = cli(*build_argv(board, model, fmt, data_files, root))
     assert code == 0, out
-    return request.param, root, json.loads(out)
+    return fmt, root, json.loads(out)
+
+
+@pytest.fixture(scope="module")
+def tflite_build(arm_board: EmulatedBoard, digits_onnx: Path, data_files, tmp_path_factory):
+    return _build("tflite", arm_board, digits_onnx, data_files, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def onnx_build(arm_board: EmulatedBoard, digits_onnx: Path, data_files, tmp_path_factory):
+    return _build("onnx", arm_board, digits_onnx, data_files, tmp_path_factory)
+
+
+@pytest.fixture(params=["tflite", "onnx"])
+def arm_build(request: pytest.FixtureRequest) -> tuple[str, Path, dict]:
+    return request.getfixturevalue(f"{request.param}_build")
 
 
 def test_build_ranks_by_the_predictor_and_checks_accuracy_with_the_boards_runtime(arm_build):
@@ -142,7 +156,9 @@ def test_deploy_then_classify_on_the_board(arm_build, arm_board: EmulatedBoard, 
 
 
 def test_a_build_killed_on_the_board_resumes(arm_board: EmulatedBoard, digits_onnx: Path, data_files,
-                                             tmp_path: Path):
+                                             tflite_build, tmp_path: Path):
+    # the artifacts built before, not their records: the build goes straight to the check on the board
+    shutil.copytree(tflite_build[1] / "cache", tmp_path / "cache", ignore=shutil.ignore_patterns("records.jsonl*"))
     argv = [sys.executable, "-m", "edgepack.cli", *build_argv(arm_board, digits_onnx, "tflite", data_files, tmp_path)]
     board_tmp = arm_board.root / "tmp"
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
