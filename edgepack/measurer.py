@@ -102,7 +102,7 @@ class Measurer:
 
     @property
     def where(self) -> str:
-        labels = ", ".join(f"{b} ({EMULATED})" if self.environments.get(b, {}).get("emulated") else b
+        labels = ", ".join(f"{b} ({EMULATED})" if self.is_emulated(b) else b
                            for b in self.all_boards if b not in self.set_aside)
         return "local (this machine, not a board)" if labels == "local" else labels
 

@@ -188,25 +188,25 @@ class Runner(abc.ABC):
         """Release connections; the runner may be used again afterwards."""
 
 
-def parse_description(stdout: str) -> HarnessResult:
-    """What ``harness.py --describe`` printed (an empty result when it printed no JSON)."""
-    line = next((ln for ln in reversed(stdout.strip().splitlines()) if ln.startswith("{")), "")
-    try:
-        return HarnessResult.parse(json.loads(line) if line else {})
-    except json.JSONDecodeError:
-        return HarnessResult()
-
-
-def parse_harness_output(request: RunRequest, device: str, stdout: str, stderr: str, code: int | None,
-                         wall_s: float) -> Measurement:
-    """The harness prints one JSON object (last line of stdout); anything else is an error Measurement."""
+def _printed_json(stdout: str) -> dict[str, Any]:
+    """The harness's one JSON object (its last line starting with "{"), or {} when there is none."""
     line = next((ln for ln in reversed(stdout.strip().splitlines()) if ln.startswith("{")), "")
     try:
         result = json.loads(line) if line else {}
     except json.JSONDecodeError:
         result = {}
-    if not isinstance(result, dict):
-        result = {}
+    return result if isinstance(result, dict) else {}
+
+
+def parse_description(stdout: str) -> HarnessResult:
+    """What ``harness.py --describe`` printed (an empty result when it printed no JSON)."""
+    return HarnessResult(_printed_json(stdout))
+
+
+def parse_harness_output(request: RunRequest, device: str, stdout: str, stderr: str, code: int | None,
+                         wall_s: float) -> Measurement:
+    """The harness prints one JSON object (last line of stdout); anything else is an error Measurement."""
+    result = _printed_json(stdout)
     if result.get("error"):
         message = str(result["error"])
         if result.get("install"):

@@ -17,9 +17,11 @@ edgepack labels them so everywhere. See ``python -m edgepack.runners.emulated --
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -149,21 +151,15 @@ def _run(argv: list[str], what: str) -> None:
 def _namespace_script(root: Path, then: str) -> list[str]:
     """A shell in new PID and mount namespaces that mounts the board's /proc, /dev and /sys, then runs
     ``then`` in the chroot. The mounts exist only in that namespace."""
-    r = shlex_quote(str(root))
+    r = shlex.quote(str(root))
     script = (f"mount -t proc proc {r}/proc && mount --rbind /dev {r}/dev && "
               f"mount -t sysfs -o ro sysfs {r}/sys && mkdir -p {r}/run/sshd && {then}")
     return ["unshare", "--pid", "--fork", "--mount", "--propagation", "private", "sh", "-c", script]
 
 
 def _in_board(root: Path, command: str) -> None:
-    _run(_namespace_script(root, f"chroot {shlex_quote(str(root))} sh -c {shlex_quote(command)}"),
+    _run(_namespace_script(root, f"chroot {shlex.quote(str(root))} sh -c {shlex.quote(command)}"),
          f"in the board: {command}")
-
-
-def shlex_quote(text: str) -> str:
-    import shlex
-
-    return shlex.quote(text)
 
 
 def _mounts_under(folder: Path) -> list[str]:
@@ -240,7 +236,7 @@ class EmulatedBoard:
         board.port = free_port()
         board._sshd_config()
         log = (folder / "sshd.log").open("ab")
-        r = shlex_quote(str(board.root))
+        r = shlex.quote(str(board.root))
         proc = subprocess.Popen(
             _namespace_script(board.root, f"exec chroot {r} /usr/sbin/sshd -D -e -f /etc/ssh/edgepack_sshd_config"),
             stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
@@ -327,7 +323,7 @@ class EmulatedBoard:
         """Kill the board's sshd and every process it started, as a power cut would; ``stop`` still
         removes the board. (The namespace ends with its first process.)"""
         for pid in self.processes():
-            with _quiet():
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):
                 os.kill(pid, 9)
         self._reap()
 
@@ -343,19 +339,11 @@ class EmulatedBoard:
     def _reap(self) -> None:
         deadline = time.monotonic() + 10
         while self.processes() and time.monotonic() < deadline:
-            with _quiet():
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):
                 os.waitpid(self.pid, os.WNOHANG)
             time.sleep(0.05)
         if left := self.processes():
             raise BoardError(f"the board's processes {left} did not end")
-
-
-class _quiet:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: object, value: object, tb: object) -> bool:
-        return kind is not None and issubclass(kind, (ProcessLookupError, ChildProcessError))  # type: ignore[arg-type]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -64,7 +64,7 @@ LAUNCHER = (
 # the model cache, and harness runs whose edgepack was killed or cut off (every harness runs under the
 # lock, so one still running now is an orphan: its process group is ended, so it does not compete
 # with our measurement for the CPU, and its work directory removed).
-LOCK_SCRIPT = """lock=$1 timeout=$2 holder=$3 models=$4 tmp=$5
+LOCK_SCRIPT = """lock=$1 timeout=$2 holder=$3 models=$4 tmp=$5 pidfile=$6
 command -v flock >/dev/null 2>&1 || { echo 'no flock'; exit 5; }
 mkdir -p -- "$models" && exec 9>>"$lock" || exit 6
 if ! flock -n 9; then
@@ -74,8 +74,8 @@ fi
 printf '%s, since %s\\n' "$holder" "$(date -u '+%Y-%m-%d %H:%M:%S UTC')" > "$lock"
 rm -f -- "$models"/*.part-* "$models"/ort_profile_*
 for d in "$tmp"/edgepack.*; do
-  [ -f "$d/.edgepack-harness.pid" ] || continue
-  pid=$(cat -- "$d/.edgepack-harness.pid")
+  [ -f "$d/$pidfile" ] || continue
+  pid=$(cat -- "$d/$pidfile")
   case $pid in ''|*[!0-9]*) continue;; esac
   kill -KILL -- "-$pid" 2>/dev/null
   rm -rf -- "$d"
@@ -251,9 +251,7 @@ class SshRunner(Runner):
             harness, digest, _ = self._put_cached(HARNESS, ".py")
             code, out, err = self._exec(" ".join(shlex.quote(a) for a in [self.python, "-c", LAUNCHER, harness, digest,
                                                                            "--describe"]), timeout=120)
-        if code == 127 and "{" not in out:
-            raise SshSetupError(f"{self.label}: '{self.python}' was not found on the device ({err.strip()[-200:]})",
-                                "install python3 there, or pass --remote-python with its path")
+        self._refuse_missing_command(code, out, err)
         return parse_description(out)
 
     def execute(self, command: str, timeout: float = 60.0) -> tuple[int, str, str]:
@@ -278,7 +276,7 @@ class SshRunner(Runner):
         timeout_s = self.lock_timeout_s if timeout_s is None else timeout_s
         cache = self._cache()
         argv = ["sh", "-c", LOCK_SCRIPT, "sh", f"{cache}/device.lock", str(max(1, math.ceil(timeout_s))),
-                holder_description(purpose), f"{cache}/models", self._temp_base()]
+                holder_description(purpose), f"{cache}/models", self._temp_base(), PID_FILE]
         channel = self._connect().get_transport().open_session()
         channel.settimeout(timeout_s + self.connect_timeout_s)
         try:
@@ -495,14 +493,17 @@ class SshRunner(Runner):
             self.close()
             return self._lost(request, "the device closed the connection during the run", time.perf_counter() - start)
         text = stdout.decode(errors="replace")
-        if code == 127 and "{" not in text:  # the shell found no such command: nothing on this board will run
-            missing = self.python if self.python in stderr.decode(errors="replace") else "a command edgepack needs"
-            raise SshSetupError(f"{self.label}: '{missing}' was not found on the device "
-                                f"({stderr.decode(errors='replace').strip()[-200:]})",
-                                "install python3 there, or pass --remote-python with its path")
+        self._refuse_missing_command(code, text, stderr.decode(errors="replace"))
         first, _, rest = text.partition("\n")
         return parse_harness_output(request, self.label, rest if first.strip().isdigit() else text,
                                     stderr.decode(errors="replace"), code, time.perf_counter() - start)
+
+    def _refuse_missing_command(self, code: int, out: str, err: str) -> None:
+        """Exit 127 and no JSON: the shell found no such command, so nothing on this board will run."""
+        if code == 127 and "{" not in out:
+            missing = self.python if self.python in err else "a command edgepack needs"
+            raise SshSetupError(f"{self.label}: '{missing}' was not found on the device ({err.strip()[-200:]})",
+                                "install python3 there, or pass --remote-python with its path")
 
     def _kill_group(self, stdout: bytes) -> None:
         first = stdout.decode(errors="replace").partition("\n")[0].strip()
