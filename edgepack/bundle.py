@@ -3,11 +3,13 @@ whether each held, the candidate table, and one held-out sample for the smoke te
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgepack.package import PackageContents, package_name, write_package
 from edgepack.runners.base import EMULATED
+from edgepack.search.result import toolchain_figures
 
 if TYPE_CHECKING:
     from edgepack.search.result import BuildResult
@@ -51,7 +53,7 @@ def write_build_package(result: BuildResult, output_dir: Path) -> Path:
         raise ValueError("no chosen, measured candidate to package")
     built = result.built[chosen.plan.artifact]
     if chosen.measurement is not None:
-        measurement = {**chosen.measurement.raw, "latency_source": "measured"}
+        measurement = {**chosen.measurement.raw, "latency_source": chosen.latency_source}
     else:  # an emulated board: nothing of speed was measured
         measurement = {"latency_source": "predicted", "why": f"the board is emulated ({EMULATED})",
                        "predicted_p50_ms": chosen.latency_ms, "environment": result.environment}
@@ -68,4 +70,39 @@ def write_build_package(result: BuildResult, output_dir: Path) -> Path:
         source_name=result.source.source, source_sha256=result.source.sha256, device=result.device.name,
         plan=plan, measurement=measurement, candidates=report_rows(result),
         constraints=constraint_report(result, chosen), preprocessing=result.preprocessing, sample=result.sample)
-    return write_package(contents, output_dir)
+    with tempfile.TemporaryDirectory(prefix="edgepack-toolchain-") as folder:
+        contents.toolchain_files, contents.toolchain = toolchain_outputs(result, chosen, Path(folder))
+        return write_package(contents, output_dir)
+
+
+def toolchain_outputs(result: BuildResult, chosen: Candidate, folder: Path) -> tuple[dict[str, Path], dict[str, Any]]:
+    """For an Ethos-U profile, Vela's compiled model, its per-layer and summary CSVs and the .ini it read;
+    for a microcontroller, the firmware's C sources (of the Vela model when there is one), compiled for
+    its core when this machine can. Both are the chosen model's, made again from its verified file."""
+    from edgepack.toolchains.mcu_sources import cross_compile, write_sources
+    from edgepack.toolchains.vela import compile_model
+
+    profile, model = result.device, result.built[chosen.plan.artifact].artifact.path
+    files: dict[str, Path] = {}
+    manifest: dict[str, Any] = {}
+    raw = chosen.measurement.raw if chosen.measurement else {}
+    arena, arena_from = int(raw.get("arena_bytes") or 0), "measured by TFLite Micro on the build machine"
+    firmware_model, described = model, "the verified int8 model (model.tflite)"
+    if profile.compiler == "vela" and model.suffix == ".tflite":
+        report = compile_model(model, profile, folder / "vela")
+        files.update({"model_vela.tflite": report.compiled, "vela_per-layer.csv": report.per_layer_csv,
+                      "vela_summary.csv": report.summary_csv, "vela.ini": folder / "vela" / f"{profile.name}_vela.ini"})
+        manifest["vela"] = {**report.to_dict(), "model_file": "model_vela.tflite",
+                            "per_op": [op.to_dict() for op in report.ops],
+                            "verified": "model.tflite, which Vela compiled, is the verified model; model_vela.tflite "
+                                        "runs only on an Ethos-U (no NPU or simulator here to compare its outputs)"}
+        firmware_model, described = report.compiled, "Vela's compilation of the verified int8 model"
+        if report.sram_kb * 1024 > arena:  # the NPU's scratch lives in the arena
+            arena, arena_from = int(report.sram_kb * 1024), "Vela's SRAM estimate (the NPU's scratch in the arena)"
+    if profile.microcontroller is not None:
+        sources = write_sources(firmware_model, folder, arena, described, arena_from)
+        files.update({p.name: p for p in sources.files})
+        manifest["microcontroller"] = {**toolchain_figures(raw), "sources": sources.to_dict(),
+                                       "cross_compiled": cross_compile(sources, profile, folder),
+                                       "profile": profile.microcontroller.model_dump()}
+    return files, manifest

@@ -248,7 +248,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         p.suffix.lower() in IMAGE_SUFFIXES for p in Path(args.calib).iterdir())
     threads = _floats(args.threads, "--threads")
     options = BuildOptions(
-        Constraints(args.max_size_mb, args.max_ram_mb, args.max_latency_ms, args.max_accuracy_drop),
+        Constraints(args.max_size_mb, args.max_sram_kb / 1024 if args.max_sram_kb else args.max_ram_mb,
+                    args.max_latency_ms, args.max_accuracy_drop),
         objective=args.objective, max_measurements=args.max_measurements,
         formats=args.formats.split(",") if args.formats else None,
         precisions=args.precisions.split(",") if args.precisions else None,
@@ -457,6 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--max-size-mb", type=float, metavar="X", help="model file size (default: the profile's "
                        "memory budget)")
     build.add_argument("--max-ram-mb", type=float, metavar="X", help="peak resident memory measured on the device")
+    build.add_argument("--max-sram-kb", type=float, metavar="X", help="microcontrollers: the arena plus the "
+                       "firmware's SRAM (default: the profile's SRAM)")
     build.add_argument("--max-latency-ms", type=float, metavar="X", help="p50 latency measured on the device")
     build.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="PTS",
                        help="against the original on held-out data, in points (default 1.0)")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgepack.analysis.compat import Compatibility, check_compatibility
+from edgepack.analysis.compat import Compatibility, OpIssue, check_compatibility
 from edgepack.analysis.graph import GraphSummary
 from edgepack.analysis.roofline import RooflineEstimate, estimate_latency
 from edgepack.model import ModelFormat, ModelHandle
@@ -22,6 +22,7 @@ class Inspection:
     device: DeviceProfile | None
     compatibility: Compatibility | None
     estimate: RooflineEstimate | None
+    toolchain: dict[str, Any] = field(default_factory=dict)  # the device's own compiler/analyzer said
 
     def to_dict(self, per_layer: bool = True) -> dict[str, Any]:
         s = self.summary
@@ -45,6 +46,7 @@ class Inspection:
             data["device"] = self.device.name
             data["compatibility"] = self.compatibility.to_dict() if self.compatibility else None
             data["latency_estimate"] = self.estimate.to_dict() if self.estimate else None
+            data["toolchain"] = self.toolchain
         return data
 
 
@@ -90,4 +92,47 @@ def inspect_model(handle: ModelHandle, device: DeviceProfile | None) -> Inspecti
     summary, analysed_as = summarize_model(handle)
     compatibility = check_compatibility(summary, device) if device else None
     estimate = estimate_latency(summary, device) if device else None
-    return Inspection(handle, summary, analysed_as, device, compatibility, estimate)
+    inspection = Inspection(handle, summary, analysed_as, device, compatibility, estimate)
+    if device is not None and compatibility is not None:
+        inspection.toolchain = toolchain_check(handle, summary, device, compatibility)
+    return inspection
+
+
+def toolchain_check(handle: ModelHandle, summary: GraphSummary, device: DeviceProfile,
+                    compatibility: Compatibility) -> dict[str, Any]:
+    """What the device's own toolchain says of this model: Vela's placement of each op (an int8 TFLite
+    model), TFLite's GPU analyzer, and, for the Edge TPU, that no compiler of it ran."""
+    found: dict[str, Any] = {}
+    tflite = handle.format is ModelFormat.TFLITE
+    if device.compiler == "vela":
+        if tflite and summary.precision == "int8":
+            from edgepack.toolchains.vela import VelaError, compile_model
+
+            with tempfile.TemporaryDirectory(prefix="edgepack-vela-") as folder:
+                try:
+                    report = compile_model(handle.path, device, Path(folder))
+                    found["vela"] = {**report.to_dict(), "per_op": [op.to_dict() for op in report.ops]}
+                except VelaError as exc:
+                    found["vela"] = {"error": str(exc)}
+        else:
+            found["vela"] = {"not_run": "Vela compiles int8 TFLite models: this one is "
+                                        f"{summary.precision} {handle.format.value} (edgepack build makes one)"}
+    if device.gpu_check == "tflite-analyzer":
+        if tflite:
+            from edgepack.quiet import captured_output
+            from edgepack.toolchains.gpu_analyzer import analyze, analyzer_status
+
+            with captured_output():
+                verdict = analyze(handle.path)
+            if verdict is None:
+                found["gpu_analyzer"] = {"not_used": f"{analyzer_status()[1]}: the op list spoke"}
+            else:
+                compatibility.issues = [OpIssue(op, summary.op_histogram.get(op, 1), "unsupported", why)
+                                        for op, why in verdict.ops.items()]
+                compatibility.checked_by = verdict.analyzer
+        else:
+            found["gpu_analyzer"] = {"not_run": "the analyzer reads TFLite models; the op list spoke"}
+    if "tflite-edgetpu" in device.runtimes:
+        found["edgetpu_compiler"] = {"not_run": "no Edge TPU compiler ran (edgetpu_compiler is not installable "
+                                                "here): the op list is Coral's documentation"}
+    return found

@@ -44,6 +44,10 @@ class PackageContents:
     constraints: dict[str, Any] = field(default_factory=dict)  # name -> {"limit": x, "value": y, "held": bool}
     preprocessing: dict[str, Any] | None = None
     sample: Any = None  # one input sample in the source layout: sample.npy, for run.py's smoke test
+    #: Files the device's toolchains made (Vela's compiled model and reports, a firmware's C sources),
+    #: by their name in the package; and what the manifest says of them.
+    toolchain_files: dict[str, Path] = field(default_factory=dict)
+    toolchain: dict[str, Any] = field(default_factory=dict)
 
 
 def tool_versions() -> dict[str, str]:
@@ -90,6 +94,7 @@ def manifest_for(contents: PackageContents, model_file: str) -> dict[str, Any]:
         "measured": contents.measurement,
         "constraints": contents.constraints,
         "tool_versions": tool_versions(),
+        **contents.toolchain,
     }
 
 
@@ -149,6 +154,8 @@ def write_package(contents: PackageContents, dist: Path) -> Path:
             raise PackageError(f"{contents.artifact.path} changed after it was verified (sha256 differs)",
                                "build again: the artifact is rebuilt")
         shutil.copyfile(RUN_PY, root / "run.py")
+        for name, path in contents.toolchain_files.items():
+            shutil.copyfile(path, root / name)
         if contents.sample is not None:
             import numpy as np
 

@@ -56,6 +56,15 @@ class Build:
                                                            max_size_mb=float(profile.memory_budget_mb)))
             self.notes.append(f"size limit: the {profile.name} profile's memory budget, "
                               f"{profile.memory_budget_mb:g} MB (--max-size-mb to change)")
+        if "tflite-edgetpu" in profile.runtimes:
+            self.notes.append("no Edge TPU compiler ran (edgetpu_compiler is not installable here): the "
+                              "candidates are measured with the TFLite interpreter on the host CPU of the board")
+        mcu = profile.microcontroller
+        if mcu is not None and options.constraints.max_ram_mb is None:
+            options = replace(options, constraints=replace(options.constraints,
+                                                           max_ram_mb=(mcu.sram_kb + mcu.psram_kb) / 1024))
+            self.notes.append(f"SRAM limit: the {profile.name} profile's {mcu.sram_kb + mcu.psram_kb:g} KB for the "
+                              "arena and the firmware (--max-sram-kb to change)")
         self.options = options
         self.calib, self.eval_data, calibrated = held_out_data(handle, calib, eval_data, self.notes)
         self.plans = plans_allowed(handle, profile, options, calibrated, self.notes)
@@ -131,9 +140,11 @@ class Build:
                 self.say(f"measure {count:>2}  {c.plan.label}: FAILED: {outcome.error}")
                 continue
             c.measurement, c.board, c.p90_ms = outcome.result, outcome.board, outcome.result.p90_ms
+            c.latency_source = outcome.result.latency_source
             strategy.observe(c, p50, outcome.result.peak_rss_mb)
             where = f" on {outcome.board}" if len(measurer.all_boards) > 1 else ""
-            self.say(f"measure {count:>2}  {c.plan.label}: p50 {p50:.3f} ms (predicted {c.predicted_ms:.3f})"
+            kind = "" if c.latency_source == "measured" else f", {c.latency_source}"
+            self.say(f"measure {count:>2}  {c.plan.label}: p50 {p50:.3f} ms (predicted {c.predicted_ms:.3f}{kind})"
                      f"{where}{' [recorded]' if outcome.recorded else ''}")
 
     def _rank(self, batch: list[Candidate], strategy: Strategy, board: str) -> None:
@@ -157,7 +168,12 @@ class Build:
         chosen = result.chosen
         if chosen is None:
             return
-        if measurer.emulated:
+        if self.profile.is_microcontroller:
+            self.say(f"chosen {chosen.plan.label} by {chosen.latency_source}")
+            result.op_profile = {"unavailable": "a microcontroller: TFLite Micro's times here are this machine's"
+                                 + ("; Vela's cycles per op are in vela_per-layer.csv" if self.profile.compiler
+                                    else "")}
+        elif measurer.emulated:
             self.say(f"chosen {chosen.plan.label} by predicted latency")
             result.op_profile = {"unavailable": "the board is emulated: per-op times would be the emulator's"}
             result.environment = measurer.environments.get(next(iter(measurer.boards)), {})

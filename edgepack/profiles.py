@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgepack.errors import ProfileError, UnknownDeviceError
 
@@ -23,7 +23,10 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 Precision = Literal["fp32", "fp16", "int8", "dynamic"]
-Runtime = Literal["tflite", "tflite-gpu", "tflite-edgetpu", "onnxruntime"]
+Runtime = Literal["tflite", "tflite-gpu", "tflite-edgetpu", "tflite-micro", "onnxruntime"]
+Accelerator = Literal["ethos-u55-32", "ethos-u55-64", "ethos-u55-128", "ethos-u55-256", "ethos-u65-256",
+                      "ethos-u65-512", "ethos-u85-128", "ethos-u85-256", "ethos-u85-512", "ethos-u85-1024",
+                      "ethos-u85-2048"]
 ConvertRoute = Literal["onnx2tf", "litert-torch", "tflite-converter", "torch.onnx", "tf2onnx",
                        "onnx-to-torch", "keras-export"]
 IoDtype = Literal["float32", "float16", "int8", "uint8"]
@@ -82,12 +85,51 @@ class Tolerances(_Strict):
     min_top1_agreement: float = Field(default=1.0, ge=0, le=1)
 
 
+class Vela(_Strict):
+    """Arm Vela's view of an Ethos-U system: what ``vela --config`` reads, written from here.
+    ``system_config`` holds the keys of a ``[System_Config.*]`` section (core_clock, axi0_port, ...)."""
+
+    accelerator: Accelerator
+    system_config: dict[str, float | str]
+    memory_mode: Literal["Shared_Sram", "Dedicated_Sram", "Sram_Only"]
+    arena_cache_size_kb: Positive | None = None
+    #: On a Linux board (i.MX 93): the TFLite external delegate that hands Vela's custom op to the NPU.
+    delegate: str | None = None
+    source: str = Field(min_length=1)
+
+
+class Microcontroller(_Strict):
+    """A microcontroller's memories and the TFLite Micro build that runs on it."""
+
+    cpu: str = Field(min_length=1)
+    flash_kb: Positive
+    sram_kb: Positive
+    psram_kb: float = Field(default=0, ge=0)
+    #: Flash and SRAM the firmware takes besides the model and its arena (TFLM, kernels, the app).
+    runtime_flash_kb: float = Field(ge=0)
+    runtime_sram_kb: float = Field(default=0, ge=0)
+    kernels: str = Field(min_length=1)
+    #: For the latency estimate of CPU-run ops: int8 multiply-accumulates take this many core cycles.
+    cycles_per_mac: Positive
+    #: arm-none-eabi-gcc flags for this core; empty when that compiler does not target it (Xtensa).
+    gcc_flags: list[str] = []
+    source: str = Field(min_length=1)
+
+    @property
+    def model_flash_kb(self) -> float:
+        return self.flash_kb - self.runtime_flash_kb
+
+    @property
+    def arena_sram_kb(self) -> float:
+        return self.sram_kb + self.psram_kb - self.runtime_sram_kb
+
+
 class DeviceProfile(_Strict):
     name: str
     path: Path
     description: str
     device_class: Literal["cpu", "gpu", "npu"] = Field(alias="class")
-    architecture: Literal["aarch64", "armv7l", "x86_64", "riscv64", "cortex-m"]
+    architecture: Literal["aarch64", "armv7l", "x86_64", "riscv64", "cortex-m", "xtensa"]
     cores: int = Field(ge=1)
     clock_ghz: Positive
     ram_mb: Positive
@@ -102,8 +144,26 @@ class DeviceProfile(_Strict):
     tolerances: Tolerances = Tolerances()
     #: Conversion routes in order of preference (direct routes first). All available routes to a
     #: format are tried and the one closest to the source is kept; this order breaks ties.
+    #: The accelerator's own compiler, run on every int8 candidate (its figures are its estimates).
+    compiler: Literal["vela"] | None = None
+    vela: Vela | None = None
+    microcontroller: Microcontroller | None = None
+    #: Who says which ops the GPU delegate runs: TFLite's analyzer (the op list is the fallback).
+    gpu_check: Literal["tflite-analyzer"] | None = None
     convert_routes: list[ConvertRoute] = ["tflite-converter", "litert-torch", "keras-export", "onnx2tf",
                                           "torch.onnx", "tf2onnx", "onnx-to-torch"]
+
+    @model_validator(mode="after")
+    def _toolchains_configured(self) -> DeviceProfile:
+        if self.compiler == "vela" and self.vela is None:
+            raise ValueError("compiler = \"vela\" needs a [vela] section")
+        if "tflite-micro" in self.runtimes and self.microcontroller is None:
+            raise ValueError("runtime tflite-micro needs a [microcontroller] section")
+        return self
+
+    @property
+    def is_microcontroller(self) -> bool:
+        return self.microcontroller is not None
 
     def summary(self) -> dict[str, Any]:
         return {

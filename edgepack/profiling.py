@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from edgepack.errors import ModelFileError, UsageError
 from edgepack.model import ModelHandle
 from edgepack.profiles import DeviceProfile
-from edgepack.runners.base import EMULATED, Measurement, RunRequest
+from edgepack.runners.base import Measurement, RunRequest
 from edgepack.runners.factory import SshOptions, runners_for
 from edgepack.runners.pool import DevicePool
 
@@ -32,7 +32,7 @@ class ProfileReport:
             "host": first.device,
             "error": first.error,
             "latency_ms": first.latency_ms,
-            "latency_source": EMULATED if first.result.emulated else "measured",
+            "latency_source": first.result.latency_source,
             "peak_rss_mb": first.result.peak_rss_mb,
             "runtime": first.result.runtime,
             "runtime_version": first.result.get("runtime_version"),

@@ -109,11 +109,12 @@ def render_inspection(result: Inspection, top_layers: int = 15) -> str:
     if result.device is not None and result.compatibility is not None and result.estimate is not None:
         c, e = result.compatibility, result.estimate
         lines += ["", f"On {result.device.name} ({result.device.description}):",
-                  f"  runtime checked {c.runtime}",
+                  f"  runtime checked {c.runtime}", f"  checked by      {c.checked_by}",
                   "  op support      " + ("all ops supported" if not c.issues else
                                          f"{len(c.issues)} op type(s) with issues")]
         lines += [f"    {i.status:<11} {i.op} x{i.count}: {i.reason}" for i in c.issues]
         lines += [f"  note            {note}" for note in c.precision_notes]
+        lines += toolchain_lines(result.toolchain)
         budget_bytes = result.device.memory_budget_mb * 1024 * 1024
         need = s.weight_bytes + s.peak_activation_bytes
         lines.append(f"  memory          weights + peak activations {human_bytes(need)}; budget "
@@ -124,6 +125,23 @@ def render_inspection(result: Inspection, top_layers: int = 15) -> str:
                      f"{e.compute_bound_layers} compute-bound, {e.memory_bound_layers} memory-bound "
                      "layers) - not measured; run 'edgepack profile' to measure")
     return "\n".join(lines)
+
+
+def toolchain_lines(found: dict[str, Any]) -> list[str]:
+    lines = []
+    vela = found.get("vela") or {}
+    if "per_op" in vela:
+        lines.append(f"  Vela placement  {vela['npu_ops']} of {vela['ops']} ops on the {vela['accelerator']} NPU "
+                     f"({vela['compiler']}; compiler estimate: NPU {vela['inference_ms']:.3f} ms, SRAM "
+                     f"{vela['sram_kb']:.1f} KB, flash {vela['flash_kb']:.1f} KB)")
+        lines += [f"    {op['target']:<4} {op['op']:<18} {op['name'][:60]}" for op in vela["per_op"]]
+    elif vela:
+        lines.append(f"  Vela            not run: {vela.get('not_run') or vela.get('error')}")
+    for key, label in (("gpu_analyzer", "GPU analyzer"), ("edgetpu_compiler", "Edge TPU")):
+        entry = found.get(key) or {}
+        if entry:
+            lines.append(f"  {label:<15} {entry.get('not_used') or entry.get('not_run')}")
+    return lines
 
 
 def render_conversion(result: ConversionResult) -> str:
@@ -256,7 +274,7 @@ def render_pruning(result: PruneResult) -> str:
 def render_build(result: Any) -> str:
     """The candidate table (measured first, fastest first), then what was chosen and why, or what blocks."""
     data = result.to_dict()
-    rank = {"measured": 0, "predicted": 1, "skipped": 2, "failed": 3, "not built": 4}
+    rank = {"measured": 0, "estimated": 0, "predicted": 1, "skipped": 2, "failed": 3, "not built": 4}
     rows = sorted(data["candidates"], key=lambda r: (not r["chosen"], rank[r["status"]],
                                                      r["latency_ms"] or r["predicted_ms"] or 0.0))
 
@@ -277,17 +295,20 @@ def render_build(result: Any) -> str:
              f"Pareto: size, p50, accuracy drop among the measured; measured on {data['measured_on']})"]
     m, p = data["measurements"], data["predictor"]
     lines.append(f"measurements: {m['new']} new, {m['cached']} from the records "
-                 f"({sum(r['status'] == 'measured' for r in rows)} of {len(rows)} candidates measured)")
+                 f"({sum(r['status'] in ('measured', 'estimated') for r in rows)} of {len(rows)} candidates measured)")
     if p["median_error"] is not None:
         lines.append(f"predictor: median error {p['median_error']:.0%} on the {p['measured_candidates']} measured "
                      f"candidates (each predicted before it was measured); {p['within_10pct']:.0%} within 10%")
     lines += [f"finding: {f}" for f in data["findings"]] + [f"note: {n}" for n in data["notes"]]
     if data["chosen"]:
         c = data["chosen"]
-        speed = f"p50 {c['latency_ms']:.3f} ms" if c["latency_ms"] is not None else \
-            f"p50 ~{c['predicted_ms']:.3f} ms predicted (the board is emulated: not measured)"
+        speed = f"p50 ~{c['predicted_ms']:.3f} ms predicted (the board is emulated: not measured)" \
+            if c["latency_ms"] is None else f"p50 {c['latency_ms']:.3f} ms" + (
+                "" if c["latency_source"] == "measured" else f" ({c['latency_source']})")
         lines.append(f"chosen: {c['label']}: {speed}, {c['size_mb']:.3f} MB"
                      + ("" if c["accuracy_drop"] is None else f", accuracy drop {c['accuracy_drop']:.2f} pts"))
+        if c.get("toolchain"):
+            lines.append(microcontroller_line(c["toolchain"]))
         check = data.get("checked_on_device") or {}
         if check.get("error"):
             lines.append(f"accuracy check on the device failed: {check['error']}")
@@ -295,13 +316,26 @@ def render_build(result: Any) -> str:
             figure = (f"accuracy {check['accuracy']:.2%} (original {check['source_accuracy']:.2%})"
                       if "accuracy" in check else "against the original: " + "; ".join(
                           f"{name} {o['figure']}" for name, o in (check.get("outputs") or {}).items()))
-            where = "this machine" if data["measured_on"].startswith("local") else "the device"
+            where = "this machine" if data["measured_on"].startswith("local") else \
+                "TFLite Micro on this machine" if (c.get("toolchain") or {}).get("arena_bytes") else "the device"
             lines.append(f"checked on {where}: {figure} on {check['samples']} held-out samples, run by its own "
                          "runtime")
         lines.append(f"package: {data['package']}")
     else:
         lines.append(no_feasible_message(data))
     return "\n".join(lines)
+
+
+def microcontroller_line(t: dict[str, Any]) -> str:
+    line = (f"microcontroller: TFLM arena {t['arena_bytes'] / 1024:.1f} KB (measured by TFLite Micro), "
+            f"SRAM {t['sram_kb']:.1f} KB with the firmware's, flash {t['flash_kb']:.1f} KB with the firmware")
+    vela = t.get("vela")
+    if vela:
+        cpu = ", ".join(sorted({o["op"] for o in vela["cpu_ops"]})) or "none"
+        line += (f"; {vela['compiler']} for {vela['accelerator']}: {vela['npu_ops']} of {vela['ops']} ops on the NPU "
+                 f"(on the CPU: {cpu}), NPU {vela['inference_ms']:.3f} ms, SRAM {vela['sram_kb']:.1f} KB "
+                 "(compiler estimates)")
+    return line
 
 
 def no_feasible_message(data: dict[str, Any]) -> str:

@@ -61,13 +61,14 @@ class Compatibility:
     runtime: str  # the device runtime the check was made against
     issues: list[OpIssue]
     precision_notes: list[str]
+    checked_by: str = ""  # who spoke: the profile's op list, TFLite's GPU analyzer, Vela
 
     @property
     def compatible(self) -> bool:
         return not any(issue.status == "unsupported" for issue in self.issues)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"runtime": self.runtime, "compatible": self.compatible,
+        return {"runtime": self.runtime, "compatible": self.compatible, "checked_by": self.checked_by,
                 "issues": [i.to_dict() for i in self.issues], "precision_notes": self.precision_notes}
 
 
@@ -90,7 +91,8 @@ def check_compatibility(summary: GraphSummary, profile: DeviceProfile) -> Compat
             found = [_tflite_custom_issue(op, n, summary, profile) for op, n in histogram.items()
                      if is_tflite_custom_op(op)]
             issues = [i for i in found if i is not None]
-    return Compatibility(runtime, issues, _precision_notes(summary, profile))
+    return Compatibility(runtime, issues, _precision_notes(summary, profile),
+                         f"{profile.name}'s op list ({ops.source})")
 
 
 def onnxruntime_kernels() -> set[tuple[str, str]] | None:

@@ -108,6 +108,12 @@ class HarnessResult:
         return self.environment.get("emulated") is True
 
     @property
+    def latency_source(self) -> str:
+        """"measured", the emulated label, or the toolchain's estimate ("compiler estimate (Vela ...)")."""
+        found = self.raw.get("latency_source")
+        return str(found) if found else EMULATED if self.emulated else "measured"
+
+    @property
     def error_kind(self) -> str | None:
         return self.raw.get("error_kind")
 
@@ -152,7 +158,7 @@ class Measurement:
     def to_dict(self) -> dict[str, Any]:
         return {"device": self.device, "model": str(self.request.model), "error": self.error,
                 "wall_s": self.wall_s, "uploaded_bytes": self.uploaded_bytes,
-                "latency_source": EMULATED if self.result.emulated else "measured", **self.result.raw}
+                **self.result.raw, "latency_source": self.result.latency_source}
 
 
 class DeviceSetupError(EdgepackError):

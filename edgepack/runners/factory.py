@@ -26,6 +26,13 @@ def runners_for(profile: DeviceProfile, options: SshOptions,
                 say: Callable[[str], None] = lambda _: None) -> list[Runner]:
     """One runner per ``--host`` (SSH), or the LocalRunner for the ``host`` profile without hosts.
     ``say`` gets progress lines, such as waiting for a board another edgepack is using."""
+    if profile.is_microcontroller:
+        if options.hosts:
+            raise UsageError(f"{profile.name} is a microcontroller: it is not reached over SSH",
+                             "leave out --host: TFLite Micro and the profile's toolchain run on this machine")
+        from edgepack.runners.microcontroller import MicrocontrollerRunner
+
+        return [MicrocontrollerRunner(profile)]
     if not options.hosts:
         if profile.name != "host":
             raise UsageError(f"no --host given to reach the {profile.name}",

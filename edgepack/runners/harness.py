@@ -2,14 +2,20 @@
 """edgepack's on-device benchmark harness. Runs ON the device with the device's own Python.
 
 Imports only the standard library, numpy and whichever runtime the device has (ai_edge_litert,
-tflite_runtime, tensorflow.lite, onnxruntime) - never edgepack. Prints exactly one JSON object on
+tflite_runtime, tensorflow.lite, onnxruntime, tflite_micro) - never edgepack. Prints exactly one JSON object on
 stdout: every run's latency and its percentiles in ms, load time, peak RSS, the runtime and its
 version, the device's environment, a per-op profile where the runtime gives one, and an "error" key
 instead when something failed.
 
     python3 harness.py --model M.tflite [--model-sha256 HEX] [--inputs X.npz] [--threads 4] [--warmup 10]
                        [--runs 50] [--save-outputs OUT.npz] [--op-profile]
+                       [--runtime tflite-micro --arena-kb 16384]
     python3 harness.py --describe      (the environment only: Python, CPU, "emulated")
+
+--runtime tflite-micro runs the model under TFLite Micro's own interpreter (the tflite-micro wheel:
+TFLM's reference kernels, which CMSIS-NN and ESP-NN match bit for bit) in an arena of --arena-kb, and
+reports the bytes of the arena the model used ("arena_bytes", from TFLM's allocation recorder). Its
+timings are this machine's, not a microcontroller's.
 
 "emulated" is true when the userland's architecture is not the CPU's (an arm64 userland under
 qemu-user on an x86 machine): its latencies are an emulator's, and edgepack never calls them a board's.
@@ -307,7 +313,69 @@ def ort_op_profile(ort, args, feeds):
     return {"ops": sorted(ops, key=lambda o: o["ms"], reverse=True)}
 
 
-RUNTIME_DISTRIBUTIONS = {"tflite": ("ai-edge-litert", "tflite-runtime", "tensorflow"), "onnxruntime": ("onnxruntime",)}
+# --- TFLite Micro -----------------------------------------------------------------------------------
+
+def run_tflite_micro(args):
+    try:
+        from tflite_micro.python.tflite_micro import runtime as tflm
+    except ImportError:
+        fail("missing_runtime", "no TFLite Micro interpreter here", install="pip install tflite-micro")
+    try:
+        from tflite_micro.python.tflite_micro._version import __version__ as version
+    except ImportError:
+        version = "unknown"
+    with open(args.model, "rb") as fh:
+        graph = tflm.convert_bytearray_to_object(bytearray(fh.read())).subgraphs[0]
+
+    def tensor_name(index):
+        name = graph.tensors[index].name
+        return name.decode() if isinstance(name, bytes) else str(name)
+
+    start = time.perf_counter()
+    interpreter = tflm.Interpreter.from_file(args.model, arena_size=int(args.arena_kb * 1024))
+    load_ms = (time.perf_counter() - start) * 1000.0
+    details = [interpreter.get_input_details(i) for i in range(len(graph.inputs))]
+    names = [tensor_name(i) for i in graph.outputs]
+    inputs, samples = split_samples(load_inputs(args.inputs, [(tensor_name(t), tuple(d["shape"]), d["dtype"])
+                                                              for t, d in zip(graph.inputs, details)]),
+                                    [tuple(d["shape"]) for d in details])
+
+    def infer(values):
+        for i, value in enumerate(values):
+            interpreter.set_input(value, i)
+        interpreter.invoke()
+        return {name: interpreter.get_output(i) for i, name in enumerate(names)}
+
+    latencies = measure(lambda: infer(inputs), args)
+    outputs = infer(inputs)
+    if samples is not None:
+        outputs = run_samples(infer, samples)
+    RESULT_EXTRA["arena_bytes"] = tflm_arena_bytes(args.model, args.arena_kb)
+    return "tflite_micro", version, load_ms, latencies, outputs, None
+
+
+TFLM_ALLOCATIONS = """
+import sys
+from tflite_micro.python.tflite_micro import runtime
+runtime.Interpreter.from_file(sys.argv[1], arena_size=int(sys.argv[2])).print_allocations()
+"""
+
+
+def tflm_arena_bytes(model, arena_kb):
+    """The arena TFLM's recording allocator used, from its report (C code writing to stderr: so it
+    runs in a process of its own, whose output is read here)."""
+    done = subprocess.run([sys.executable, "-c", TFLM_ALLOCATIONS, model, str(int(arena_kb * 1024))],
+                          capture_output=True, text=True, timeout=300)
+    for line in (done.stderr + done.stdout).splitlines():
+        if "Arena allocation total" in line:
+            return int(line.split("total")[1].split()[0])
+    return None
+
+
+RESULT_EXTRA = {}  # fields a runtime adds to the result (TFLM's arena)
+
+RUNTIME_DISTRIBUTIONS = {"tflite": ("ai-edge-litert", "tflite-runtime", "tensorflow"), "onnxruntime": ("onnxruntime",),
+                         "tflite-micro": ("tflite-micro",)}
 
 
 def version_tuple(text):
@@ -380,7 +448,8 @@ def main():
     parser.add_argument("--describe", action="store_true", help="print the device's environment only")
     parser.add_argument("--model")
     parser.add_argument("--model-sha256")
-    parser.add_argument("--runtime", choices=["auto", "tflite", "onnxruntime"], default="auto")
+    parser.add_argument("--runtime", choices=["auto", "tflite", "onnxruntime", "tflite-micro"], default="auto")
+    parser.add_argument("--arena-kb", type=float, default=65536.0)
     parser.add_argument("--inputs")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=10)
@@ -407,7 +476,7 @@ def main():
         runtime = "onnxruntime" if args.model.endswith(".onnx") else "tflite"
     rss_before = rss_mb()
     try:
-        run = run_onnxruntime if runtime == "onnxruntime" else run_tflite
+        run = {"onnxruntime": run_onnxruntime, "tflite-micro": run_tflite_micro}.get(runtime, run_tflite)
         name, version, load_ms, latencies, outputs, profile_ops = run(args)
         peak_rss = rss_mb()  # before any profiling session exists
     except MemoryError:
@@ -419,7 +488,9 @@ def main():
             fail("runtime_error", "%s: %s (%s)" % (type(exc).__name__, detail, short[0]), install=short[1])
         fail("runtime_error", "%s: %s" % (type(exc).__name__, detail))
     op_profile = None
-    if args.op_profile:
+    if args.op_profile and profile_ops is None:
+        op_profile = {"unavailable": "%s gives no per-op times" % name}
+    elif args.op_profile:
         try:
             op_profile = profile_ops()
         except Exception as exc:  # the timing stands; only the per-op breakdown is missing
@@ -442,6 +513,7 @@ def main():
         "output_names": list(outputs),
         "op_profile": op_profile,
         "environment": environment(),
+        **RESULT_EXTRA,
     })
 
 

@@ -52,6 +52,11 @@ class SourceModel:
     input_names: list[str]
 
 
+def toolchain_figures(raw: dict[str, Any]) -> dict[str, Any]:
+    """A microcontroller's figures from its toolchains: TFLM's arena, SRAM and flash, Vela's estimate."""
+    return {k: raw[k] for k in ("arena_bytes", "sram_kb", "flash_kb", "vela", "latency_source") if k in raw}
+
+
 @dataclass
 class BuildResult:
     device: DeviceProfile
@@ -88,18 +93,21 @@ class BuildResult:
 
     def row(self, c: Candidate) -> dict[str, Any]:
         built = self.built.get(c.plan.artifact)
-        status = "measured" if c.latency_measured else "failed" if c.error else "skipped" if c.skipped else \
+        status = "estimated" if c.latency_estimated else "measured" if c.latency_measured else \
+            "failed" if c.error else "skipped" if c.skipped else \
             "predicted" if c.built else "not built"
         return {"plan": c.plan.to_dict(), "label": c.plan.label, "size_mb": c.size_mb if c.built else None,
                 "latency_ms": c.latency_ms if c.latency_measured else None, "p90_ms": c.p90_ms,
                 "predicted_ms": c.predicted_ms,
-                "latency_source": "measured" if c.latency_measured else "predicted",
+                "latency_source": c.latency_source if c.latency_measured else "predicted",
                 "peak_rss_mb": c.peak_rss_mb, "accuracy_drop": c.accuracy_drop,
                 "accuracy": (built.fidelity.get("accuracy") if built else None),
                 "feasible": c.built and not c.error and not self.blockers.get(c.plan.key),
                 "blocked_by": self.blockers.get(c.plan.key, []) or ([c.skipped] if c.skipped else []),
                 "status": status, "error": c.error, "board": c.board,
-                "pareto": c.plan.key in self.pareto, "chosen": self.chosen is c}
+                "pareto": c.plan.key in self.pareto, "chosen": self.chosen is c,
+                **({"toolchain": toolchain_figures(c.measurement.raw)}
+                   if c.measurement and "arena_bytes" in c.measurement.raw else {})}
 
     def to_dict(self) -> dict[str, Any]:
         errors = self.predictor_errors

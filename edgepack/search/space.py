@@ -113,7 +113,8 @@ class Constraints:
         if self.max_size_mb is not None and size_mb > self.max_size_mb:
             found.append(f"size {size_mb:.2f} MB > {self.max_size_mb:g} MB")
         if self.max_ram_mb is not None and ram_mb is not None and ram_mb > self.max_ram_mb:
-            found.append(f"RAM {ram_mb:.1f} MB > {self.max_ram_mb:g} MB")
+            found.append(f"RAM {ram_mb:.1f} MB > {self.max_ram_mb:g} MB" if self.max_ram_mb >= 4 else
+                         f"RAM {ram_mb * 1024:.0f} KB > {self.max_ram_mb * 1024:g} KB")
         if self.max_latency_ms is not None and latency_ms is not None and latency_ms > self.max_latency_ms:
             found.append(f"p50 {latency_ms:.3f} ms > {self.max_latency_ms:g} ms")
         if self.max_accuracy_drop is not None and accuracy_drop is not None \

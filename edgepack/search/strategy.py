@@ -33,12 +33,18 @@ class Candidate:
     measurement: HarnessResult | None = None  # what the harness reported (the median round, once confirmed)
     board: str | None = None  # the board that measured it
     p50_rounds_ms: list[float] = field(default_factory=list)  # confirmation rounds on one board, if any
-    #: "measured" on a board; "predicted" when the only board is emulated (its timings are an emulator's)
+    #: "measured" on a board; "predicted" when the only board is emulated (its timings are an emulator's);
+    #: a toolchain's estimate for a microcontroller ("compiler estimate (Vela 5.2.0)", cycles per MAC)
     latency_source: str = "measured"
 
     @property
     def latency_measured(self) -> bool:
-        return self.latency_ms is not None and self.latency_source == "measured"
+        """A latency from the board, or from its toolchain's estimate: not the predictor's."""
+        return self.latency_ms is not None and self.latency_source != "predicted"
+
+    @property
+    def latency_estimated(self) -> bool:
+        return self.latency_measured and self.latency_source != "measured"
 
     @property
     def measured(self) -> bool:

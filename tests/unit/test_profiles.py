@@ -7,7 +7,8 @@ import pytest
 from edgepack.errors import ProfileError, UnknownDeviceError
 from edgepack.profiles import BUILTIN_DIR, ProfileRegistry, load_profile
 
-REQUIRED = {"rpi4", "rpi5", "rpi-zero-2w", "android-gpu", "coral-edgetpu", "host"}
+REQUIRED = {"rpi4", "rpi5", "rpi-zero-2w", "android-gpu", "coral-edgetpu", "host", "alif-e7", "imx93", "stm32h7",
+            "esp32-s3"}
 
 
 def test_builtin_profiles_all_validate():
@@ -15,7 +16,34 @@ def test_builtin_profiles_all_validate():
     assert set(registry.names()) >= REQUIRED
     for profile in registry.all():
         assert profile.roofline.source and profile.ops.source
-        assert profile.memory_budget_mb <= profile.ram_mb
+        mcu = profile.microcontroller
+        if mcu is None:
+            assert profile.memory_budget_mb <= profile.ram_mb
+        else:  # a microcontroller's size budget is its flash, less the firmware's
+            assert mcu.source and profile.memory_budget_mb * 1024 <= mcu.model_flash_kb
+
+
+def test_toolchain_profiles_name_their_toolchains():
+    registry = ProfileRegistry.discover()
+    alif, imx93 = registry.get("alif-e7"), registry.get("imx93")
+    assert alif.compiler == imx93.compiler == "vela"
+    assert alif.vela.accelerator.startswith("ethos-u55") and imx93.vela.accelerator.startswith("ethos-u65")
+    assert imx93.vela.delegate and not imx93.is_microcontroller and imx93.ssh.user == "root"
+    for name in ("alif-e7", "stm32h7", "esp32-s3"):
+        profile = registry.get(name)
+        assert profile.runtimes == ["tflite-micro"] and profile.precisions.io_dtypes == ["int8"]
+    assert registry.get("stm32h7").microcontroller.gcc_flags[0] == "-mcpu=cortex-m7"
+    assert registry.get("esp32-s3").microcontroller.gcc_flags == []  # Xtensa: not arm-none-eabi's
+    assert registry.get("android-gpu").gpu_check == "tflite-analyzer"
+
+
+def test_a_vela_profile_without_its_section_is_refused(tmp_path: Path):
+    path = _write_profile(tmp_path / "npu.toml", '\ncompiler = "vela"\n')
+    path.write_text(path.read_text().replace('runtimes = ["tflite", "onnxruntime"]',
+                                             'runtimes = ["tflite", "onnxruntime"]\ncompiler = "vela"')
+                    .rsplit('compiler = "vela"', 1)[0])
+    with pytest.raises(ProfileError, match=r"needs a \[vela\] section"):
+        load_profile(path)
 
 
 def test_profile_classes_and_requirements():
