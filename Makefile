@@ -63,7 +63,7 @@ demo: $(STAMP)
 
 test: $(STAMP) device-deps mcu-deps board-image
 	$(BIN)/ruff check edgepack tests benchmarks
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check edgepack tests benchmarks

@@ -126,7 +126,8 @@ class Build:
         request = RunRequest(artifact.path, threads=c.plan.threads,
                              warmup=bench.warmup if o.warmup is None else o.warmup, runs=o.runs or bench.runs,
                              op_profile=purpose is Purpose.OP_PROFILE, timeout_s=o.timeout_s,
-                             inputs=held_out_inputs(self.handle, artifact, self.eval_data))
+                             inputs=held_out_inputs(self.handle, artifact, self.eval_data),
+                             delegate=self.profile.vela.delegate if self.profile.vela else None)
         return Job(request, artifact.sha256, purpose, repeat, board)
 
     def _measure(self, batch: list[Candidate], strategy: Strategy, measurer: Measurer) -> None:
@@ -181,6 +182,10 @@ class Build:
             self.say(f"chosen {chosen.plan.label}; measuring its per-op profile")
             profiled = measurer.measure([self._job(chosen, purpose=Purpose.OP_PROFILE)])[0]
             result.op_profile = profiled.result.op_profile if profiled.ok and profiled.result else None
+        delegate = chosen.measurement.get("delegate") if chosen.measurement else None
+        if isinstance(delegate, dict) and delegate.get("loaded") is False:
+            result.findings.append(f"the NPU's delegate {delegate.get('path')} {delegate.get('why')}; the NPU's "
+                                   "figures are Vela's estimates (in the package)")
         names = [s.name for s in self.handle.inputs]
         result.sample = self.eval_data.batch(names, 0)[0] if len(names) == 1 else None
         if self.options.skip_device_check:
@@ -222,6 +227,9 @@ def plans_allowed(handle: ModelHandle, profile: DeviceProfile, o: BuildOptions, 
                   notes: list[str]) -> list[CompressionPlan]:
     plans = plans_for(profile, o.prune_ratios, formats=o.formats, precisions=o.precisions, threads=o.threads)
     if not calibrated:
+        if profile.precisions.required == ["int8"]:
+            raise UsageError(f"{profile.name} runs int8 models only, and int8 is calibrated on your data",
+                             "give --calib with samples of the model's input")
         plans = [p for p in plans if p.precision != "int8" and not p.prune_ratio]
     if len(handle.inputs) != 1 and any(p.prune_ratio for p in plans):
         notes.append("pruning handles single-input models: left out")

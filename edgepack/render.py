@@ -78,6 +78,22 @@ def render_device(p: DeviceProfile) -> str:
         + f", int8 {roof.int8_gops:g} GOP/s, memory {roof.memory_gbps:g} GB/s",
         f"  roofline source {roof.source}",
     ]
+    if p.microcontroller is not None:
+        m = p.microcontroller
+        lines[4:4] = [f"  microcontroller {m.cpu}: flash {m.flash_kb:g} KB, SRAM {m.sram_kb:g} KB"
+                      + (f", PSRAM {m.psram_kb:g} KB" if m.psram_kb else "")
+                      + f"; firmware takes {m.runtime_flash_kb:g} KB flash, {m.runtime_sram_kb:g} KB SRAM",
+                      f"  kernels         {m.kernels}; latency estimate {m.cycles_per_mac:g} cycles per MAC",
+                      f"  mcu source      {m.source}"]
+        lines = [ln for ln in lines if not ln.startswith(("  ssh defaults", "  benchmark"))]
+    if p.vela is not None:
+        v = p.vela
+        lines.append(f"  compiler        Arm Vela for {v.accelerator}, {v.memory_mode}"
+                     + (f", arena cache {v.arena_cache_size_kb:g} KB" if v.arena_cache_size_kb else "")
+                     + (f"; delegate {v.delegate} on the board" if v.delegate else ""))
+        lines.append(f"  vela source     {v.source}")
+    if p.gpu_check:
+        lines.append("  GPU check       TFLite's GPU compatibility analyzer, when it works here (else the op list)")
     return "\n".join(lines)
 
 

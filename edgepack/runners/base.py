@@ -32,6 +32,8 @@ class RunRequest:
     op_profile: bool = False
     timeout_s: float = 300.0
     runtime: str = "auto"
+    delegate: str | None = None  # a TFLite external delegate on the board (the i.MX 93's Ethos-U), if there
+
 
     def harness_args(self, model: str, inputs: str | None, outputs: str | None,
                      model_sha256: str | None = None) -> list[str]:
@@ -45,6 +47,8 @@ class RunRequest:
             args += ["--save-outputs", outputs]
         if self.op_profile:
             args.append("--op-profile")
+        if self.delegate and Path(model).suffix == ".tflite":
+            args += ["--delegate", self.delegate]
         return args
 
 

@@ -9,8 +9,12 @@ instead when something failed.
 
     python3 harness.py --model M.tflite [--model-sha256 HEX] [--inputs X.npz] [--threads 4] [--warmup 10]
                        [--runs 50] [--save-outputs OUT.npz] [--op-profile]
-                       [--runtime tflite-micro --arena-kb 16384]
+                       [--runtime tflite-micro --arena-kb 16384] [--delegate /usr/lib/libethosu_delegate.so]
     python3 harness.py --describe      (the environment only: Python, CPU, "emulated")
+
+--delegate loads that TFLite external delegate when the file exists on the device (NXP's Ethos-U
+delegate on an i.MX 93) and says so in "delegate"; when it does not, the model runs on the CPU and
+"delegate" says why.
 
 --runtime tflite-micro runs the model under TFLite Micro's own interpreter (the tflite-micro wheel:
 TFLM's reference kernels, which CMSIS-NN and ESP-NN match bit for bit) in an arena of --arena-kb, and
@@ -168,6 +172,31 @@ def load_inputs(path, specs):
 
 # --- TFLite -----------------------------------------------------------------------------------------
 
+def tflite_delegates(args, runtime):
+    """The --delegate library when the board has it (loaded); else none, and RESULT_EXTRA says why."""
+    if not args.delegate:
+        return []
+    if not os.path.exists(args.delegate):
+        RESULT_EXTRA["delegate"] = {"path": args.delegate, "loaded": False,
+                                    "why": "not on the device: every op ran on the CPU"}
+        return []
+    if runtime == "ai_edge_litert":
+        from ai_edge_litert.interpreter import load_delegate
+    elif runtime == "tflite_runtime":
+        from tflite_runtime.interpreter import load_delegate
+    else:
+        import tensorflow as tf
+        load_delegate = tf.lite.experimental.load_delegate
+    try:
+        delegate = load_delegate(args.delegate)
+    except Exception as exc:  # a library that is there but does not load
+        RESULT_EXTRA["delegate"] = {"path": args.delegate, "loaded": False,
+                                    "why": "did not load (%s): every op ran on the CPU" % str(exc)[:200]}
+        return []
+    RESULT_EXTRA["delegate"] = {"path": args.delegate, "loaded": True}
+    return [delegate]
+
+
 def tflite_interpreter_class():
     try:
         import ai_edge_litert
@@ -192,7 +221,11 @@ def tflite_interpreter_class():
 def run_tflite(args):
     Interpreter, runtime, version = tflite_interpreter_class()
     start = time.perf_counter()
-    interpreter = Interpreter(model_path=args.model, num_threads=args.threads)
+    delegates = tflite_delegates(args, runtime)
+    if delegates:
+        interpreter = Interpreter(model_path=args.model, num_threads=args.threads, experimental_delegates=delegates)
+    else:
+        interpreter = Interpreter(model_path=args.model, num_threads=args.threads)
     interpreter.allocate_tensors()
     load_ms = (time.perf_counter() - start) * 1000.0
     details = interpreter.get_input_details()
@@ -450,6 +483,7 @@ def main():
     parser.add_argument("--model-sha256")
     parser.add_argument("--runtime", choices=["auto", "tflite", "onnxruntime", "tflite-micro"], default="auto")
     parser.add_argument("--arena-kb", type=float, default=65536.0)
+    parser.add_argument("--delegate", help="a TFLite external delegate library, used when the device has it")
     parser.add_argument("--inputs")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=10)

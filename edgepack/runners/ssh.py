@@ -61,9 +61,10 @@ LAUNCHER = (
 # until it closes): a lost connection ends the shell and so releases the lock. No Python involved, so
 # a broken interpreter on the board cannot hold the lock. Prints "busy <holder>" once while waiting,
 # then "locked" or "timeout". Holding it, it removes what an interrupted holder left: partial uploads in
-# the model cache, and harness runs whose edgepack was killed or cut off (every harness runs under the
-# lock, so one still running now is an orphan: its process group is ended, so it does not compete
-# with our measurement for the CPU, and its work directory removed).
+# the model cache, and the work directories of runs whose edgepack was killed or cut off. Every
+# edgepack.<12 hex> directory in TMPDIR is made under the lock, so any found now is an orphan, even one
+# killed before it wrote its pid file: a harness still running there has its process group ended (it
+# must not compete with our measurement for the CPU), and the directory is removed.
 LOCK_SCRIPT = """lock=$1 timeout=$2 holder=$3 models=$4 tmp=$5 pidfile=$6
 command -v flock >/dev/null 2>&1 || { echo 'no flock'; exit 5; }
 mkdir -p -- "$models" && exec 9>>"$lock" || exit 6
@@ -73,11 +74,12 @@ if ! flock -n 9; then
 fi
 printf '%s, since %s\\n' "$holder" "$(date -u '+%Y-%m-%d %H:%M:%S UTC')" > "$lock"
 rm -f -- "$models"/*.part-* "$models"/ort_profile_*
+hex='[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]'
 for d in "$tmp"/edgepack.*; do
-  [ -f "$d/$pidfile" ] || continue
-  pid=$(cat -- "$d/$pidfile")
-  case $pid in ''|*[!0-9]*) continue;; esac
-  kill -KILL -- "-$pid" 2>/dev/null
+  case ${d##*/} in edgepack.$hex$hex) ;; *) continue;; esac
+  [ -d "$d" ] && [ ! -L "$d" ] || continue
+  pid=$(cat -- "$d/$pidfile" 2>/dev/null)
+  case $pid in ''|*[!0-9]*) ;; *) kill -KILL -- "-$pid" 2>/dev/null;; esac
   rm -rf -- "$d"
 done
 echo locked
