@@ -13,10 +13,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from edgepack import __version__
+from edgepack import __version__, api
 from edgepack.compress.distill import DISTILL_EPOCHS
 from edgepack.errors import USER_ERROR_EXIT_CODE, EdgepackError
 from edgepack.formats import FORMATS
+from edgepack.progress import Progress
 
 
 def _emit_json(data: Any) -> None:
@@ -24,8 +25,12 @@ def _emit_json(data: Any) -> None:
     sys.stdout.write("\n")
 
 
+_progress = Progress()
+
+
 def _show(args: argparse.Namespace, result: Any, render: Callable[[Any], str]) -> None:
     """``--json``: the result's dict on stdout; otherwise its table."""
+    _progress.done()
     if args.json:
         _emit_json(result.to_dict())
     else:
@@ -33,8 +38,8 @@ def _show(args: argparse.Namespace, result: Any, render: Callable[[Any], str]) -
 
 
 def _say(line: str) -> None:
-    """Progress on stderr, so that stdout stays the table or the JSON."""
-    print(f"edgepack: {line}", file=sys.stderr, flush=True)
+    """Progress on stderr, so that stdout stays the table or the JSON (edgepack.progress)."""
+    _progress(line)
 
 
 def _handle(args: argparse.Namespace) -> Any:
@@ -79,11 +84,10 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from edgepack.inspection import inspect_model
     from edgepack.render import render_inspection
 
     device = _registry(args).get(args.device) if args.device else None
-    _show(args, inspect_model(_handle(args), device), render_inspection)
+    _show(args, api.inspect(_handle(args), device), render_inspection)
     return 0
 
 
@@ -207,13 +211,12 @@ def _ssh_options(args: argparse.Namespace) -> Any:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from edgepack.profiling import profile_model
     from edgepack.render import render_profile
 
     profile = _registry(args).get(args.device)
-    report = profile_model(Path(args.model), profile, _ssh_options(args), runs=args.runs, warmup=args.warmup,
-                           threads=args.threads, timeout_s=args.timeout, say=_say, input_shape=args.input_shape,
-                           input_value=args.input_value)
+    report = api.profile(Path(args.model), profile, ssh=_ssh_options(args), runs=args.runs, warmup=args.warmup,
+                         threads=args.threads, timeout_s=args.timeout, say=_say, input_shape=args.input_shape,
+                         input_value=args.input_value)
     _show(args, report, render_profile)
     failed = [m for m in report.measurements if m.error]
     for m in failed:
@@ -235,9 +238,9 @@ def _floats(text: str | None, flag: str) -> list[float] | None:
 def cmd_build(args: argparse.Namespace) -> int:
     from edgepack.data import IMAGE_SUFFIXES
     from edgepack.package import check_package_target, package_name
-    from edgepack.pipeline import BuildOptions, build
+    from edgepack.pipeline import BuildOptions
     from edgepack.records import default_cache_dir
-    from edgepack.render import no_feasible_message, render_build
+    from edgepack.render import render_build
     from edgepack.search.space import PRUNE_RATIOS, Constraints
 
     profile = _registry(args).get(args.device)
@@ -259,17 +262,17 @@ def cmd_build(args: argparse.Namespace) -> int:
         cache_dir=Path(args.cache) if args.cache else default_cache_dir(),
         preprocessing=_preprocessing(args).to_dict() if images else None, check=_check(args),
         jobs=args.jobs or os.cpu_count() or 1, skip_device_check=args.skip_device_check)
-    result = build(handle, profile, options, _ssh_options(args), calib, eval_data, say=_say)
-    if result.chosen is not None:
-        from edgepack.bundle import write_build_package
-
-        result.package = write_build_package(result, options.output_dir)
-        _say(f"package {result.package}")
-    _show(args, result, render_build)
-    if result.chosen is None:
-        print(f"edgepack: error: {no_feasible_message(result.to_dict())}; loosen a constraint or widen the search",
-              file=sys.stderr)
+    settings = {f: getattr(options, f) for f in options.__dataclass_fields__ if f not in ("constraints", "output_dir")}
+    c = options.constraints
+    try:
+        result = api.build(handle, profile, calib, eval_data, ssh=_ssh_options(args), output=options.output_dir,
+                           say=_say, max_size_mb=c.max_size_mb, max_ram_mb=c.max_ram_mb,
+                           max_latency_ms=c.max_latency_ms, max_accuracy_drop=c.max_accuracy_drop, **settings)
+    except api.NoFeasibleCandidate as nothing:
+        _show(args, nothing.result, lambda r: render_build(r, all_rows=args.all))
+        print(f"edgepack: error: {nothing}", file=sys.stderr)
         return USER_ERROR_EXIT_CODE
+    _show(args, result, lambda r: render_build(r, all_rows=args.all))
     return 0
 
 
@@ -347,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--profile", action="append", metavar="FILE",
                         help="an extra device profile file (repeatable); its name is the file's stem")
     common.add_argument("--json", action="store_true", help="print JSON on stdout instead of a table")
+    loudness = common.add_mutually_exclusive_group()
+    loudness.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    loudness.add_argument("-v", "--verbose", action="store_true",
+                          help="every progress line, plain (each distillation epoch too)")
 
     parser = argparse.ArgumentParser(
         prog="edgepack",
@@ -484,6 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--cache", metavar="DIR", help="records and built artifacts (default ~/.cache/edgepack)")
     build.add_argument("--jobs", type=int, metavar="N",
                        help="artifacts built side by side, in worker processes (default: this machine's cores)")
+    build.add_argument("--all", action="store_true", help="list every candidate in the table (default: the "
+                       "measured and the nearest contenders; the others grouped by why they were left)")
     build.add_argument("--skip-device-check", action="store_true",
                        help="package even when the held-out samples cannot be run on the board (the manifest "
                             "says it was skipped)")
@@ -507,9 +516,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
+    global _progress
+    _progress = Progress(0 if getattr(args, "quiet", False) else 2 if getattr(args, "verbose", False) else 1)
     try:
         return handler(args)
     except EdgepackError as error:
+        _progress.done()
         print(f"edgepack: error: {error}", file=sys.stderr)
         return USER_ERROR_EXIT_CODE
     except KeyboardInterrupt:

@@ -287,12 +287,36 @@ def render_pruning(result: PruneResult) -> str:
     return "\n".join(lines)
 
 
-def render_build(result: Any) -> str:
-    """The candidate table (measured first, fastest first), then what was chosen and why, or what blocks."""
+CONTENDERS = 3  # unmeasured feasible candidates shown, nearest first (the rest are counted)
+
+
+def grouped_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The rows worth a line (the chosen, the measured, the nearest unmeasured contenders) and one line
+    per group of the others: blocked for the same reason, failed alike, or never built nor measured."""
+    shown = [r for r in rows if r["chosen"] or r["status"] in ("measured", "estimated")]
+    rest = [r for r in rows if r not in shown]
+    open_ = [r for r in rest if not r["blocked_by"] and r["status"] != "failed"]
+    shown += open_[:CONTENDERS]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rest:
+        if r in shown:
+            continue
+        reason = r["blocked_by"][0] if r["blocked_by"] else f"failed: {r['error']}" if r["status"] == "failed" \
+            else "not built nor measured: the search chose before reaching them (predicted p50 shown with --all)"
+        groups.setdefault(reason, []).append(r)
+    lines = [f"{len(g)} candidate{'s' if len(g) > 1 else ''}: {reason if len(reason) <= 110 else reason[:109] + '…'}"
+             for reason, g in sorted(groups.items(), key=lambda kv: -len(kv[1]))]
+    return shown, lines
+
+
+def render_build(result: Any, all_rows: bool = False) -> str:
+    """The candidate table (the chosen, the measured fastest first, the nearest contenders; ``all_rows``:
+    every one), the others grouped by why they were left, then what was chosen and why, or what blocks."""
     data = result.to_dict()
     rank = {"measured": 0, "estimated": 0, "predicted": 1, "skipped": 2, "failed": 3, "not built": 4}
-    rows = sorted(data["candidates"], key=lambda r: (not r["chosen"], rank[r["status"]],
-                                                     r["latency_ms"] or r["predicted_ms"] or 0.0))
+    every = sorted(data["candidates"], key=lambda r: (not r["chosen"], rank[r["status"]],
+                                                      r["latency_ms"] or r["predicted_ms"] or 0.0))
+    rows, groups = (every, []) if all_rows else grouped_rows(every)
 
     def ms(r: dict[str, Any], key: str) -> str:
         if r[key] is not None:
@@ -307,11 +331,14 @@ def render_build(result: Any) -> str:
              for r in rows]
     lines = [table(["candidate", "size MB", "p50 ms", "p90 ms", "acc. drop", "feasible", "status", "Pareto"],
                    cells, "lrrrrlll"),
+             *[f"  + {g}" for g in groups],
              f"(~: predicted, not measured; accuracy drop in points against the original on held-out data; "
-             f"Pareto: size, p50, accuracy drop among the measured; measured on {data['measured_on']})"]
+             f"Pareto: size, p50, accuracy drop among the measured; measured on {data['measured_on']}"
+             + ("" if all_rows else "; --all lists every candidate") + ")"]
     m, p = data["measurements"], data["predictor"]
     lines.append(f"measurements: {m['new']} new, {m['cached']} from the records "
-                 f"({sum(r['status'] in ('measured', 'estimated') for r in rows)} of {len(rows)} candidates measured)")
+                 f"({sum(r['status'] in ('measured', 'estimated') for r in every)} of {len(every)} candidates "
+                 "measured)")
     if p["median_error"] is not None:
         lines.append(f"predictor: median error {p['median_error']:.0%} on the {p['measured_candidates']} measured "
                      f"candidates (each predicted before it was measured); {p['within_10pct']:.0%} within 10%")

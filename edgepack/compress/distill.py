@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from edgepack.fidelity import OutputDrift, drift, infer_kind
+from edgepack.progress import verbose
 
 #: epochs at most. Measured (benchmarks/pruning_axis.py): a digits CNN pruned to 40% of its size on 240
 #: unlabelled samples lost 1.7 points at 10 epochs, 0.6 at 30 with mixup; it stops early when the
@@ -167,7 +168,7 @@ def distill(teacher: Any, student: Any, x: np.ndarray, *, labels: np.ndarray | N
         report.agreement_by_epoch.append(agreement(teacher, student, check))
         report.held_out_loss_by_epoch.append(score)
         report.epochs_run = epoch
-        if progress:
+        if progress and verbose():
             print(f"  distill epoch {epoch}/{epochs}: held-out loss {score:.4f}, closeness to the original "
                   f"{report.agreement_by_epoch[-1]:.2%}", file=sys.stderr)
         if score < best:

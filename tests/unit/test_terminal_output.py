@@ -1,0 +1,56 @@
+"""What the terminal shows: progress lines (updating on a terminal, plain when piped) and the build
+table's grouping of candidates left for the same reason."""
+
+from __future__ import annotations
+
+import io
+
+from edgepack.progress import Progress
+from edgepack.render import CONTENDERS, grouped_rows
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_a_stage_updates_one_line_and_a_new_stage_starts_another():
+    screen = Terminal()
+    say = Progress(1, screen)
+    for line in ("searching 4 candidates", "build  tflite int8: 0.08 MB", "measure  1  tflite int8 x1: p50 1 ms",
+                 "checking accuracy on the board"):
+        say(line)
+    say.done()
+    text = screen.getvalue()
+    assert text.count("\n") == 2  # the search loop's lines shared one line; the check got its own
+    assert "\r\033[Kedgepack: measure  1" in text and text.endswith("edgepack: checking accuracy on the board\n")
+
+
+def test_piped_every_line_is_plain_and_quiet_prints_nothing():
+    piped = io.StringIO()
+    say = Progress(1, piped)
+    say("build  a")
+    say("build  b")
+    assert piped.getvalue() == "edgepack: build  a\nedgepack: build  b\n"
+    silent = Terminal()
+    Progress(0, silent)("build  a")
+    assert silent.getvalue() == ""
+
+
+def _row(label: str, status: str, latency: float | None = None, blocked: list[str] | None = None,
+         chosen: bool = False, error: str | None = None) -> dict:
+    return {"label": label, "status": status, "latency_ms": latency, "predicted_ms": 1.0, "chosen": chosen,
+            "blocked_by": blocked or [], "error": error}
+
+
+def test_the_table_keeps_the_measured_and_the_nearest_and_groups_the_rest_by_reason():
+    rows = [_row("chosen", "measured", 1.0, chosen=True), _row("m2", "measured", 2.0)]
+    rows += [_row(f"open{i}", "predicted") for i in range(CONTENDERS + 5)]
+    rows += [_row(f"same{i}", "predicted", blocked=["pruning 30% gives the same model as pruning 50%"])
+             for i in range(14)]
+    rows += [_row("broken", "failed", error="measurement failed: timeout")]
+    shown, groups = grouped_rows(rows)
+    assert [r["label"] for r in shown] == ["chosen", "m2", *[f"open{i}" for i in range(CONTENDERS)]]
+    assert groups[0] == "14 candidates: pruning 30% gives the same model as pruning 50%"
+    assert groups[1].startswith("5 candidates: not built nor measured")
+    assert groups[2] == "1 candidate: failed: measurement failed: timeout"
