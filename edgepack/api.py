@@ -225,8 +225,8 @@ def build(model: Any, device: Any = "host", calib: Any = None, eval: Any = None,
           say: Say = _quiet, max_sram_kb: float | None = None, name: str | None = None, **settings: Any) -> Any:
     """``edgepack build``: search, measure on the board(s), write the package; a BuildResult whose
     ``package`` is the package's directory (``name``: an in-memory model's). ``settings``: the
-    constraints (max_size_mb, max_ram_mb, max_latency_ms, max_accuracy_drop) and any BuildOptions field (formats, precisions, prune_ratios,
-    threads, runs, warmup, jobs, cache_dir, distill_epochs, objective, ...).
+    constraints (max_size_mb, max_ram_mb, max_latency_ms, max_accuracy_drop) and any BuildOptions
+    field (formats, precisions, prune_ratios, threads, runs, warmup, jobs, cache_dir, distill_epochs, ...).
     Raises NoFeasibleCandidate (with the result) when no candidate meets the constraints."""
     from edgepack.bundle import write_build_package
     from edgepack.package import check_package_target, package_name
