@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.edgepack-installed
 
-.PHONY: demo test lint install device-deps mcu-deps board-deps board-image board board-stop clean
+.PHONY: demo test lint install device-deps mcu-deps browser-deps board-deps board-image board board-stop clean
 
 install: $(STAMP)
 
@@ -25,6 +25,10 @@ $(STAMP): pyproject.toml Makefile requirements/constraints.txt
 # The test "device" is a real OpenSSH server on loopback.
 device-deps:
 	@test -x /usr/sbin/sshd || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null)
+
+# The tests open report.html in a real browser (headless Chromium, Debian's build).
+browser-deps:
+	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
 # Microcontroller firmware sources are compiled for Cortex-M with Arm's GNU toolchain (Debian's build),
 # and for this machine with g++ (the tests check the C array's bytes).
@@ -61,7 +65,7 @@ demo: $(STAMP)
 		--calib dist/demo-data/calib.npz --eval dist/demo-data/eval.npz -o dist
 	@echo "package: $$(pwd)/dist/digits_cnn-host (and dist/digits_cnn-host.tar.gz)"
 
-test: $(STAMP) device-deps mcu-deps board-image
+test: $(STAMP) device-deps mcu-deps browser-deps board-image
 	$(BIN)/ruff check edgepack tests benchmarks
 	$(BIN)/python -m pytest -q -n auto --dist loadfile
 

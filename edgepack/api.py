@@ -221,10 +221,11 @@ CONSTRAINTS = ("max_size_mb", "max_ram_mb", "max_latency_ms", "max_accuracy_drop
 
 def build(model: Any, device: Any = "host", calib: Any = None, eval: Any = None,
           hosts: Sequence[str] = (), *, output: str | Path = "dist", example_input: Any = None,
-          ssh: Any = None, profiles: Sequence[str | Path] = (), preprocessing: Any = None,
+          ssh: Any = None, profiles: Sequence[str | Path] = (), image_preprocessing: Any = None,
           say: Say = _quiet, max_sram_kb: float | None = None, name: str | None = None, **settings: Any) -> Any:
     """``edgepack build``: search, measure on the board(s), write the package; a BuildResult whose
-    ``package`` is the package's directory (``name``: an in-memory model's). ``settings``: the
+    ``package`` is the package's directory (``name``: an in-memory model's; ``image_preprocessing``: how
+    a folder of images becomes samples, edgepack.data.ImagePreprocessing). ``settings``: the
     constraints (max_size_mb, max_ram_mb, max_latency_ms, max_accuracy_drop) and any BuildOptions
     field (formats, precisions, prune_ratios, threads, runs, warmup, jobs, cache_dir, distill_epochs, ...).
     Raises NoFeasibleCandidate (with the result) when no candidate meets the constraints."""
@@ -247,6 +248,8 @@ def build(model: Any, device: Any = "host", calib: Any = None, eval: Any = None,
     if unknown:
         raise UsageError(f"edgepack.build() takes no {', '.join(unknown)}",
                          f"constraints: {', '.join(CONSTRAINTS)}; options: {', '.join(sorted(known))}")
+    if image_preprocessing is not None:  # recorded in the package, for run.py
+        settings.setdefault("preprocessing", image_preprocessing.to_dict())
     settings.setdefault("cache_dir", default_cache_dir())
     settings.setdefault("jobs", os.cpu_count() or 1)
     options = BuildOptions(constraints, output_dir=Path(output), **settings)
@@ -254,8 +257,8 @@ def build(model: Any, device: Any = "host", calib: Any = None, eval: Any = None,
     with _workspace() as folder:
         handle = load(model, folder, example_input, name=name)
         check_package_target(Path(output), package_name(handle.name, target.name))
-        calib_data = dataset(calib, handle, folder, "calibration", preprocessing)
-        eval_data = dataset(eval, handle, folder, "evaluation", preprocessing)
+        calib_data = dataset(calib, handle, folder, "calibration", image_preprocessing)
+        eval_data = dataset(eval, handle, folder, "evaluation", image_preprocessing)
         result = run_build(handle, target, options, ssh or SshOptions(tuple(hosts)), calib_data, eval_data, say=say)
         if result.chosen is None:
             raise NoFeasibleCandidate(no_feasible_message(result.to_dict()), result)

@@ -40,6 +40,7 @@ def report_rows(result: BuildResult) -> list[dict[str, Any]]:
         row = result.row(c)
         row["quality"] = "-" if c.accuracy_drop is None else f"drop {c.accuracy_drop:.2f} pts"
         row["measured"] = c.latency_measured
+        row["runs_ms"] = c.measurement.runs_ms if c.measurement else []
         if c.latency_source == "predicted":  # plotted and listed, as the predictor's
             row["latency_ms"] = c.latency_ms
         rows.append(row)
@@ -69,7 +70,8 @@ def write_build_package(result: BuildResult, output_dir: Path) -> Path:
         name=package_name(result.source.name, result.device.name), artifact=built.artifact,
         source_name=result.source.source, source_sha256=result.source.sha256, device=result.device.name,
         plan=plan, measurement=measurement, candidates=report_rows(result),
-        constraints=constraint_report(result, chosen), preprocessing=result.preprocessing, sample=result.sample)
+        constraints=constraint_report(result, chosen), preprocessing=result.preprocessing, sample=result.sample,
+        summary={k: v for k, v in result.to_dict().items() if k in ("predictor", "findings", "notes", "measured_on")})
     with tempfile.TemporaryDirectory(prefix="edgepack-toolchain-") as folder:
         contents.toolchain_files, contents.toolchain = toolchain_outputs(result, chosen, Path(folder))
         return write_package(contents, output_dir)

@@ -276,6 +276,19 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """The path of a package's report.html (opened in the browser with --open)."""
+    from edgepack.package import package_report
+
+    path = package_report(Path(args.package))
+    print(path)
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(path.as_uri())
+    return 0
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
     from edgepack.deploy import deploy_package
 
@@ -497,6 +510,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="package even when the held-out samples cannot be run on the board (the manifest "
                             "says it was skipped)")
     build.set_defaults(handler=cmd_build)
+
+    report = commands.add_parser("report", help="the path of a package's report.html, or --open it")
+    report.add_argument("package", help="the directory edgepack build wrote")
+    report.add_argument("--open", action="store_true", help="open it in the web browser")
+    report.set_defaults(handler=cmd_report)
 
     deploy = commands.add_parser(
         "deploy", parents=[common],

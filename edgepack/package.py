@@ -10,7 +10,6 @@ candidate's per-op profile).
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from edgepack import __version__
 from edgepack.artifact import Artifact
 from edgepack.errors import EdgepackError
 from edgepack.model import file_sha256
+from edgepack.report import render_report
 
 RUN_PY = Path(__file__).resolve().parent / "templates" / "run.py"
 TOOLS = ("onnx", "onnxruntime", "tensorflow-cpu", "ai-edge-litert", "onnx2tf", "torch", "torch-pruning",
@@ -48,6 +48,8 @@ class PackageContents:
     #: by their name in the package; and what the manifest says of them.
     toolchain_files: dict[str, Path] = field(default_factory=dict)
     toolchain: dict[str, Any] = field(default_factory=dict)
+    #: For the report: the predictor's error, the build's findings and notes.
+    summary: dict[str, Any] = field(default_factory=dict)
 
 
 def tool_versions() -> dict[str, str]:
@@ -162,7 +164,11 @@ def write_package(contents: PackageContents, dist: Path) -> Path:
             np.save(root / "sample.npy", np.asarray(contents.sample))
         manifest = manifest_for(contents, model_file)
         (root / "README.md").write_text(_readme(contents, manifest))
-        (root / "report.html").write_text(_report(contents))
+        (root / "report.html").write_text(render_report(
+            contents.name, contents.device, contents.candidates, contents.plan,
+            {**(contents.measurement or {}), **({"vela": contents.toolchain["vela"]} if "vela" in contents.toolchain
+                                                else {})}, contents.constraints, contents.summary),
+            encoding="utf-8")
         manifest["files"] = {p.name: _sha256(p) for p in sorted(root.iterdir())}
         (root / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
         archive = staging / f"{contents.name}.tar.gz"
@@ -199,58 +205,17 @@ def _readme(contents: PackageContents, manifest: dict[str, Any]) -> str:
             "Check the files against `manifest.json` (`files`: sha256 of each).\n")
 
 
-def _report(contents: PackageContents) -> str:
-    rows = contents.candidates
-    width, height, pad = 640, 360, 50
-    points = [r for r in rows if r.get("latency_ms") is not None]
-    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">',
-           f'<line x1="{pad}" y1="{height - pad}" x2="{width - 10}" y2="{height - pad}" stroke="black"/>',
-           f'<line x1="{pad}" y1="10" x2="{pad}" y2="{height - pad}" stroke="black"/>',
-           f'<text x="{width // 2}" y="{height - 10}" text-anchor="middle">size (MB)</text>',
-           f'<text x="12" y="{height // 2}" transform="rotate(-90 12 {height // 2})" text-anchor="middle">'
-           'p50 latency (ms)</text>']
-    if points:
-        max_size = max(r["size_mb"] for r in points) or 1.0
-        max_ms = max(r["latency_ms"] for r in points) or 1.0
-        for r in points:
-            x = pad + (width - pad - 20) * r["size_mb"] / max_size
-            y = height - pad - (height - pad - 20) * r["latency_ms"] / max_ms
-            color = "crimson" if r.get("chosen") else ("navy" if r.get("pareto") else "gray")
-            label = html.escape(str(r.get("label", "")))
-            quality = html.escape(str(r.get("quality", "")))
-            svg.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{6 if r.get("pareto") else 4}" fill="{color}">'
-                       f'<title>{label}: {r["size_mb"]:.3f} MB, {r["latency_ms"]:.3f} ms, {quality}</title></circle>')
-            if r.get("pareto") and r.get("accuracy_drop") is not None:  # the third axis, written by the point
-                svg.append(f'<text x="{x + 8:.1f}" y="{y - 6:.1f}" font-size="10">'
-                           f'{r["accuracy_drop"]:+.2f} pts</text>')
-    svg.append("</svg>")
-    headers = ["candidate", "size MB", "p50 ms", "p90 ms", "accuracy / fidelity", "feasible", "measured", "Pareto"]
-    table = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
-            r.get("label"), f"{r.get('size_mb', 0):.3f}", _fmt(r.get("latency_ms")), _fmt(r.get("p90_ms")),
-            r.get("quality", ""), "yes" if r.get("feasible") else "no",
-            "measured" if r.get("measured") else "predicted",
-            "*" if r.get("pareto") else "")) + "</tr>" for r in rows)
-    ops = ((contents.measurement or {}).get("op_profile") or {}).get("ops") or []
-    op_rows = "".join(f"<tr><td>{html.escape(o['name'])}</td><td>{html.escape(o['type'])}</td>"
-                      f"<td>{o['ms']:.4f}</td></tr>" for o in ops[:20])
-    return ("<!doctype html><html><head><meta charset='utf-8'><title>edgepack report: "
-            f"{html.escape(contents.name)}</title><style>body{{font-family:sans-serif}}td,th{{padding:2px 8px;"
-            "text-align:right}}</style></head><body>"
-            f"<h1>{html.escape(contents.name)}</h1><p>Measured candidates. Red: chosen; blue: on the Pareto "
-            "front (size, latency, accuracy drop; each labelled with its drop in points); grey: dominated.</p>"
-            + ("<p><b>Latencies here are predicted, not measured: "
-               f"{html.escape((contents.measurement or {}).get('why', ''))}.</b></p>"
-               if (contents.measurement or {}).get("latency_source") == "predicted" else "")
-            + "".join(svg)
-            + "<h2>Candidates</h2><table><tr>" + "".join(f"<th>{h}</th>" for h in headers) + f"</tr>{table}</table>"
-            + "<h2>Per-op profile of the chosen candidate</h2>"
-            + (f"<table><tr><th>op</th><th>type</th><th>ms</th></tr>{op_rows}</table>" if op_rows else
-               "<p>unavailable</p>") + "</body></html>")
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
+def package_report(path: Path) -> Path:
+    """A package's report.html; PackageError when ``path`` is not a package edgepack wrote."""
+    if path.suffix == ".gz" and path.name.endswith(".tar.gz"):
+        raise PackageError(f"{path} is an archive", f"extract it (tar xzf {path.name}) and give the directory")
+    if not _is_package(path):
+        raise PackageError(f"{path} is not a package edgepack wrote (no manifest.json of edgepack's)",
+                           "give the directory edgepack build wrote (dist/<model>-<device>)")
+    report = path / "report.html"
+    if not report.is_file():
+        raise PackageError(f"{path} has no report.html", "build it again with this edgepack")
+    return report.resolve()
 
 
 def pareto_front(points: list[tuple[float, ...]]) -> list[bool]:
