@@ -63,7 +63,7 @@ demo: $(STAMP)
 	$(BIN)/python -m edgepack.examples.digits --data dist/demo-data
 	$(BIN)/edgepack build edgepack/examples/digits_cnn.onnx --device host \
 		--calib dist/demo-data/calib.npz --eval dist/demo-data/eval.npz -o dist
-	@echo "package: $$(pwd)/dist/digits_cnn-host (and dist/digits_cnn-host.tar.gz)"
+	@echo "archive: $$(pwd)/dist/digits_cnn-host.tar.gz; report: $$(pwd)/dist/digits_cnn-host/report.html"
 
 test: $(STAMP) device-deps mcu-deps browser-deps board-image
 	$(BIN)/ruff check edgepack tests benchmarks

@@ -16,7 +16,7 @@ from typing import TextIO
 
 VERBOSE_ENV = "EDGEPACK_VERBOSE"
 #: First words that belong to one stage of a build: its search loop updates one line.
-SEARCH = {"searching", "building", "build", "measure", "prune", "cache", "rank", "confirming", "confirm"}
+SEARCH = {"searching", "building", "build", "measure", "prune", "cache", "rank", "confirming", "confirm", "chosen"}
 
 
 def verbose() -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,11 +14,37 @@ from edgepack.profiles import DeviceProfile
 from edgepack.profiling import ProfileReport
 from edgepack.runners.base import EMULATED
 
+WIDTH = 100  # columns the listings keep within (devices, inspect)
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "") -> str:
-    """A left/right-aligned text table; ``align`` is one of 'l'/'r' per column (default: left)."""
+
+def fit(lines: list[str], width: int = WIDTH) -> str:
+    """Lines longer than ``width`` wrapped at spaces, continued under their value ("  label      value");
+    table rows (no room to wrap) are cut."""
+    import textwrap
+
+    out = []
+    for line in lines:
+        if len(line) <= width:
+            out.append(line)
+            continue
+        label = re.match(r"^(\s+\S+(?: \S+)?\s{2,})\S", line)
+        indent = " " * (len(label.group(1)) if label else len(line) - len(line.lstrip()) + 4)
+        wrapped = textwrap.wrap(line, width, subsequent_indent=indent, break_on_hyphens=False,
+                                drop_whitespace=True, initial_indent="")
+        lead = len(line) - len(line.lstrip())
+        out += [(" " * lead + wrapped[0].lstrip()) if wrapped else line, *wrapped[1:]]
+    return "\n".join(out)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "", width: int | None = None) -> str:
+    """A left/right-aligned text table; ``align`` is one of 'l'/'r' per column (default: left);
+    ``width``: the last column is cut (…) so that every line fits."""
     cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    if width is not None:
+        room = max(8, width - sum(widths[:-1]) - 2 * (len(widths) - 1))
+        cells = [[*row[:-1], row[-1] if len(row[-1]) <= room else row[-1][:room - 1] + "…"] for row in cells]
+        widths[-1] = min(widths[-1], room)
     align = align or "l" * len(headers)
 
     def line(row: list[str]) -> str:
@@ -44,10 +71,10 @@ def human_count(n: float) -> str:
 
 
 def render_devices(profiles: list[DeviceProfile]) -> str:
-    rows = [(p.name, p.device_class, p.architecture, p.cores, f"{p.ram_mb:.0f}", f"{p.memory_budget_mb:g}",
-             ",".join(p.runtimes), ",".join(p.precisions.supported), p.description) for p in profiles]
-    return table(["name", "class", "arch", "cores", "RAM MB", "budget MB", "runtimes", "precisions",
-                  "description"], rows, "lllrrrlll")
+    rows = [(p.name, p.device_class, p.architecture, p.cores, f"{p.ram_mb:g}", f"{p.memory_budget_mb:g}",
+             ",".join(p.runtimes), p.description) for p in profiles]
+    return table(["name", "class", "arch", "cores", "RAM MB", "budget MB", "runtimes", "description"], rows,
+                 "lllrrrll", width=WIDTH) + "\n(edgepack devices show NAME: all of one profile)"
 
 
 def render_device(p: DeviceProfile) -> str:
@@ -140,7 +167,7 @@ def render_inspection(result: Inspection, top_layers: int = 15) -> str:
                      f"{e.assumed_precision} {e.peak_gops:g} GOP/s, {e.memory_gbps:g} GB/s; "
                      f"{e.compute_bound_layers} compute-bound, {e.memory_bound_layers} memory-bound "
                      "layers) - not measured; run 'edgepack profile' to measure")
-    return "\n".join(lines)
+    return fit(lines)
 
 
 def toolchain_lines(found: dict[str, Any]) -> list[str]:
@@ -287,14 +314,20 @@ def render_pruning(result: PruneResult) -> str:
     return "\n".join(lines)
 
 
-CONTENDERS = 3  # unmeasured feasible candidates shown, nearest first (the rest are counted)
+CONTENDERS = 2  # unmeasured feasible candidates shown, nearest first (the rest are counted)
+MEASURED_SHOWN = 8  # the chosen, the Pareto front, then the fastest
 
 
 def grouped_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
-    """The rows worth a line (the chosen, the measured, the nearest unmeasured contenders) and one line
-    per group of the others: blocked for the same reason, failed alike, or never built nor measured."""
-    shown = [r for r in rows if r["chosen"] or r["status"] in ("measured", "estimated")]
-    rest = [r for r in rows if r not in shown]
+    """The rows worth a line (the chosen, the Pareto front and the fastest of the measured, the nearest
+    unmeasured contenders) and one line per group of the others: measured but slower and off the front,
+    blocked for the same reason, failed alike, or never built nor measured."""
+    measured = [r for r in rows if r["chosen"] or r["status"] in ("measured", "estimated")]
+    first = sorted(measured, key=lambda r: (not r["chosen"], not r.get("pareto"), r["latency_ms"] or 0.0))
+    keep = {id(r) for r in first[:MEASURED_SHOWN]}
+    shown = [r for r in measured if id(r) in keep]
+    slower = [r for r in measured if id(r) not in keep]
+    rest = [r for r in rows if r not in measured]
     open_ = [r for r in rest if not r["blocked_by"] and r["status"] != "failed"]
     shown += open_[:CONTENDERS]
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -302,10 +335,13 @@ def grouped_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list
         if r in shown:
             continue
         reason = r["blocked_by"][0] if r["blocked_by"] else f"failed: {r['error']}" if r["status"] == "failed" \
-            else "not built nor measured: the search chose before reaching them (predicted p50 shown with --all)"
+            else "not built nor measured: the search chose before reaching them"
         groups.setdefault(reason, []).append(r)
-    lines = [f"{len(g)} candidate{'s' if len(g) > 1 else ''}: {reason if len(reason) <= 110 else reason[:109] + '…'}"
+    lines = [f"{len(g)} candidate{'s' if len(g) > 1 else ''}: {reason if len(reason) <= 90 else reason[:89] + '…'}"
              for reason, g in sorted(groups.items(), key=lambda kv: -len(kv[1]))]
+    if slower:
+        lines.insert(0, f"{len(slower)} more measured, slower and off the Pareto front: "
+                        + ", ".join(r["label"] for r in slower[:3]) + (", …" if len(slower) > 3 else ""))
     return shown, lines
 
 
@@ -332,9 +368,9 @@ def render_build(result: Any, all_rows: bool = False) -> str:
     lines = [table(["candidate", "size MB", "p50 ms", "p90 ms", "acc. drop", "feasible", "status", "Pareto"],
                    cells, "lrrrrlll"),
              *[f"  + {g}" for g in groups],
-             f"(~: predicted, not measured; accuracy drop in points against the original on held-out data; "
-             f"Pareto: size, p50, accuracy drop among the measured; measured on {data['measured_on']}"
-             + ("" if all_rows else "; --all lists every candidate") + ")"]
+             f"(~: predicted, not measured; acc. drop: points against the original on held-out data; Pareto: "
+             f"size, p50, acc. drop; measured on {data['measured_on']}"
+             + ("" if all_rows else "; --all: every candidate") + ")"]
     m, p = data["measurements"], data["predictor"]
     lines.append(f"measurements: {m['new']} new, {m['cached']} from the records "
                  f"({sum(r['status'] in ('measured', 'estimated') for r in every)} of {len(every)} candidates "

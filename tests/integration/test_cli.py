@@ -126,3 +126,10 @@ def test_console_script_exit_code_and_stderr(tmp_path: Path):
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "missing.onnx" in proc.stderr
+
+
+def test_devices_and_inspect_fit_in_100_columns(capsys):
+    for argv in (["devices"], ["inspect", str(EXAMPLE), "--device", "coral-edgetpu"],
+                 ["inspect", str(EXAMPLE), "--device", "android-gpu"]):
+        code, out, _ = run(capsys, *argv)
+        assert code == 0 and max(len(line) for line in out.splitlines()) <= 100, argv

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 
 from edgepack.progress import Progress
-from edgepack.render import CONTENDERS, grouped_rows
+from edgepack.render import CONTENDERS, MEASURED_SHOWN, grouped_rows
 
 
 class Terminal(io.StringIO):
@@ -45,12 +45,15 @@ def _row(label: str, status: str, latency: float | None = None, blocked: list[st
 
 def test_the_table_keeps_the_measured_and_the_nearest_and_groups_the_rest_by_reason():
     rows = [_row("chosen", "measured", 1.0, chosen=True), _row("m2", "measured", 2.0)]
+    rows += [_row(f"slow{i}", "measured", 10.0 + i) for i in range(MEASURED_SHOWN - 1)]
     rows += [_row(f"open{i}", "predicted") for i in range(CONTENDERS + 5)]
     rows += [_row(f"same{i}", "predicted", blocked=["pruning 30% gives the same model as pruning 50%"])
              for i in range(14)]
     rows += [_row("broken", "failed", error="measurement failed: timeout")]
     shown, groups = grouped_rows(rows)
-    assert [r["label"] for r in shown] == ["chosen", "m2", *[f"open{i}" for i in range(CONTENDERS)]]
-    assert groups[0] == "14 candidates: pruning 30% gives the same model as pruning 50%"
-    assert groups[1].startswith("5 candidates: not built nor measured")
-    assert groups[2] == "1 candidate: failed: measurement failed: timeout"
+    kept = ["chosen", "m2", *[f"slow{i}" for i in range(MEASURED_SHOWN - 2)]]
+    assert [r["label"] for r in shown] == [*kept, *[f"open{i}" for i in range(CONTENDERS)]]
+    assert groups[0] == f"1 more measured, slower and off the Pareto front: slow{MEASURED_SHOWN - 2}"
+    assert groups[1] == "14 candidates: pruning 30% gives the same model as pruning 50%"
+    assert groups[2] == "5 candidates: not built nor measured: the search chose before reaching them"
+    assert groups[-1] == "1 candidate: failed: measurement failed: timeout"
