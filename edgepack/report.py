@@ -106,9 +106,12 @@ def _ms(value: float | None) -> str:
 
 def _baseline(rows: list[dict[str, Any]], chosen: dict[str, Any]) -> dict[str, Any] | None:
     """The original as measured: the fastest fp32, unpruned candidate (the chosen one's format first)."""
+    def plan(r: dict[str, Any]) -> dict[str, Any]:
+        return r.get("plan") or {}
+
     plain = [r for r in rows if r.get("measured") and r.get("latency_ms") is not None
-             and r["plan"].get("precision") == "fp32" and not r["plan"].get("prune_ratio")]
-    plain.sort(key=lambda r: (r["plan"].get("format") != chosen["plan"].get("format"), r["latency_ms"]))
+             and plan(r).get("precision") == "fp32" and not plan(r).get("prune_ratio")]
+    plain.sort(key=lambda r: (plan(r).get("format") != plan(chosen).get("format"), r["latency_ms"]))
     return plain[0] if plain else None
 
 
