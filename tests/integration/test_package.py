@@ -48,7 +48,8 @@ def test_package_with_int8_io_runs_on_the_device_side(digits_onnx: Path, digits:
     assert manifest["inputs"][0]["source_shape"] == [1, 1, 8, 8] and manifest["inputs"][0]["layout"] == "NHWC"
     assert "onnxruntime" in manifest["tool_versions"]
     report = (root / "report.html").read_text()
-    assert report.count("<circle") == 2 and "crimson" in report
+    assert "<title>tflite int8: " in report and "CHOSEN: tflite int8" in report  # hover and legend
+    assert "predicted, not measured (1)" in report and "model size (MB)" in report
     with tarfile.open(tmp_path / "dist" / "digits-coral-edgetpu.tar.gz") as tar:
         assert sorted(m.name for m in tar.getmembers() if m.isfile()) == sorted(
             f"digits-coral-edgetpu/{n}" for n in [*manifest["files"], "manifest.json"])
