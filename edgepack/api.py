@@ -152,7 +152,7 @@ def inspect(model: Any, device: Any = None, *, example_input: Any = None, profil
 
 def convert(model: Any, to: str = "tflite", output: str | Path | None = None, *, device: Any = "host",
             calib: Any = None, example_input: Any = None, profiles: Sequence[str | Path] = (),
-            tolerance: float | None = None, allow_drift: bool = False) -> Any:
+            tolerance: float | None = None, allow_drift: bool = False, kinds: dict[str, str] | None = None) -> Any:
     """``edgepack convert``: a ConversionResult; the verified artifact is written to ``output``."""
     from edgepack.artifact import resolve_output
     from edgepack.convert.convert import convert_model, default_name
@@ -163,7 +163,7 @@ def convert(model: Any, to: str = "tflite", output: str | Path | None = None, *,
         target = resolve_output(Path(output) if output else Path.cwd(), default_name(handle, to),
                                 directory_artifact=to in ("savedmodel", "torch"))
         data = dataset(calib, handle, folder, "calibration")
-        return convert_model(handle, to, target, profile, data, tolerance=tolerance, kinds={},
+        return convert_model(handle, to, target, profile, data, tolerance=tolerance, kinds=kinds or {},
                              allow_drift=allow_drift)
 
 

@@ -92,17 +92,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from edgepack.convert.convert import convert_model, default_name
     from edgepack.data import load_dataset
     from edgepack.render import render_conversion
 
     profile = _registry(args).get(args.device)
     handle = _handle(args)
-    output = _output(args, default_name(handle, args.to), directory=args.to in ("savedmodel", "torch"))
     data = load_dataset(args.calib, handle.inputs, purpose="calibration",
                         preprocessing=_preprocessing(args)) if args.calib else None
-    result = convert_model(handle, args.to, output, profile, data, tolerance=args.tolerance,
-                           kinds=_kinds(args), allow_drift=args.allow_drift)
+    result = api.convert(handle, args.to, args.output, device=profile, calib=data, tolerance=args.tolerance,
+                         kinds=_kinds(args), allow_drift=args.allow_drift)
     _show(args, result, render_conversion)
     _warn_drift(result.artifact.notes)
     return 0
@@ -131,14 +129,6 @@ def _warn_drift(notes: list[str]) -> None:
             print(f"edgepack: WARNING: {note}", file=sys.stderr)
 
 
-def _output(args: argparse.Namespace, name: str, *, directory: bool = False) -> Path:
-    """``-o``: a file, or an existing directory to write ``name`` into (default: the working directory);
-    refused before any work when it would replace something edgepack did not write."""
-    from edgepack.artifact import resolve_output
-
-    return resolve_output(Path(args.output) if args.output else Path.cwd(), name, directory_artifact=directory)
-
-
 def _preprocessing(args: argparse.Namespace) -> Any:
     from edgepack.data import ImagePreprocessing
 
@@ -156,18 +146,16 @@ def _preprocessing(args: argparse.Namespace) -> Any:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from edgepack.compress.quantize import default_format, quantize_model
+    from edgepack.compress.quantize import default_format
     from edgepack.render import render_quantization
 
     profile = _registry(args).get(args.device)
     handle = _handle(args)
     fmt = _format(args, default_format(profile))
-    output = _output(args, f"{handle.name}_{args.mode}.{fmt}")
     calib, eval_data = _datasets(args, handle)
-    check = _check(args)
-    result = quantize_model(handle, calib, profile, output, fmt=fmt, mode=args.mode, eval_data=eval_data,
-                            max_accuracy_drop=args.max_accuracy_drop, calibrate_method=args.calibration,
-                            io_dtype=args.io_dtype, check=check)
+    result = api.quantize(handle, calib, args.mode, args.output, format=fmt, device=profile, eval=eval_data,
+                          max_accuracy_drop=args.max_accuracy_drop, calibration=args.calibration,
+                          io_dtype=args.io_dtype, check=_check(args))
     _show(args, result, render_quantization)
     _warn_drift(result.notes)
     return 0
@@ -187,18 +175,16 @@ def _format(args: argparse.Namespace, default: str) -> str:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from edgepack.compress.pruning import prune_model
     from edgepack.render import render_pruning
 
     profile = _registry(args).get(args.device)
     handle = _handle(args)
     fmt = _format(args, "onnx")
-    output = _output(args, f"{handle.name}_pruned.{fmt}")
     calib, eval_data = _datasets(args, handle)
-    result = prune_model(handle, calib, profile, output, max_size_mb=args.max_size_mb, ratio=args.ratio,
-                         fmt=fmt, precision=args.precision, importance=args.importance,
-                         distill_epochs=args.distill_epochs, eval_data=eval_data, time_budget_s=args.time_budget,
-                         round_to=args.round_to if args.round_to > 1 else None)
+    result = api.prune(handle, calib, ratio=args.ratio, max_size_mb=args.max_size_mb, output=args.output,
+                       format=fmt, device=profile, eval=eval_data, precision=args.precision,
+                       distill_epochs=args.distill_epochs, importance=args.importance, time_budget_s=args.time_budget,
+                       round_to=args.round_to if args.round_to > 1 else None)
     _show(args, result, render_pruning)
     return 0
 
