@@ -62,3 +62,15 @@ def test_errors_are_exceptions_not_system_exit(digits_onnx: Path, digits_model, 
     with pytest.raises(EdgepackError, match="no --host given to reach the rpi4"):
         edgepack.profile(digits_onnx, device="rpi4")
     assert not any(tmp_path.iterdir())
+
+
+def test_quantize_a_torch_module_from_a_dataloader(digits, digits_model, tmp_path: Path):
+    import torch
+
+    batches = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.from_numpy(digits.x_train[:200])),
+                                          batch_size=50)
+    result = edgepack.quantize(digits_model, [b[0] for b in batches], "int8", tmp_path, format="onnx",
+                               eval={"x": digits.x_test, "y": digits.y_test}, example_input=torch.zeros(1, 1, 8, 8))
+    assert result.artifact.path.parent == tmp_path and result.artifact.path.suffix == ".onnx"
+    assert result.fidelity.samples == len(digits.x_test) and result.fidelity.accuracy > 0.95
+    assert result.to_dict()["mode"] == "int8"
