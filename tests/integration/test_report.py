@@ -30,8 +30,8 @@ def package(digits, digits_onnx: Path, tmp_path_factory: pytest.TempPathFactory)
 
 def chromium(*argv: str) -> subprocess.CompletedProcess:
     assert CHROMIUM, "make test installs chromium (Debian's package)"
-    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", *argv], capture_output=True,
-                          text=True, timeout=180)
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]  # root, in a container
+    return subprocess.run([CHROMIUM, *flags, *argv], capture_output=True, text=True, timeout=180)
 
 
 def test_the_report_shows_the_summary_and_names_every_measured_candidate(package: Path, tmp_path: Path):
