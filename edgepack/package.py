@@ -165,10 +165,8 @@ def write_package(contents: PackageContents, dist: Path) -> Path:
         manifest = manifest_for(contents, model_file)
         (root / "README.md").write_text(_readme(contents, manifest))
         (root / "report.html").write_text(render_report(
-            contents.name, contents.device, contents.candidates, contents.plan,
-            {**(contents.measurement or {}), **({"vela": contents.toolchain["vela"]} if "vela" in contents.toolchain
-                                                else {})}, contents.constraints, contents.summary),
-            encoding="utf-8")
+            contents.name, contents.device, contents.candidates, contents.plan, contents.measurement or {},
+            contents.constraints, contents.summary), encoding="utf-8")
         manifest["files"] = {p.name: _sha256(p) for p in sorted(root.iterdir())}
         (root / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
         archive = staging / f"{contents.name}.tar.gz"
