@@ -522,6 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     global _progress
     _progress = Progress(0 if getattr(args, "quiet", False) else 2 if getattr(args, "verbose", False) else 1)
+    _progress.export()
     try:
         return handler(args)
     except EdgepackError as error:

@@ -33,7 +33,10 @@ class Progress:
         self.tty = self.stream.isatty()
         self._stage: str | None = None
         self._open = False  # an updating line is on the screen, without its newline yet
-        if level >= 2:
+
+    def export(self) -> None:
+        """Tell worker processes (through the environment) whether detail lines are wanted."""
+        if self.level >= 2:
             os.environ[VERBOSE_ENV] = "1"
         else:
             os.environ.pop(VERBOSE_ENV, None)
