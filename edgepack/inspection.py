@@ -12,6 +12,7 @@ from edgepack.analysis.graph import GraphSummary
 from edgepack.analysis.roofline import RooflineEstimate, estimate_latency
 from edgepack.model import ModelFormat, ModelHandle
 from edgepack.profiles import DeviceProfile
+from edgepack.toolchains import NO_EDGETPU_COMPILER
 
 
 @dataclass
@@ -133,6 +134,5 @@ def toolchain_check(handle: ModelHandle, summary: GraphSummary, device: DevicePr
         else:
             found["gpu_analyzer"] = {"not_run": "the analyzer reads TFLite models; the op list spoke"}
     if "tflite-edgetpu" in device.runtimes:
-        found["edgetpu_compiler"] = {"not_run": "no Edge TPU compiler ran (edgetpu_compiler is not installable "
-                                                "here): the op list is Coral's documentation"}
+        found["edgetpu_compiler"] = {"not_run": f"{NO_EDGETPU_COMPILER}: the op list is Coral's documentation"}
     return found

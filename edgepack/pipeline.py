@@ -33,6 +33,7 @@ from edgepack.search.estimate import estimate
 from edgepack.search.result import BuildOptions, BuildResult, SourceModel
 from edgepack.search.space import CompressionPlan, plans_for
 from edgepack.search.strategy import Candidate, Strategy
+from edgepack.toolchains import NO_EDGETPU_COMPILER
 
 __all__ = ["Build", "BuildOptions", "BuildResult", "build"]
 
@@ -57,8 +58,8 @@ class Build:
             self.notes.append(f"size limit: the {profile.name} profile's memory budget, "
                               f"{profile.memory_budget_mb:g} MB (--max-size-mb to change)")
         if "tflite-edgetpu" in profile.runtimes:
-            self.notes.append("no Edge TPU compiler ran (edgetpu_compiler is not installable here): the "
-                              "candidates are measured with the TFLite interpreter on the host CPU of the board")
+            self.notes.append(f"{NO_EDGETPU_COMPILER}: the candidates are measured with the TFLite interpreter on "
+                              "the host CPU of the board")
         mcu = profile.microcontroller
         if mcu is not None and options.constraints.max_ram_mb is None:
             options = replace(options, constraints=replace(options.constraints,
