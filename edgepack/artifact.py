@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgepack import __version__
+from edgepack import __version__, strict_json
 from edgepack.errors import EdgepackError
 from edgepack.model import file_sha256
 
@@ -145,7 +145,6 @@ def install(staged: Path, artifact: Artifact, output: Path) -> Artifact:
     The artifact's ``path`` becomes ``output``; its sha256 and size are those of ``staged``. What is at
     ``output`` already is replaced only when edgepack wrote it (:class:`OutputError` otherwise).
     """
-    import json
     import os
     import shutil
 
@@ -153,7 +152,7 @@ def install(staged: Path, artifact: Artifact, output: Path) -> Artifact:
     artifact.path = output
     artifact.sha256, artifact.size_bytes = file_sha256(staged)
     meta = staged / "edgepack.json" if staged.is_dir() else staged.parent / f"{output.name}.edgepack.json"
-    meta.write_text(json.dumps(artifact.to_dict(), indent=2, default=str) + "\n")
+    meta.write_text(strict_json.dumps(artifact.to_dict(), indent=2) + "\n")
     aside = staged.parent / ".replaced"
     if output.is_dir() or (output.exists() and staged.is_dir()):  # a rename cannot replace a directory
         os.replace(output, aside)

@@ -6,14 +6,14 @@ Exit codes: 0 success, 2 a user error (one line on stderr, no traceback), 1 a bu
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from edgepack import __version__, api
+from edgepack.arguments import flag, flag_list, image_size
 from edgepack.compress.distill import DISTILL_EPOCHS
 from edgepack.errors import USER_ERROR_EXIT_CODE, EdgepackError
 from edgepack.formats import FORMATS
@@ -21,7 +21,9 @@ from edgepack.progress import Progress
 
 
 def _emit_json(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=2, default=str)
+    from edgepack.strict_json import dump
+
+    dump(data, sys.stdout, indent=2)
     sys.stdout.write("\n")
 
 
@@ -205,6 +207,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
                          input_value=args.input_value)
     _show(args, report, render_profile)
     failed = [m for m in report.measurements if m.error]
+    if failed and all(m.error_kind == "out_of_memory" for m in failed):  # the model's size: the user's to fix
+        print(f"edgepack: error: {args.model} is too large for the memory of {', '.join(m.device for m in failed)}"
+              f" ({failed[0].error})", file=sys.stderr)
+        return USER_ERROR_EXIT_CODE
     for m in failed:
         print(f"edgepack: {m.device}: {m.error}", file=sys.stderr)
     return 1 if failed else 0
@@ -229,6 +235,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     from edgepack.render import render_build
     from edgepack.search.space import PRUNE_RATIOS, Constraints
 
+    api.folder_for_writing(args.output, "-o")  # before any work: -o and --cache are folders
+    if args.cache:
+        api.folder_for_writing(args.cache, "--cache")
     profile = _registry(args).get(args.device)
     handle = _handle(args)
     check_package_target(Path(args.output), package_name(handle.name, profile.name))
@@ -308,7 +317,8 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_image_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--resize", metavar="HxW", help="image data: resize to this (default: the model's input)")
+    parser.add_argument("--resize", metavar="HxW", type=image_size,
+                        help="image data: resize to this (default: the model's input)")
     parser.add_argument("--mean", metavar="R,G,B", help="image data: subtract after scaling to [0, 1]")
     parser.add_argument("--std", metavar="R,G,B", help="image data: divide by after subtracting the mean")
     parser.add_argument("--channel-order", choices=["rgb", "bgr"], default="rgb")
@@ -344,8 +354,15 @@ def _add_input_arguments(parser: argparse.ArgumentParser) -> None:
                              "'sr=16000;state=zeros' (a number, zeros or a .npy file each) or an .npz by name")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's refusals as one line (``edgepack: error: ...``) and exit 2, like every user error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USER_ERROR_EXIT_CODE, f"edgepack: error: {message}; see '{self.prog} --help'\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--profile", action="append", metavar="FILE",
                         help="an extra device profile file (repeatable); its name is the file's stem")
     common.add_argument("--json", action="store_true", help="print JSON on stdout instead of a table")
@@ -354,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     loudness.add_argument("-v", "--verbose", action="store_true",
                           help="every progress line, plain (each distillation epoch too)")
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="edgepack",
         description="Package trained neural networks for small devices: convert, quantize, prune, "
                     "and measure on the board over SSH.")
@@ -386,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_image_arguments(convert)
     convert.add_argument("--device", default="host", metavar="NAME",
                          help="profile whose route order and tolerances apply (default: host)")
-    convert.add_argument("--tolerance", type=float, metavar="REL",
+    convert.add_argument("--tolerance", type=flag("tolerance"), metavar="REL",
                          help="largest max abs error allowed, as a fraction of each output's scale (default: the "
                               "profile's, scaled by sqrt(ops/50) for deeper graphs)")
     _add_check_arguments(convert, metric=False)
@@ -403,14 +420,14 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--format", choices=FORMATS,
                           help="default: -o's suffix, else the device's first runtime")
     quantize.add_argument("--device", default="host", metavar="NAME")
-    quantize.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="PTS",
+    quantize.add_argument("--max-accuracy-drop", type=flag("max_accuracy_drop"), default=1.0, metavar="PTS",
                           help="percentage points of --metric, of accuracy (with labels) or of agreement with the "
                                "original: top-1, per-position argmax, thresholded-map IoU (default 1.0)")
     quantize.add_argument("--calibration", choices=["minmax", "entropy", "percentile"], default="minmax",
                           help="ONNX activation calibration method")
     quantize.add_argument("--io-dtype", choices=["float32", "int8", "uint8"],
                           help="TFLite int8 input/output type (default: what the device takes)")
-    quantize.add_argument("--tolerance", type=float, metavar="REL",
+    quantize.add_argument("--tolerance", type=flag("tolerance"), metavar="REL",
                           help="value outputs (boxes, landmarks, regressions): largest max abs error per channel, "
                                "a fraction of the channel's scale (default 0.1)")
     _add_check_arguments(quantize)
@@ -424,18 +441,19 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--calib", required=True, metavar="PATH", help="samples to prune and distill on")
     _add_data_arguments(prune)
     budget = prune.add_mutually_exclusive_group()
-    budget.add_argument("--max-size-mb", type=float, metavar="X", help="size of the final file (MB = 10^6 bytes)")
-    budget.add_argument("--ratio", type=float, metavar="R", help="fraction of channels to remove, e.g. 0.5")
+    budget.add_argument("--max-size-mb", type=flag("max_size_mb"), metavar="X",
+                        help="size of the final file (MB = 10^6 bytes)")
+    budget.add_argument("--ratio", type=flag("ratio"), metavar="R", help="fraction of channels to remove, e.g. 0.5")
     prune.add_argument("--device", default="host", metavar="NAME", help="its memory budget applies without "
                        "--max-size-mb/--ratio")
     prune.add_argument("--format", choices=FORMATS, help="default: -o's suffix, else onnx")
     prune.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
     prune.add_argument("--importance", choices=["magnitude", "taylor"], default="magnitude")
-    prune.add_argument("--distill-epochs", type=int, default=DISTILL_EPOCHS, metavar="N",
+    prune.add_argument("--distill-epochs", type=flag("distill_epochs"), default=DISTILL_EPOCHS, metavar="N",
                        help=f"at most (default {DISTILL_EPOCHS}; stops early when the held-out loss stalls)")
-    prune.add_argument("--round-to", type=int, default=8, metavar="N",
+    prune.add_argument("--round-to", type=flag("round_to"), default=8, metavar="N",
                        help="keep channel counts multiples of N, so kernels stay on their fast path (1: exact)")
-    prune.add_argument("--time-budget", type=float, default=300.0, metavar="S", help="for distillation")
+    prune.add_argument("--time-budget", type=flag("time_budget_s"), default=300.0, metavar="S", help="for distillation")
     prune.add_argument("-o", "--output", metavar="OUT")
     prune.set_defaults(handler=cmd_prune)
 
@@ -446,10 +464,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_arguments(profile)
     profile.add_argument("--device", default="host", metavar="NAME")
     _add_ssh_arguments(profile)
-    profile.add_argument("--runs", type=int, metavar="N", help="timed runs (default: the profile's)")
-    profile.add_argument("--warmup", type=int, metavar="N", help="untimed runs first (default: the profile's)")
-    profile.add_argument("--threads", type=int, metavar="T", help="runtime threads (default: the profile's)")
-    profile.add_argument("--timeout", type=float, default=300.0, metavar="S", help="per measurement (default 300)")
+    profile.add_argument("--runs", type=flag("runs"), metavar="N", help="timed runs (default: the profile's)")
+    profile.add_argument("--warmup", type=flag("warmup"), metavar="N",
+                         help="untimed runs first (default: the profile's)")
+    profile.add_argument("--threads", type=flag("threads"), metavar="T",
+                         help="runtime threads (default: the profile's)")
+    profile.add_argument("--timeout", type=flag("timeout_s"), default=300.0, metavar="S",
+                         help="per measurement (default 300)")
     profile.set_defaults(handler=cmd_profile)
 
     build = commands.add_parser(
@@ -461,34 +482,40 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--calib", metavar="PATH", help="your samples (.npy/.npz, a directory, images, "
                        "pkg.mod:function): calibrate int8, distil pruned models, hold some out to check accuracy")
     _add_data_arguments(build)
-    build.add_argument("--max-size-mb", type=float, metavar="X", help="model file size (default: the profile's "
-                       "memory budget)")
-    build.add_argument("--max-ram-mb", type=float, metavar="X", help="peak resident memory measured on the device")
-    build.add_argument("--max-sram-kb", type=float, metavar="X", help="microcontrollers: the arena plus the "
-                       "firmware's SRAM (default: the profile's SRAM)")
-    build.add_argument("--max-latency-ms", type=float, metavar="X", help="p50 latency measured on the device")
-    build.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="PTS",
+    build.add_argument("--max-size-mb", type=flag("max_size_mb"), metavar="X",
+                       help="model file size (default: the profile's memory budget)")
+    build.add_argument("--max-ram-mb", type=flag("max_ram_mb"), metavar="X",
+                       help="peak resident memory measured on the device")
+    build.add_argument("--max-sram-kb", type=flag("max_sram_kb"), metavar="X",
+                       help="microcontrollers: the arena plus the firmware's SRAM (default: the profile's SRAM)")
+    build.add_argument("--max-latency-ms", type=flag("max_latency_ms"), metavar="X",
+                       help="p50 latency measured on the device")
+    build.add_argument("--max-accuracy-drop", type=flag("max_accuracy_drop"), default=1.0, metavar="PTS",
                        help="against the original on held-out data, in points (default 1.0)")
-    build.add_argument("--tolerance", type=float, metavar="REL",
+    build.add_argument("--tolerance", type=flag("tolerance"), metavar="REL",
                        help="value outputs (boxes, landmarks, regressions): largest max abs error per channel of a "
                             "compressed candidate, a fraction of the channel's scale (default 0.1)")
     _add_check_arguments(build, allow_drift=False)
     build.add_argument("--objective", choices=["latency", "size"], default="latency",
                        help="what to minimise among the feasible (default: p50 latency)")
-    build.add_argument("--max-measurements", type=int, default=12, metavar="N",
+    build.add_argument("--max-measurements", type=flag("max_measurements"), default=12, metavar="N",
                        help="measurements on the device at most (default 12)")
     build.add_argument("--formats", metavar="F,...", help="search only these formats (onnx, tflite)")
     build.add_argument("--precisions", metavar="P,...", help="search only these (fp32, fp16, int8, dynamic)")
-    build.add_argument("--prune", metavar="R,...", help="pruning ratios to try (default 0,0.3,0.5,0.7)")
-    build.add_argument("--threads", metavar="T,...", help="thread counts to try (default 1, 2, 4, ... cores)")
-    build.add_argument("--distill-epochs", type=int, default=DISTILL_EPOCHS, metavar="N",
+    build.add_argument("--prune", metavar="R,...", type=flag_list("prune_ratios"),
+                       help="pruning ratios to try (default 0,0.3,0.5,0.7)")
+    build.add_argument("--threads", metavar="T,...", type=flag_list("threads"),
+                       help="thread counts to try (default 1, 2, 4, ... cores)")
+    build.add_argument("--distill-epochs", type=flag("distill_epochs"), default=DISTILL_EPOCHS, metavar="N",
                        help=f"at most (default {DISTILL_EPOCHS}; stops early when the held-out loss stalls)")
-    build.add_argument("--runs", type=int, metavar="N", help="timed runs per measurement (default: the profile's)")
-    build.add_argument("--warmup", type=int, metavar="N", help="untimed runs first (default: the profile's)")
-    build.add_argument("--timeout", type=float, default=300.0, metavar="S", help="per measurement (default 300)")
+    build.add_argument("--runs", type=flag("runs"), metavar="N",
+                       help="timed runs per measurement (default: the profile's)")
+    build.add_argument("--warmup", type=flag("warmup"), metavar="N", help="untimed runs first (default: the profile's)")
+    build.add_argument("--timeout", type=flag("timeout_s"), default=300.0, metavar="S",
+                       help="per measurement (default 300)")
     build.add_argument("-o", "--output", default="dist", metavar="DIR", help="where the package goes (default dist)")
     build.add_argument("--cache", metavar="DIR", help="records and built artifacts (default ~/.cache/edgepack)")
-    build.add_argument("--jobs", type=int, metavar="N",
+    build.add_argument("--jobs", type=flag("jobs"), metavar="N",
                        help="artifacts built side by side, in worker processes (default: this machine's cores)")
     build.add_argument("--all", action="store_true", help="list every candidate in the table (default: the "
                        "measured and the nearest contenders; the others grouped by why they were left)")
@@ -510,13 +537,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ssh_arguments(deploy)
     deploy.add_argument("--remote-dir", default="edgepack", metavar="DIR",
                         help="on the device, relative to the home directory (default: edgepack)")
-    deploy.add_argument("--timeout", type=float, default=120.0, metavar="S", help="for the smoke test")
+    deploy.add_argument("--timeout", type=flag("timeout_s"), default=120.0, metavar="S", help="for the smoke test")
     deploy.set_defaults(handler=cmd_deploy)
     return parser
 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """SIGINT/SIGTERM: workers ended, temporary folders removed, one line, 130/143 (edgepack.interrupts)."""
+    from edgepack import interrupts
+
+    try:
+        with interrupts.Session():
+            return _run(argv)
+    except KeyboardInterrupt as stop:
+        _progress.done()
+        print(f"edgepack: {interrupts.line(stop)}", file=sys.stderr)
+        return interrupts.exit_code(stop)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
@@ -526,12 +566,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except EdgepackError as error:
+        from edgepack import interrupts
+
+        if interrupts.received() is not None:  # the signal's doing (a runtime turned it into its own error)
+            raise interrupts.Interrupted(interrupts.received() or 0) from None
         _progress.done()
         print(f"edgepack: error: {error}", file=sys.stderr)
-        return USER_ERROR_EXIT_CODE
-    except KeyboardInterrupt:
-        print("edgepack: interrupted", file=sys.stderr)
-        return 130
+        return getattr(error, "exit_code", USER_ERROR_EXIT_CODE)  # 1: the board's fault (errors.BoardFault)
     except BrokenPipeError:
         return 0
 

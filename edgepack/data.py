@@ -158,11 +158,28 @@ def load_dataset(path: str | Path, inputs: list[TensorSpec], *, purpose: str = "
                                 "name the arrays in the .npz after the model's inputs")
             merged[name].append(arrays[name])
     dataset = _with_fixed(Dataset({n: _check(np.concatenate(v), specs[n], purpose, path) for n, v in merged.items()},
-                                  np.concatenate(labels).astype(np.int64) if labels else None), inputs)
+                                  _labels(labels, purpose, path) if labels else None), inputs)
     if labels and dataset.labels is not None and len(dataset.labels) != len(dataset):
         raise DataError(f"{purpose} data {path}: {len(dataset.labels)} labels for {len(dataset)} samples",
                         "give one integer label per sample")
     return _check_count(dataset, purpose, path, min_samples)
+
+
+def _labels(parts: list[np.ndarray], purpose: str, path: object) -> np.ndarray:
+    """Labels as int64 class indices: whole numbers from 0, one per sample (a float array of whole
+    numbers is taken; a fraction or a negative is refused, never truncated)."""
+    labels = np.concatenate([p.reshape(len(p)) if p.ndim and p.size == len(p) else p for p in map(np.asarray, parts)])
+    if labels.ndim != 1 or labels.dtype.kind not in "iubf":
+        raise DataError(f"{purpose} data {path}: labels (y) of shape {list(labels.shape)} and type "
+                        f"{labels.dtype.name}", "give y as one integer class index per sample")
+    if labels.dtype.kind == "f" and not np.all(np.isfinite(labels) & (np.mod(labels, 1) == 0)):
+        bad = labels[~(np.isfinite(labels) & (np.mod(labels, 1) == 0))][0]
+        raise DataError(f"{purpose} data {path}: labels (y) must be class indices, given {float(bad):g}",
+                        "give y as one integer class index per sample (scores or one-hot rows are not labels)")
+    if labels.size and labels.min() < 0:
+        raise DataError(f"{purpose} data {path}: labels (y) must be class indices from 0, given {labels.min():g}",
+                        "give y as one integer class index per sample")
+    return labels.astype(np.int64)
 
 
 def _check_count(dataset: Dataset, purpose: str, path: object, min_samples: int) -> Dataset:
@@ -276,6 +293,10 @@ def random_dataset(inputs: list[TensorSpec], count: int, seed: int = 0) -> Datas
             continue
         shape = (count, *[int(d) for d in spec.shape[1:]])  # type: ignore[arg-type]
         dtype = np.dtype(spec.dtype)
-        arrays[spec.name] = (rng.random(shape).astype(dtype) if dtype.kind == "f"
-                             else rng.integers(0, 10, shape).astype(dtype))
+        try:
+            arrays[spec.name] = (rng.random(shape).astype(dtype) if dtype.kind == "f"
+                                 else rng.integers(0, 10, shape).astype(dtype))
+        except MemoryError:
+            raise DataError(f"input '{spec.name}' of shape {list(spec.shape)}: {count} random samples do not fit in "
+                            "this machine's memory", "check --input-shape") from None
     return Dataset(arrays, whole=_whole(inputs))

@@ -122,8 +122,9 @@ def check_on_device(artifact: Artifact, threads: int, data: Dataset, measurer: M
         count = write_inputs(artifact, data, inputs)
         where = "this machine" if measurer.where.startswith("local") else "the board"
         say(f"checking accuracy on {where}: {count} held-out samples through {artifact.path.name}")
+        expected = tuple(((count, *b.shape), b.dtype) for b in artifact.outputs)
         request = RunRequest(artifact.path, threads=threads, warmup=0, runs=1, inputs=inputs, want_outputs=True,
-                             timeout_s=timeout_s)
+                             timeout_s=timeout_s, expected_outputs=expected)
         outcome = measurer.measure([Job(request, artifact.sha256, Purpose.ACCURACY)], use_records=False)[0]
     if not outcome.ok or not outcome.outputs or outcome.board is None:
         return DeviceAccuracy(error=outcome.error or "the board sent no outputs back")

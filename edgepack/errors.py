@@ -61,6 +61,13 @@ class UsageError(EdgepackError):
     """Flags that do not fit together."""
 
 
+class BoardFault(EdgepackError):
+    """The board failed (hung, flooded its output, answered with no answer): said in one line like a user
+    error, but the fault is the board's, so the CLI exits 1 (``exit_code``)."""
+
+    exit_code = 1
+
+
 class MissingDependencyError(EdgepackError):
     """An optional dependency this operation needs is not installed."""
 

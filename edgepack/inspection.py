@@ -65,7 +65,8 @@ def summarize_model(handle: ModelHandle) -> tuple[GraphSummary, str]:
         from edgepack.analysis.onnx_graph import summarize_onnx
 
         assert handle.path is not None
-        return summarize_onnx(onnx.load(str(handle.path)), shapes), "onnx"
+        values = {t.name: t.value for t in handle.inputs if t.value is not None}  # --input-value
+        return summarize_onnx(onnx.load(str(handle.path)), shapes, values), "onnx"
     if handle.format is ModelFormat.TFLITE:
         from edgepack.analysis.tflite_graph import summarize_tflite
 

@@ -29,7 +29,9 @@ from edgepack.errors import EdgepackError
 from edgepack.formats import ArtifactFormat
 from edgepack.records import Purpose, RecordKey, Records
 from edgepack.runners.base import EMULATED, HarnessResult, Runner, RunRequest
-from edgepack.runners.pool import in_parallel
+from edgepack.runners.conditions import Judge, measure_steady
+from edgepack.runners.pool import BoardUnreachable, in_parallel
+from edgepack.runners.validation import outputs_problem
 
 
 class NoBoardLeft(EdgepackError):
@@ -86,19 +88,46 @@ class Counts:
 
 class Measurer:
     def __init__(self, runners: list[Runner], records: Records, profile_name: str,
-                 say: Callable[[str], None] = lambda _: None) -> None:
+                 say: Callable[[str], None] = lambda _: None, judge: Judge | None = None) -> None:
         if not runners:
             raise ValueError("a Measurer needs at least one board")
         self.boards: dict[str, Runner] = {r.label: r for r in runners}  # the boards still in the pool
         self.all_boards = dict(self.boards)
         self.profile_name = profile_name
-        self.identities = {r.label: f"{profile_name}@{r.identity()}" for r in runners}
+        self.identities: dict[str, str] = {}  # board -> profile@host key: what its records are keyed by
         self.records, self.say = records, say
+        self.judge = judge or Judge()  # when a timing is unstable (throttled, under-clocked, spread)
         self.counts = Counts()
         self.dropped: dict[str, str] = {}  # board -> why it was dropped
         self.environments: dict[str, dict[str, Any]] = {}  # board -> what the harness said of it
         self.set_aside: list[str] = []  # emulated boards left out of a pool that has real ones
         self._lock = threading.Lock()
+        self.drop_unreachable()
+
+    def drop_unreachable(self) -> None:
+        """Ask every board for its identity, all at once. A board that cannot be reached now (refused,
+        timed out, lost: ``BoardUnreachable``) is dropped like one lost later, said once; the user's own
+        errors (a host key, an identity file, a login) still end the build. None left: ``NoBoardLeft``."""
+        unreachable: dict[str, str] = {}
+
+        def ask(board: str, runner: Runner) -> None:
+            try:
+                self.identities[board] = f"{self.profile_name}@{runner.identity()}"
+            except BoardUnreachable as exc:
+                unreachable[board] = exc.problem.removeprefix(f"{board}: ")
+
+        in_parallel([lambda b=b, r=r: ask(b, r) for b, r in self.boards.items()])
+        for board in [b for b in self.boards if b in unreachable]:  # in the order given
+            self.boards.pop(board)
+            self.all_boards.pop(board)
+            self.dropped[board] = unreachable[board]
+        if not self.boards:
+            raise NoBoardLeft("no board could be reached: " + "; ".join(f"{b} ({why})" for b, why in
+                                                                       self.dropped.items()),
+                              "check the host names and ports, and that sshd runs on each board")
+        if self.dropped:
+            self.say(f"board(s) {'; '.join(f'{b} ({why})' for b, why in self.dropped.items())} cannot be reached: "
+                     f"dropped, measuring on {', '.join(self.boards)}")
 
     @property
     def where(self) -> str:
@@ -145,7 +174,7 @@ class Measurer:
         """(board, what was recorded) for this job on its board, or on any board of the pool."""
         for board in [job.board] if job.board else [b for b in self.all_boards if b not in self.set_aside]:
             found = self.records.get(self.key(job, board))
-            if found is not None:
+            if found is not None and not HarnessResult.parse(found).unstable:  # unstable: measured again
                 with self._lock:
                     self.counts.add(job.purpose, recorded=True)
                 return board, found
@@ -207,9 +236,15 @@ class Measurer:
     def _run(self, board: str, job: Job, outcomes: list[Outcome | None], index: int) -> bool:
         """Measure one job on ``board``; False when the board was lost (the job is not done)."""
         runner = self.boards[board]
-        measurement = runner.run([job.request])[0]
+        if job.purpose is Purpose.ACCURACY:
+            measurement = runner.run([job.request])[0]
+        else:
+            measurement = measure_steady(runner, job.request, self.judge, self.say)
         if measurement.board_lost and not self._still_there(board, measurement.error or "connection lost"):
             return False
+        problem = outputs_problem(measurement.outputs, job.request.expected_outputs) if measurement.ok else None
+        if problem:
+            measurement.error = f"board {board} returned {problem}"
         with self._lock:
             self.counts.add(job.purpose, recorded=False)
         outcome = Outcome(job, measurement.result if measurement.ok else None, measurement.error, board,

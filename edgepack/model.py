@@ -248,9 +248,31 @@ def apply_input_shapes(
                 raise InputShapeError(
                     f"--input-shape {list(new)} for '{spec.name}' contradicts the model's fixed "
                     f"shape {list(spec.shape)}", "only dynamic dimensions can be set")
+        _check_fits_in_memory(spec.name, new, spec.dtype)
         layout = spec.layout if spec.layout != "?" else default_layout(len(new), not fmt.is_torch)
         result.append(TensorSpec(spec.name, new, spec.dtype, layout, spec.value))
     return result
+
+
+def _check_fits_in_memory(name: str, shape: tuple[int, ...], dtype: str) -> None:
+    """A sample of this shape must fit in this machine's memory: edgepack makes and feeds such samples."""
+    import math
+    import os
+
+    import numpy as np
+
+    try:
+        size = math.prod(shape) * np.dtype(dtype).itemsize
+    except TypeError:  # a dtype numpy does not name (bfloat16)
+        size = math.prod(shape) * 2
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if size > memory:
+        raise InputShapeError(f"--input-shape {','.join(map(str, shape))} for '{name}' is {size / 1e9:,.1f} GB "
+                              f"per sample, more than this machine's memory ({memory / 1e9:,.1f} GB)",
+                              "check the dimensions (e.g. 1,3,224,224)")
 
 
 # --- ONNX -------------------------------------------------------------------------------------------

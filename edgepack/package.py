@@ -5,13 +5,18 @@ Contents: the model file; ``manifest.json`` (versions, hashes, plan, I/O with la
 preprocessing, measured figures and the device's environment, constraints and whether each held,
 tool versions, every file's sha256); ``run.py`` (runs on the device with whatever runtime it has);
 ``README.md``; ``report.html`` (Pareto plot of size against latency, the candidate table, the chosen
-candidate's per-op profile).
+candidate's per-op profile). ``manifest.json`` also gives every file's size (``sizes``), and is the first
+member of the archive: a deployment refuses a member larger than that before extracting it.
+
+Names in the README come from the model and the board (tensor names, file names, runtime versions):
+each is written as Markdown code or escaped text, never as Markdown or HTML of its own.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -20,11 +25,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from edgepack import __version__
+from edgepack import __version__, strict_json
 from edgepack.artifact import Artifact
 from edgepack.errors import EdgepackError
 from edgepack.model import file_sha256
 from edgepack.report import render_report
+from edgepack.text import printable
 
 RUN_PY = Path(__file__).resolve().parent / "templates" / "run.py"
 TOOLS = ("onnx", "onnxruntime", "tensorflow-cpu", "ai-edge-litert", "onnx2tf", "torch", "torch-pruning",
@@ -167,11 +173,15 @@ def write_package(contents: PackageContents, dist: Path) -> Path:
         (root / "report.html").write_text(render_report(
             contents.name, contents.device, contents.candidates, contents.plan, contents.measurement or {},
             contents.constraints, contents.summary), encoding="utf-8")
-        manifest["files"] = {p.name: _sha256(p) for p in sorted(root.iterdir())}
-        (root / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        files = sorted(root.iterdir())
+        manifest["files"] = {p.name: _sha256(p) for p in files}
+        manifest["sizes"] = {p.name: p.stat().st_size for p in files}
+        (root / "manifest.json").write_text(strict_json.dumps(manifest, indent=2) + "\n")
         archive = staging / f"{contents.name}.tar.gz"
-        with tarfile.open(archive, "w:gz") as tar:
-            tar.add(root, arcname=contents.name)
+        with tarfile.open(archive, "w:gz") as tar:  # the manifest first: it bounds every member after it
+            tar.add(root, arcname=contents.name, recursive=False)
+            for path in [root / "manifest.json", *files]:
+                tar.add(path, arcname=f"{contents.name}/{path.name}")
         if final.exists():
             os.replace(final, staging / "replaced")
         os.replace(root, final)
@@ -181,24 +191,60 @@ def write_package(contents: PackageContents, dist: Path) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|~])")  # what can open Markdown inside a line
+
+
+def md_text(value: Any, limit: int = 200) -> str:
+    """``value`` as Markdown text that renders as exactly itself: one printable line, HTML's ``& < >``
+    as entities (no tag of a model's names is ever in the file), Markdown's punctuation escaped."""
+    text = printable(value, limit)
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
+def _plan_line(plan: dict[str, Any]) -> str:
+    """The plan's levels in a few words, escaped: format, precision, pruning, threads, route."""
+    words = [md_text(plan.get(k), 40) for k in ("format", "precision") if plan.get(k)]
+    if isinstance(plan.get("prune_ratio"), int | float):
+        words.append(f"pruned {plan['prune_ratio']:.0%}")
+    if isinstance(plan.get("threads"), int):
+        words.append(f"{plan['threads']} thread{'s' if plan['threads'] != 1 else ''}")
+    if plan.get("route"):
+        words.append(f"route {md_text(plan['route'], 80)}")
+    return ", ".join(words) or "as given"
+
+
+def _io_rows(bindings: list[dict[str, Any]]) -> list[str]:
+    """A table row per input or output: its name (the model's, escaped), shape, dtype and layout."""
+    return [f"| {md_text(b['source_name'], 120)} | {md_text(b['source_shape'], 60)} | "
+            f"{md_text(b['dtype'] if not b['scale'] else 'float32', 20)} | {md_text(b['source_layout'], 20)} |"
+            for b in bindings]
+
+
 def _readme(contents: PackageContents, manifest: dict[str, Any]) -> str:
     i = manifest["inputs"][0]
     measured = contents.measurement or {}
     latency = measured.get("latency_ms", {})
-    return (f"# {contents.name}\n\nBuilt by edgepack {__version__} from `{contents.source_name}` for "
-            f"`{contents.device}`.\n\n"
-            f"Plan: {json.dumps(contents.plan)}\n\n"
-            + (f"Measured on {measured.get('measured_on', 'the device')}: "
+    table = ["| name | shape | dtype | layout |", "|---|---|---|---|"]
+    return (f"# {md_text(contents.name)}\n\nBuilt by edgepack {__version__} from {md_text(contents.source_name)} "
+            f"for {md_text(contents.device)}.\n\n"
+            f"Plan: {_plan_line(contents.plan)} (all of it: `plan` in manifest.json)\n\n"
+            + (f"Measured on {md_text(measured.get('measured_on', 'the device'))}: "
                f"p50 {latency.get('p50', float('nan')):.3f} ms, "
                f"p90 {latency.get('p90', float('nan')):.3f} ms, peak RSS {measured.get('peak_rss_mb', 0):.1f} MB "
-               f"({measured.get('runtime')} {measured.get('runtime_version')}).\n\n" if latency else "")
-            + (f"Latency: not measured, {measured['why']}; predicted p50 {measured['predicted_p50_ms']:.3f} ms "
-               "(the profile's roofline figures).\n\n" if measured.get("latency_source") == "predicted" else "")
+               f"({md_text(measured.get('runtime'), 40)} {md_text(measured.get('runtime_version'), 40)}).\n\n"
+               if latency else "")
+            + (f"Latency: not measured, {md_text(measured['why'])}; predicted p50 {measured['predicted_p50_ms']:.3f} "
+               "ms (the profile's roofline figures).\n\n" if measured.get("latency_source") == "predicted" else "")
+            + "\n".join(["## Inputs", "", *table, *_io_rows(manifest["inputs"]), "", "## Outputs", "", *table,
+                         *_io_rows(manifest["outputs"]), "", ""])
+            + "(in the layout the original model took; run.py returns quantized outputs as float32)\n\n"
             + "## Run it\n\n```sh\npip install numpy ai-edge-litert    # or tflite-runtime, or onnxruntime for .onnx\n"
-            f"python3 run.py sample.npy\n```\n\n`sample.npy`: one sample of shape {i['source_shape']} "
-            f"({i['source_layout']}, {i['dtype'] if not i['scale'] else 'float32'}), in the layout the original "
-            "model took; run.py transposes and quantizes it as manifest.json says."
-            + (f" The model itself takes {i['layout']} ({i['layout_change']})." if i.get("layout_change") else "")
+            f"python3 run.py sample.npy\n```\n\n`sample.npy`: one sample of shape {md_text(i['source_shape'])} "
+            f"({md_text(i['source_layout'], 20)}, {md_text(i['dtype'] if not i['scale'] else 'float32', 20)}), in "
+            "the layout the original model took; run.py transposes and quantizes it as manifest.json says."
+            + (f" The model itself takes {md_text(i['layout'], 20)} ({md_text(i['layout_change'], 80)})."
+               if i.get("layout_change") else "")
             + "\n\n"
             "Check the files against `manifest.json` (`files`: sha256 of each).\n")
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 from edgepack.compress.parallel import BuilderSetup, ParallelBuilder
 from edgepack.data import Dataset, random_dataset
@@ -26,12 +27,13 @@ from edgepack.predict import Predictor
 from edgepack.profiles import DeviceProfile
 from edgepack.records import Purpose, Records, default_cache_dir
 from edgepack.runners.base import RunRequest
+from edgepack.runners.conditions import Judge
 from edgepack.runners.factory import SshOptions, runners_for
 from edgepack.search.builder import CandidateBuilder
 from edgepack.search.confirm import confirm
 from edgepack.search.estimate import estimate
 from edgepack.search.result import BuildOptions, BuildResult, SourceModel
-from edgepack.search.space import CompressionPlan, plans_for
+from edgepack.search.space import CompressionPlan, formats_for, plans_for
 from edgepack.search.strategy import Candidate, Strategy
 from edgepack.toolchains import NO_EDGETPU_COMPILER
 
@@ -74,8 +76,9 @@ class Build:
         if self.records.skipped:
             self.notes.append(f"{self.records.skipped} line(s) of {self.records.path} are not records this "
                               "version reads (damaged or from another version): skipped")
+        limit = options.constraints.max_accuracy_drop
         setup = BuilderSetup(handle, profile, self.calib, self.eval_data, cache, calibrated,
-                             options.constraints.max_accuracy_drop or 1.0, options.distill_epochs, options.check)
+                             1.0 if limit is None else limit, options.distill_epochs, options.check)
         self.artifacts = ParallelBuilder(setup, options.jobs, say)
         self.notes.extend([self.artifacts.note] if self.artifacts.note else [])
         self.builder = CandidateBuilder(self.artifacts, profile, options.constraints.max_accuracy_drop, say)
@@ -84,8 +87,10 @@ class Build:
     def run(self) -> BuildResult:
         from edgepack.inspection import summarize_model
 
-        measurer = Measurer(self.runners, self.records, self.profile.name, self.say)
-        try:
+        measurer: Measurer | None = None
+        try:  # the Measurer connects to every board: a build that ends there still closes its workers
+            measurer = Measurer(self.runners, self.records, self.profile.name, self.say,
+                                Judge.for_profile(self.profile))
             measurer.set_aside_emulated()
             emulated = measurer.emulated
             if emulated:
@@ -108,6 +113,7 @@ class Build:
                     self._measure(ready, strategy, measurer)
             if not emulated:
                 confirm(strategy, measurer, self._job, o.confirm_rounds, self.say)
+            self.notes.extend(f"board {board} dropped: {why}" for board, why in measurer.dropped.items())
             result = BuildResult(self.profile, measurer.where, candidates, strategy.best(), self.builder.built,
                                  o.constraints, o.objective, self._source(), findings=strategy.findings,
                                  notes=self.notes, predictor=strategy.predictor, preprocessing=o.preprocessing)
@@ -115,7 +121,8 @@ class Build:
             result.counts = measurer.counts
             return result
         finally:
-            measurer.close()
+            if measurer is not None:
+                measurer.close()
             self.artifacts.close()
 
     def _job(self, c: Candidate, repeat: int = 0, board: str | None = None,
@@ -142,10 +149,11 @@ class Build:
                 self.say(f"measure {count:>2}  {c.plan.label}: FAILED: {outcome.error}")
                 continue
             c.measurement, c.board, c.p90_ms = outcome.result, outcome.board, outcome.result.p90_ms
-            c.latency_source = outcome.result.latency_source
+            c.latency_source, c.unstable = outcome.result.latency_source, outcome.result.unstable
             strategy.observe(c, p50, outcome.result.peak_rss_mb)
             where = f" on {outcome.board}" if len(measurer.all_boards) > 1 else ""
-            kind = "" if c.latency_source == "measured" else f", {c.latency_source}"
+            kind = ("" if c.latency_source == "measured" else f", {c.latency_source}") + (
+                ", UNSTABLE: judged by its p90" if c.unstable else "")
             self.say(f"measure {count:>2}  {c.plan.label}: p50 {p50:.3f} ms (predicted {c.predicted_ms:.3f}{kind})"
                      f"{where}{' [recorded]' if outcome.recorded else ''}")
 
@@ -226,12 +234,18 @@ def held_out_data(handle: ModelHandle, calib: Dataset | None, eval_data: Dataset
 
 def plans_allowed(handle: ModelHandle, profile: DeviceProfile, o: BuildOptions, calibrated: bool,
                   notes: list[str]) -> list[CompressionPlan]:
-    plans = plans_for(profile, o.prune_ratios, formats=o.formats, precisions=o.precisions, threads=o.threads)
+    """Every plan the profile and the flags allow, the source file as given first when the device runs it."""
+    source = source_as_given(handle)
+    plans = plans_for(profile, o.prune_ratios, formats=o.formats, precisions=o.precisions, threads=o.threads,
+                      source=source)
+    if source and source[1] != "fp32" and source[0] in formats_for(profile) and not any(p.as_given for p in plans):
+        notes.append(f"the model as given ({source[0]} {source[1]}) is not a candidate: {profile.name} with these "
+                     f"flags allows no {source[1]} {source[0]}")
     if not calibrated:
-        if profile.precisions.required == ["int8"]:
+        if profile.precisions.required == ["int8"] and not any(p.as_given for p in plans):
             raise UsageError(f"{profile.name} runs int8 models only, and int8 is calibrated on your data",
                              "give --calib with samples of the model's input")
-        plans = [p for p in plans if p.precision != "int8" and not p.prune_ratio]
+        plans = [p for p in plans if p.as_given or (p.precision != "int8" and not p.prune_ratio)]
     if len(handle.inputs) != 1 and any(p.prune_ratio for p in plans):
         notes.append("pruning handles single-input models: left out")
         plans = [p for p in plans if not p.prune_ratio]
@@ -239,6 +253,29 @@ def plans_allowed(handle: ModelHandle, profile: DeviceProfile, o: BuildOptions, 
         raise UsageError(f"nothing to search: {profile.name} allows no plan with these flags",
                          "widen --formats/--precisions, or give --calib for int8")
     return plans
+
+
+def source_as_given(handle: ModelHandle) -> tuple[str, str] | None:
+    """(format, precision) of a source a device may run as the file it is: a .tflite, or an .onnx whose
+    declared input shapes are the ones measured (one with dimensions to fix is not the file as given).
+    The precision is read from the graph: int8, fp16 (a TFLite model's fp16 weights too), dynamic, fp32."""
+    import tempfile
+
+    from edgepack.convert.routes import onnx_of
+    from edgepack.inspection import summarize_model
+    from edgepack.model import ModelFormat
+
+    if handle.format not in (ModelFormat.ONNX, ModelFormat.TFLITE):
+        return None
+    if handle.format is ModelFormat.ONNX:
+        with tempfile.TemporaryDirectory(prefix="edgepack-source-") as work:
+            if onnx_of(handle, Path(work))[0] != handle.path:
+                return None
+    summary, _ = summarize_model(handle)
+    precision = summary.precision
+    if precision == "fp32" and "fp16" in summary.weight_storage:
+        precision = "fp16"
+    return handle.format.value, precision
 
 
 def build(handle: ModelHandle, profile: DeviceProfile, options: BuildOptions, ssh: SshOptions,

@@ -65,6 +65,13 @@ class BenchmarkDefaults(_Strict):
     warmup: int = Field(default=10, ge=0)
     runs: int = Field(default=50, ge=1)
     threads: int = Field(default=1, ge=1)
+    # When a measurement is unstable (edgepack.runners.conditions): the cores' clock against clock_ghz
+    # (off where the profile's clock is not a fixed figure), the runs' spread (median absolute deviation,
+    # % of the median), and what is done about it: a cool-down of at most cool_down_s, then measured again.
+    judge_clock: bool = True
+    max_spread_pct: float = Field(default=25.0, gt=0)
+    cool_down_s: float = Field(default=30.0, ge=0)
+    unstable_retries: int = Field(default=1, ge=0)
 
 
 class Roofline(_Strict):

@@ -12,8 +12,9 @@ from edgepack.errors import ModelFileError, UsageError
 from edgepack.model import ModelHandle
 from edgepack.profiles import DeviceProfile
 from edgepack.runners.base import Measurement, RunRequest
+from edgepack.runners.conditions import Conditions, Judge, measure_steady
 from edgepack.runners.factory import SshOptions, runners_for
-from edgepack.runners.pool import DevicePool
+from edgepack.runners.pool import DevicePool, in_parallel
 
 if TYPE_CHECKING:
     from edgepack.artifact import Artifact
@@ -38,6 +39,9 @@ class ProfileReport:
             "runtime_version": first.result.get("runtime_version"),
             "load_ms": first.result.get("load_ms"),
             "environment": first.result.get("environment"),
+            "conditions": first.result.get("conditions"),
+            "conditions_line": conditions.line() if (conditions := Conditions.of(first.result)) else None,
+            "unstable": first.result.unstable,
             "op_profile": first.result.op_profile,
             "measurements": [m.to_dict() for m in self.measurements],
         }
@@ -71,7 +75,13 @@ def profile_model(model: Path, profile: DeviceProfile, options: SshOptions, *, r
         try:
             for runner in pool.runners:
                 runner.identity()  # connects: an unreachable board or a port that is no sshd is one line, exit 2
-            return ProfileReport(profile, pool.run_everywhere(request))
+            judge, found = Judge.for_profile(profile), [None] * len(pool.runners)
+
+            def one(i: int) -> None:
+                found[i] = measure_steady(pool.runners[i], request, judge, say)
+
+            in_parallel([lambda i=i: one(i) for i in range(len(pool.runners))])
+            return ProfileReport(profile, [m for m in found if m is not None])
         finally:
             pool.close()
 

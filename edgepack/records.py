@@ -20,6 +20,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from edgepack.strict_json import dumps
+
 
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -64,8 +66,8 @@ class RecordKey:
 class Records:
     """The store. ``get`` answers from memory; ``add`` appends one line and syncs it to disk."""
 
-    def __init__(self, cache_dir: Path | None = None) -> None:
-        self.path = (cache_dir or default_cache_dir()) / "records.jsonl"
+    def __init__(self, cache_dir: str | Path | None = None) -> None:
+        self.path = Path(cache_dir or default_cache_dir()) / "records.jsonl"
         self._index: dict[tuple[str, str, str, int, str, int, str], dict[str, Any]] = {}
         self._lock = threading.Lock()  # a pool's boards report from their own threads
         self.skipped = 0  # lines that could not be read as records
@@ -93,16 +95,27 @@ class Records:
         return self._index.get(key.as_tuple())
 
     def add(self, key: RecordKey, result: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"key": {**asdict(key), "purpose": str(key.purpose)}, "result": result}, default=str)
-        with self._lock, self.path.open("a+b") as fh:
-            if fh.tell() > 0:  # after a torn line, start on a line of our own
-                fh.seek(-1, os.SEEK_END)
-                if fh.read(1) != b"\n":
-                    fh.write(b"\n")
-            fh.write(line.encode() + b"\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        """Append one record and fsync it. A full disk (ENOSPC/EDQUOT) truncates the file back to what
+        it held, so no torn line is left, and raises :class:`~edgepack.disk.DiskFullError`."""
+        from edgepack.disk import naming_full_disk
+
+        line = dumps({"key": {**asdict(key), "purpose": str(key.purpose)}, "result": result})
+        with self._lock, naming_full_disk(self.path.parent):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a+b", buffering=0) as fh:
+                start = fh.seek(0, os.SEEK_END)
+                data = line.encode() + b"\n"
+                if start > 0:  # after a torn line, start on a line of our own
+                    fh.seek(-1, os.SEEK_END)
+                    data = data if fh.read(1) == b"\n" else b"\n" + data
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[fh.write(view) or 0:]
+                    os.fsync(fh.fileno())
+                except OSError:
+                    fh.truncate(start)
+                    raise
             self._index[key.as_tuple()] = result
 
     def __len__(self) -> int:

@@ -13,6 +13,8 @@ from edgepack.inspection import Inspection
 from edgepack.profiles import DeviceProfile
 from edgepack.profiling import ProfileReport
 from edgepack.runners.base import EMULATED
+from edgepack.runners.conditions import Conditions
+from edgepack.text import printable
 
 WIDTH = 100  # columns the listings keep within (devices, inspect)
 
@@ -275,6 +277,12 @@ def render_profile(report: ProfileReport) -> str:
                              f"{lat['p50']:.3f}", f"{lat['p90']:.3f}", f"{lat['p99']:.3f}", f"{lat['mean']:.3f}",
                              f"{lat['min']:.3f}", f"{lat['max']:.3f}", f"{r.get('peak_rss_mb', 0):.1f} MB")],
                            "lrrrrrrrrrr"))
+        conditions = Conditions.of(r)
+        if conditions is not None:
+            lines.append(f"  conditions: {printable(conditions.line(), 200)}")
+        if r.unstable:
+            lines.append(f"  UNSTABLE after {r.get('stability', {}).get('attempts', 1)} attempt(s): "
+                         + printable("; ".join(r.unstable), 300))
         env = r.get("environment") or {}
         lines.append(f"  device: {env.get('uname')}; CPU {env.get('cpu_model')} x{env.get('cpu_count')}; "
                      f"governor {env.get('cpu_governor') or 'n/a'}; temperature "
@@ -314,6 +322,7 @@ def render_pruning(result: PruneResult) -> str:
     return "\n".join(lines)
 
 
+MEASURED = ("measured", "estimated", "unstable")  # statuses of a candidate with a latency of its own
 CONTENDERS = 2  # unmeasured feasible candidates shown, nearest first (the rest are counted)
 MEASURED_SHOWN = 8  # the chosen, the Pareto front, then the fastest
 
@@ -322,7 +331,7 @@ def grouped_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list
     """The rows worth a line (the chosen, the Pareto front and the fastest of the measured, the nearest
     unmeasured contenders) and one line per group of the others: measured but slower and off the front,
     blocked for the same reason, failed alike, or never built nor measured."""
-    measured = [r for r in rows if r["chosen"] or r["status"] in ("measured", "estimated")]
+    measured = [r for r in rows if r["chosen"] or r["status"] in MEASURED]
     first = sorted(measured, key=lambda r: (not r["chosen"], not r.get("pareto"), r["latency_ms"] or 0.0))
     keep = {id(r) for r in first[:MEASURED_SHOWN]}
     shown = [r for r in measured if id(r) in keep]
@@ -349,7 +358,7 @@ def render_build(result: Any, all_rows: bool = False) -> str:
     """The candidate table (the chosen, the measured fastest first, the nearest contenders; ``all_rows``:
     every one), the others grouped by why they were left, then what was chosen and why, or what blocks."""
     data = result.to_dict()
-    rank = {"measured": 0, "estimated": 0, "predicted": 1, "skipped": 2, "failed": 3, "not built": 4}
+    rank = {"measured": 0, "estimated": 0, "unstable": 0, "predicted": 1, "skipped": 2, "failed": 3, "not built": 4}
     every = sorted(data["candidates"], key=lambda r: (not r["chosen"], rank[r["status"]],
                                                       r["latency_ms"] or r["predicted_ms"] or 0.0))
     rows, groups = (every, []) if all_rows else grouped_rows(every)
@@ -373,7 +382,7 @@ def render_build(result: Any, all_rows: bool = False) -> str:
              + ("" if all_rows else "; --all: every candidate") + ")"]
     m, p = data["measurements"], data["predictor"]
     lines.append(f"measurements: {m['new']} new, {m['cached']} from the records "
-                 f"({sum(r['status'] in ('measured', 'estimated') for r in every)} of {len(every)} candidates "
+                 f"({sum(r['status'] in MEASURED for r in every)} of {len(every)} candidates "
                  "measured)")
     if p["median_error"] is not None:
         lines.append(f"predictor: median error {p['median_error']:.0%} on the {p['measured_candidates']} measured "
@@ -383,7 +392,8 @@ def render_build(result: Any, all_rows: bool = False) -> str:
         c = data["chosen"]
         speed = f"p50 ~{c['predicted_ms']:.3f} ms predicted (the board is emulated: not measured)" \
             if c["latency_ms"] is None else f"p50 {c['latency_ms']:.3f} ms" + (
-                "" if c["latency_source"] == "measured" else f" ({c['latency_source']})")
+                "" if c["latency_source"] == "measured" else f" ({c['latency_source']})") + (
+                f" (UNSTABLE: {printable('; '.join(c['unstable']), 120)})" if c.get("unstable") else "")
         lines.append(f"chosen: {c['label']}: {speed}, {c['size_mb']:.3f} MB"
                      + ("" if c["accuracy_drop"] is None else f", accuracy drop {c['accuracy_drop']:.2f} pts"))
         if c.get("toolchain"):
@@ -418,13 +428,23 @@ def microcontroller_line(t: dict[str, Any]) -> str:
 
 
 def no_feasible_message(data: dict[str, Any]) -> str:
-    near = sorted((r for r in data["candidates"] if r["blocked_by"]),
-                  key=lambda r: (len(r["blocked_by"]), r["latency_ms"] or r["predicted_ms"] or 0.0))[:3]
+    """Why nothing was chosen. When no candidate was built and left by a constraint, the failures are the
+    cause and come first (a conversion that failed is never hidden behind "no candidate meets ...")."""
+    rows = data["candidates"]
+    failed = [r for r in rows if r["status"] == "failed" and r.get("error")]
+    reasons = list(dict.fromkeys(r["error"] for r in failed))
+    # built and measurable, then ruled out by a constraint (not by its own failure)
+    blocked = [r for r in rows if r["blocked_by"] and r["size_mb"] is not None and r["status"] != "failed"]
+    if failed and not blocked:
+        skipped = list(dict.fromkeys("; ".join(r["blocked_by"]) for r in rows if r["status"] == "skipped"))
+        return (f"every candidate failed ({len(failed)} failed): " + " | ".join(reasons[:3])
+                + (f"; {len(skipped)} left unbuilt: " + " | ".join(skipped[:2]) if skipped else ""))
+    near = sorted((r for r in rows if r["blocked_by"]),
+                  key=lambda r: (r["size_mb"] is None, len(r["blocked_by"]),
+                                 r["latency_ms"] or r["predicted_ms"] or 0.0))[:3]
     text = "no candidate meets the constraints"
     if near:
         text += "; nearest: " + " | ".join(f"{r['label']} ({'; '.join(r['blocked_by'])})" for r in near)
-    failed = [r for r in data["candidates"] if r["status"] == "failed" and r.get("error")]
     if failed:
-        reasons = list(dict.fromkeys(r["error"] for r in failed))
         text += f"; {len(failed)} failed: " + " | ".join(reasons[:2])
     return text

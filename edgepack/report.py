@@ -13,6 +13,9 @@ import html
 import io
 from typing import Any
 
+from edgepack.runners.base import HarnessResult
+from edgepack.runners.conditions import Conditions
+
 MARKERS = "osD^v<>phP*Xd"
 
 
@@ -124,6 +127,9 @@ def summary_card(name: str, device: str, rows: list[dict[str, Any]], plan: dict[
         speed = f"p50 {chosen['latency_ms']:.3f} ms"
         speed += f", p90 {chosen['p90_ms']:.3f} ms" if chosen.get("p90_ms") else ""
         items.append(("chosen", f"{chosen['label']}: {speed} ({source}), {chosen['size_mb']:.3f} MB"))
+        if chosen.get("unstable"):
+            items.append(("UNSTABLE", "measured while " + "; ".join(chosen["unstable"])
+                          + ": judged by its p90; measure again on a cool, idle board"))
         base = _baseline(rows, chosen)
         if base is not None and base is not chosen:
             faster, smaller = base["latency_ms"] / chosen["latency_ms"], base["size_mb"] / chosen["size_mb"]
@@ -144,6 +150,9 @@ def summary_card(name: str, device: str, rows: list[dict[str, Any]], plan: dict[
                   + ", ".join(f"{k} {env[k]}" for k in ("uname", "cpu_model", "cpu_count", "python", "numpy")
                               if env.get(k) is not None)
                   + (f"; {measured['runtime']} {measured.get('runtime_version')}" if measured.get("runtime") else "")))
+    conditions = Conditions.of(HarnessResult(measured))
+    if conditions is not None:
+        items.append(("measuring conditions", conditions.line()))
     for key, c in constraints.items():
         items.append((f"constraint {key}", f"limit {c['limit']:g}, value "
                       + ("-" if c.get("value") is None else f"{c['value']:.4g}")
@@ -195,7 +204,8 @@ def render_report(name: str, device: str, rows: list[dict[str, Any]], plan: dict
         f"<tr class='{'chosen' if r.get('chosen') else ''}'><td class='name'>{_e(r['label'])}</td>"
         f"<td>{r['size_mb']:.3f}</td><td>{_ms(r.get('latency_ms'))}</td>"
         f"<td>{_e(r.get('quality', ''))}</td><td>{'yes' if r.get('feasible') else 'no'}</td>"
-        f"<td>{'measured' if r.get('measured') else 'predicted'}</td><td>{'*' if r.get('pareto') else ''}</td></tr>"
+        f"<td>{'unstable' if r.get('unstable') else 'measured' if r.get('measured') else 'predicted'}</td>"
+        f"<td>{'*' if r.get('pareto') else ''}</td></tr>"
         for r in rows)
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"

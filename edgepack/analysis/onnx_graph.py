@@ -51,14 +51,16 @@ def fix_input_shapes(model: Any, shapes: dict[str, tuple[int, ...]]) -> list[str
     return notes
 
 
-def summarize_onnx(model: Any, shapes: dict[str, tuple[int, ...]] | None = None) -> GraphSummary:
-    """Layers, parameters, MACs and peak activation memory of an ``onnx.ModelProto``."""
+def summarize_onnx(model: Any, shapes: dict[str, tuple[int, ...]] | None = None,
+                   values: dict[str, np.ndarray] | None = None) -> GraphSummary:
+    """Layers, parameters, MACs and peak activation memory of an ``onnx.ModelProto``. ``values``: the
+    ``--input-value`` of inputs fed whole (a sample rate picks a branch), fed where the graph must be run."""
     import onnx
 
     model = onnx.ModelProto.FromString(model.SerializeToString())  # never touch the caller's copy
     notes = fix_input_shapes(model, shapes or {})
     constants = _constants(model)
-    infos = _tensor_infos(model, constants)
+    infos = _tensor_infos(model, constants, values or {})
 
     unique_params: dict[str, int] = {}
     producers = {out: node.op_type for node in model.graph.node for out in node.output}
@@ -106,7 +108,7 @@ def _constants(model: Any) -> dict[str, Any]:
     return {name: numpy_helper.to_array(t) for name, t in constants.items()}
 
 
-def _tensor_infos(model: Any, constants: dict[str, np.ndarray]) -> dict[str, TensorInfo]:
+def _tensor_infos(model: Any, constants: dict[str, np.ndarray], values: dict[str, np.ndarray]) -> dict[str, TensorInfo]:
     """Shape and dtype of every tensor in the graph."""
     import onnx
 
@@ -120,7 +122,7 @@ def _tensor_infos(model: Any, constants: dict[str, np.ndarray]) -> dict[str, Ten
     wanted = {n for node in model.graph.node for n in node.output if n}
     missing = sorted(wanted - set(infos))
     if missing:
-        infos.update(_shapes_by_running(model, missing))
+        infos.update(_shapes_by_running(model, missing, values))
     return infos
 
 
@@ -138,8 +140,10 @@ def _value_info(value: Any) -> TensorInfo | None:
     return tuple(dims), helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
 
 
-def _shapes_by_running(model: Any, names: list[str]) -> dict[str, TensorInfo]:
-    """Shapes that inference could not tell: run the graph once on zeros with ONNX Runtime."""
+def _shapes_by_running(model: Any, names: list[str], values: dict[str, np.ndarray]) -> dict[str, TensorInfo]:
+    """Shapes that inference could not tell: run the graph once with ONNX Runtime, on the given values of
+    inputs fed whole (``--input-value``) and zeros for the others. A graph that cannot run on them is the
+    user's to fix (an InputShapeError naming the inputs fed zeros), not a traceback."""
     import onnx
     import onnxruntime as ort
 
@@ -155,9 +159,22 @@ def _shapes_by_running(model: Any, names: list[str]) -> dict[str, TensorInfo]:
     feeds = {}
     for spec in session.get_inputs():
         dtype = _ORT_TYPES.get(spec.type, np.float32)
-        feeds[spec.name] = np.zeros([d if isinstance(d, int) else 1 for d in spec.shape], dtype)
-    values = session.run(names, feeds)
-    return {n: (tuple(np.asarray(v).shape), np.asarray(v).dtype) for n, v in zip(names, values, strict=True)}
+        given = values.get(spec.name)
+        feeds[spec.name] = np.asarray(given, dtype) if given is not None else \
+            np.zeros([d if isinstance(d, int) else 1 for d in spec.shape], dtype)
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4  # the failure is said once, below
+    try:
+        results = session.run(names, feeds, quiet)
+    except Exception as exc:  # ONNX Runtime's error types derive from Exception only
+        text = " ".join(str(exc).split())
+        reason = text if len(text) <= 160 else "..." + text[-160:].split(" ", 1)[-1]
+        zeros = [n for n in feeds if n not in values]
+        raise InputShapeError(f"the graph does not run with zeros for {', '.join(zeros) or 'its inputs'}, to find its "
+                              f"shapes ({reason})",
+                              "give the inputs that pick its branches with --input-value (e.g. 'sr=16000') and "
+                              "the dynamic sizes with --input-shape") from None
+    return {n: (tuple(np.asarray(v).shape), np.asarray(v).dtype) for n, v in zip(names, results, strict=True)}
 
 
 _ORT_TYPES = {

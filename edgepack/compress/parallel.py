@@ -5,17 +5,25 @@ the cache) and builds whole plans: convert, quantize, prune and distil. The arti
 safe: every artifact folder is built under a file lock, so two workers (or two edgepack runs) asked
 for the same artifact build it once. A setup that cannot be sent to a worker (a module defined in a
 script's ``__main__``) is built here, one plan after another, and said so.
+
+Interrupted (SIGINT/SIGTERM, edgepack.interrupts), ``close()`` does not wait for the running builds: each
+worker gets SIGTERM, unwinds its build (onnx2tf's process group ended, temporary folders removed) and
+exits; a worker still alive after the grace period, and its children, are killed.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import pickle
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgepack import interrupts
 from edgepack.compress.plan_builder import BuildFailed, BuiltArtifact, PlanBuilder
 from edgepack.compress.quantize import Check
 from edgepack.data import Dataset
@@ -53,6 +61,7 @@ _lines: list[str] = []
 
 def _start_worker(setup: BuilderSetup) -> None:
     global _worker
+    interrupts.start_worker()
     _worker = setup.builder(_lines.append)
 
 
@@ -60,10 +69,11 @@ def _build_in_worker(plan: CompressionPlan) -> Built:
     assert _worker is not None
     _lines.clear()
     start = time.perf_counter()
-    try:
-        built: BuiltArtifact | BuildFailed = _worker.build(plan)
-    except BuildFailed as exc:
-        built = exc
+    with interrupts.task():
+        try:
+            built: BuiltArtifact | BuildFailed = _worker.build(plan)
+        except BuildFailed as exc:
+            built = exc
     return built, list(_lines), time.perf_counter() - start
 
 
@@ -87,14 +97,20 @@ class ParallelBuilder:
         if self.jobs == 1 or len(plans) == 1:
             return [self._here(plan) for plan in plans]
         if self._pool is None:
-            import multiprocessing
-
             # spawn, not fork: this process has ONNX Runtime's and torch's threads running
             self._pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
                                              initializer=_start_worker, initargs=(self.setup,))
         self.say(f"building {len(plans)} artifacts side by side ({min(self.jobs, len(plans))} worker processes)")
+        with interrupts.held():  # workers start with the signals held, until start_worker
+            futures = [self._pool.submit(_build_in_worker, plan) for plan in plans]
         results = []
-        for plan, (built, lines, seconds) in zip(plans, self._pool.map(_build_in_worker, plans), strict=True):
+        for plan, future in zip(plans, futures, strict=True):
+            try:
+                built, lines, seconds = future.result()
+            except BrokenProcessPool:
+                if interrupts.received():  # a worker ended by the same signal: the interruption, not a fault
+                    raise interrupts.Interrupted(interrupts.received() or 0) from None
+                raise
             for line in lines:
                 self.say(line)
             self._said(plan, built, seconds)
@@ -119,6 +135,15 @@ class ParallelBuilder:
         self.say(f"build  {label}: {built.size_mb:.3f} MB, accuracy drop {drop} ({seconds:.1f} s)")
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
-            self._pool = None
+        if self._pool is None:
+            return
+        pool, self._pool = self._pool, None
+        # called from a `finally`: sys.exc_info() is what is on its way out (a Ctrl-C in the Python API too)
+        if interrupts.received() is None and not isinstance(sys.exc_info()[1], KeyboardInterrupt):
+            pool.shutdown(cancel_futures=True)
+            return
+        workers = [(pid, start) for pid, start in interrupts.descendants()
+                   if pid in {p.pid for p in multiprocessing.active_children()}]
+        pool.shutdown(wait=False, cancel_futures=True)
+        # each worker and what it started, found while the worker still lives
+        interrupts.end_processes([p for w in workers for p in [w, *interrupts.descendants(w[0])]])

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from edgepack import __version__
+from edgepack import __version__, strict_json
 from edgepack.artifact import Artifact, install, staging_dir
 from edgepack.compress.distill import DISTILL_EPOCHS
 from edgepack.compress.quantize import Check
@@ -34,7 +34,7 @@ from edgepack.data import Dataset
 from edgepack.errors import EdgepackError
 from edgepack.model import ModelFormat, ModelHandle, file_sha256, load_model
 from edgepack.profiles import DeviceProfile
-from edgepack.search.space import CompressionPlan
+from edgepack.search.space import AS_GIVEN, CompressionPlan
 
 EVAL_SAMPLES = 500  # held-out samples each artifact is checked on
 
@@ -111,9 +111,10 @@ class PlanBuilder:
                 return BuiltArtifact(artifact, saved["accuracy_drop"], saved["fidelity"], saved["details"])
             shutil.rmtree(folder)
         try:
-            if (fmt, ratio) in self._conversion_failed:
+            if (fmt, ratio) in self._conversion_failed and not plan.as_given:
                 raise BuildFailed(self._conversion_failed[fmt, ratio])
-            built = self._make(fmt, precision, ratio, folder / f"model.{fmt}")
+            built = self._as_given(plan, folder / f"model.{fmt}") if plan.as_given else \
+                self._make(fmt, precision, ratio, folder / f"model.{fmt}")
         except EdgepackError as exc:
             if isinstance(exc, ConversionError) and exc.route.split(" ")[0].endswith(("->tflite", "->savedmodel")):
                 self._conversion_failed[fmt, ratio] = str(exc)
@@ -124,6 +125,32 @@ class PlanBuilder:
         return built
 
     # -- making one -------------------------------------------------------------------------------------
+    def _as_given(self, plan: CompressionPlan, output: Path) -> BuiltArtifact:
+        """The user's file itself, copied byte for byte: nothing converted, pruned or quantized, so its
+        outputs are the original's by construction (the check against the original still gives the
+        held-out accuracy the package reports)."""
+        from edgepack.compress.quantize import _tflite_io, identity_bindings
+
+        assert self.handle.path is not None
+        names = [s.name for s in self.handle.inputs]
+        inputs, outputs = identity_bindings(self.handle, self.source, self.calib.batch(names, 0))
+        if plan.format == "tflite":  # the file's own I/O dtypes, scales and zero points (int8 I/O)
+            inputs, outputs = _tflite_io(self.handle.path, inputs, outputs)
+        staging = staging_dir(output)
+        try:
+            staged = staging / output.name
+            shutil.copyfile(self.handle.path, staged)
+            artifact = install(staged, Artifact(staged, plan.format, AS_GIVEN, self.handle.sha256, inputs, outputs,
+                                                precision=plan.precision), output)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        if artifact.sha256 != self.handle.sha256:
+            raise BuildFailed(f"{self.handle.path} changed while edgepack read it (its sha256 differs)",
+                              "build again once the file is written")
+        drop, fidelity = self._check(artifact)  # outputs without a points figure lose none: the same file
+        return BuiltArtifact(artifact, 0.0 if drop is None else drop, {**fidelity, "exact": True},
+                             {"precision_from": "the model's own graph (as given)"})
+
     def _make(self, fmt: str, precision: str, ratio: float, output: Path) -> BuiltArtifact:
         from edgepack.compress.quantize import quantize_model
 
@@ -237,5 +264,5 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     """Atomically: a build killed mid-write leaves no record, so the plan is simply built again."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    partial.write_text(strict_json.dumps(data, indent=1) + "\n")
     partial.replace(path)

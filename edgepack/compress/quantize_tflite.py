@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from edgepack.convert.errors import ConversionError
+from edgepack.convert.tensor_names import RenamedNames, restore_tflite
 from edgepack.errors import first_line
 from edgepack.quiet import captured_output
 
@@ -72,7 +73,7 @@ def quantize_tflite(saved_model: Path, out: Path, mode: str, feed: Feed | None, 
     except Exception as exc:  # the converter raises ConverterError, ValueError, RuntimeError
         first = first_line(exc, 300)
         raise ConversionError(f"tflite {mode} quantization", first) from None
-    out.write_bytes(flatbuffer)
+    out.write_bytes(restore_tflite(flatbuffer, RenamedNames.of(saved_model)))  # the model's own tensor names
     return out
 
 
@@ -81,7 +82,8 @@ def float_tflite(saved_model: Path, out: Path) -> Path:
     with captured_output():
         import tensorflow as tf
 
-        out.write_bytes(tf.lite.TFLiteConverter.from_saved_model(str(saved_model)).convert())
+        flatbuffer = tf.lite.TFLiteConverter.from_saved_model(str(saved_model)).convert()
+    out.write_bytes(restore_tflite(flatbuffer, RenamedNames.of(saved_model)))
     return out
 
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from edgepack.convert.onnx_to_tflite import ONNX2TF_OPTIONS
+from edgepack.convert.tensor_names import RenamedNames, restore_tflite_file
 
 
 def main(job_path: str) -> int:
@@ -14,6 +15,9 @@ def main(job_path: str) -> int:
     import onnx2tf
 
     onnx2tf.convert(input_onnx_file_path=job["onnx"], output_folder_path=job["out"], **ONNX2TF_OPTIONS)
+    names = RenamedNames.from_dict(job.get("names", {}))
+    for tflite in Path(job["out"]).glob("*.tflite"):  # the user's tensor names back (TensorFlow is loaded here)
+        restore_tflite_file(tflite, names)
     return 0
 
 

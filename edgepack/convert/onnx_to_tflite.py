@@ -4,7 +4,10 @@ onnx2tf rewrites its input file in place, calls ``onnxsim`` from PATH, prints a 
 3-channel image inputs fetches a sample image file from the internet unless one sits in its working
 directory. So edgepack gives it a copy of the model in a fresh directory, with our own sample data
 file there (from the user's calibration data when given), PATH pointing at this interpreter's
-scripts, and proxies that lead nowhere so that nothing can go online.
+scripts, and proxies that lead nowhere so that nothing can go online. Tensor names it cannot take
+(``<``, ``"``, spaces, non-ASCII) are made safe in that copy and given back to the TFLite files
+(convert/tensor_names.py). It runs in a process group of its own, ended with everything it started
+when edgepack is interrupted (edgepack.interrupts).
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edgepack import interrupts
 from edgepack.convert.errors import ConversionError, failing_node, last_error_line
+from edgepack.convert.tensor_names import RenamedNames, sanitise_onnx
 
 ROUTE = "onnx->tflite (onnx2tf)"
 # onnx2tf reads this file from its working directory instead of downloading it (utils/common_functions).
@@ -72,26 +77,26 @@ def convert_onnx_to_tflite(onnx_path: Path, out_dir: Path, *, calib: np.ndarray 
     """Convert ``onnx_path`` into ``out_dir`` (model_float32.tflite, model_float16.tflite, saved_model/).
 
     The user's file is never opened for writing. Raises :class:`ConversionError` with onnx2tf's own
-    last error line when the conversion fails or times out.
+    last error line when the conversion fails or times out. The TFLite files carry the model's own tensor
+    names; a SavedModel made from renamed ones holds the map back (tensor_names.NAMES_FILE).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edgepack-onnx2tf-") as tmp:
         work = Path(tmp)
-        shutil.copyfile(onnx_path, work / "model.onnx")
+        names = sanitise_onnx(onnx_path, work / "model.onnx")
         write_sample_images(work, calib)
-        job = {"onnx": str(work / "model.onnx"), "out": str(work / "out")}
+        job = {"onnx": str(work / "model.onnx"), "out": str(work / "out"), "names": names.to_dict()}
         (work / "job.json").write_text(json.dumps(job))
         env = offline_env(dict(os.environ))
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-m", "edgepack.convert._onnx2tf_worker", str(work / "job.json")],
-                cwd=work, env=env, capture_output=True, text=True, timeout=timeout_s, check=False)
+        try:  # in a process group of its own: onnx2tf's own children (onnxsim) end with it
+            proc = interrupts.run([sys.executable, "-m", "edgepack.convert._onnx2tf_worker", str(work / "job.json")],
+                                  cwd=work, env=env, timeout_s=timeout_s)
         except subprocess.TimeoutExpired:
             raise ConversionError(ROUTE, f"onnx2tf did not finish in {timeout_s:.0f} s") from None
         produced = work / "out" / "model_float32.tflite"
         if proc.returncode != 0 or not produced.exists():
             text = proc.stdout + "\n" + proc.stderr
-            raise ConversionError(ROUTE, last_error_line(text) + failing_node(text))
+            raise ConversionError(ROUTE, last_error_line(text) + _users_node(failing_node(text), names))
         float32 = out_dir / "model_float32.tflite"
         shutil.copyfile(produced, float32)
         float16 = None
@@ -104,7 +109,16 @@ def convert_onnx_to_tflite(onnx_path: Path, out_dir: Path, *, calib: np.ndarray 
             shutil.rmtree(saved_model, ignore_errors=True)
             shutil.copytree(work / "out", saved_model,
                             ignore=shutil.ignore_patterns("*.tflite", "*.json"))
+            if names:
+                names.save(saved_model)
         return TfliteOutputs(float32, float16, saved_model)
+
+
+def _users_node(where: str, names: RenamedNames) -> str:
+    """`` (at ONNX node 'safe')`` with the node's own name."""
+    for safe, user in names.nodes.items():
+        where = where.replace(f"'{safe}'", f"'{user}'")
+    return where
 
 
 def unsupported_ops(onnx_path: Path) -> list[str]:

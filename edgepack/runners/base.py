@@ -33,6 +33,8 @@ class RunRequest:
     timeout_s: float = 300.0
     runtime: str = "auto"
     delegate: str | None = None  # a TFLite external delegate on the board (the i.MX 93's Ethos-U), if there
+    #: with want_outputs: each output's (shape, dtype) as the board must send it back, in order
+    expected_outputs: tuple[tuple[tuple[int, ...], str], ...] | None = None
 
 
     def harness_args(self, model: str, inputs: str | None, outputs: str | None,
@@ -120,6 +122,14 @@ class HarnessResult:
     @property
     def error_kind(self) -> str | None:
         return self.raw.get("error_kind")
+
+    @property
+    def unstable(self) -> list[str]:
+        """Why the measuring conditions make these figures unstable (edgepack.runners.conditions); empty:
+        stable, or not judged."""
+        found = self.raw.get("stability")
+        why = found.get("unstable") if isinstance(found, dict) else None
+        return [str(w) for w in why] if isinstance(why, list) else []
 
     def get(self, name: str, default: Any = None) -> Any:
         """Any other field the harness printed (runtime_version, load_ms, environment, ...)."""
@@ -215,15 +225,27 @@ def parse_description(stdout: str) -> HarnessResult:
 
 def parse_harness_output(request: RunRequest, device: str, stdout: str, stderr: str, code: int | None,
                          wall_s: float) -> Measurement:
-    """The harness prints one JSON object (last line of stdout); anything else is an error Measurement."""
+    """The harness prints one JSON object (last line of stdout); anything else is an error Measurement,
+    and so is a result whose figures cannot be believed (edgepack.runners.validation): a board's numbers
+    are checked here, before anything records or compares them."""
+    from edgepack.runners.validation import result_problem
+    from edgepack.text import printable
+
     result = _printed_json(stdout)
     if result.get("error"):
-        message = str(result["error"])
-        if result.get("install"):
-            message += f"; on the device run: {result['install']}"
-        return Measurement(request, device, HarnessResult(result), message, wall_s=wall_s)
+        message = printable(str(result["error"]))
+        if result.get("install"):  # the board's words, never printed as a command to run
+            message += f" (the board suggests: {printable(str(result['install']), 120)!r})"
+        kind = result.get("error_kind")
+        return Measurement(request, device, HarnessResult({"error_kind": kind} if isinstance(kind, str) else {}),
+                           message, wall_s=wall_s)
     if not result:
-        tail = (stderr.strip().splitlines() or ["no output"])[-1][:300]
+        tail = printable((stderr.strip().splitlines() or ["no output"])[-1])
         return Measurement(request, device, HarnessResult(), f"harness exited with code {code}: {tail}",
                            wall_s=wall_s)
+    problem = result_problem(result, request.runs, request.threads)
+    if problem:
+        who = "this machine" if device == "local" else f"board {device}"
+        return Measurement(request, device, HarnessResult({"error_kind": "bad_figures"}),
+                           f"{who} returned {problem}", wall_s=wall_s)
     return Measurement(request, device, HarnessResult(result), None, wall_s=wall_s)

@@ -45,7 +45,7 @@ import sys
 import tempfile
 import time
 
-HARNESS_VERSION = "3"
+HARNESS_VERSION = "4"
 
 
 def emit(data):
@@ -99,6 +99,122 @@ def environment():
         "cpu_governor": read_first("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
         "cpu_max_khz": read_first("/sys/devices/system/cpu/cpu0/cpufreq/scaling_max_freq"),
         "temperature_c": round(int(temp) / 1000.0, 1) if temp and temp.lstrip("-").isdigit() else None,
+    }
+
+
+# --- measuring conditions ---------------------------------------------------------------------------
+# What the board can tell about how it ran: the governor and clock of the cores this process may use,
+# the temperature, the Raspberry Pi firmware's throttle flags, the load and the other processes that took
+# CPU while the model was timed. edgepack judges them (throttled, under-clocked, too much spread); the
+# harness only reports. Every reading may be missing (a VM has no cpufreq, a phone hides its thermal
+# zones): then it is null, never a guess.
+
+CPUFREQ = "/sys/devices/system/cpu/cpu%d/cpufreq/%s"
+FIRMWARE_THROTTLED = "/sys/devices/platform/soc/soc:firmware/get_throttled"
+BUSY_WINDOW_S = 0.5
+
+
+def cores_used():
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return list(range(os.cpu_count() or 1))
+
+
+def khz(cpu, name):
+    text = read_first(CPUFREQ % (cpu, name))
+    return int(text) if text and text.isdigit() else None
+
+
+def temperature_c():
+    """The hottest thermal zone, in degrees C (zone 0 alone on most boards)."""
+    found = []
+    for zone in range(16):
+        text = read_first("/sys/class/thermal/thermal_zone%d/temp" % zone)
+        if text is None:
+            break
+        if text.lstrip("-").isdigit():
+            found.append(int(text) / 1000.0)
+    return round(max(found), 1) if found else None
+
+
+def throttled():
+    """The Raspberry Pi firmware's throttle flags as an integer (bit 0 under-voltage, 1 ARM clock capped,
+    2 throttled, 3 soft temperature limit; bits 16-19: the same since boot), and where they came from."""
+    text, source = None, None
+    binary = shutil.which("vcgencmd")
+    if binary:
+        try:
+            out = subprocess.run([binary, "get_throttled"], capture_output=True, text=True, timeout=5).stdout
+            text, source = out.strip().partition("=")[2], "vcgencmd"
+        except (OSError, subprocess.SubprocessError):
+            text = None
+    if not text:
+        text, source = read_first(FIRMWARE_THROTTLED), "sysfs"
+    try:
+        return int(text, 16), source
+    except (TypeError, ValueError):
+        return None, None
+
+
+def cpu_ticks():
+    """{pid: (name, user + system clock ticks)} of every other process."""
+    me, found = os.getpid(), {}
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return found
+    for pid in pids:
+        if pid == me:
+            continue
+        text = read_first("/proc/%d/stat" % pid)
+        if not text or ")" not in text:
+            continue
+        name, rest = text[text.find("(") + 1:text.rfind(")")], text[text.rfind(")") + 2:].split()
+        try:
+            found[pid] = (name, int(rest[11]) + int(rest[12]))
+        except (IndexError, ValueError):
+            continue
+    return found
+
+
+def snapshot(cores):
+    value, source = throttled()
+    try:
+        load = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        load = None
+    return {"at": time.monotonic(), "temperature_c": temperature_c(), "throttled": value,
+            "throttled_source": source, "cur_khz": [khz(c, "scaling_cur_freq") for c in cores],
+            "load_avg": load, "ticks": cpu_ticks()}
+
+
+def conditions(before, after, cores):
+    """The conditions of one timed stretch, from snapshots taken just before the warm-up and just after
+    the last timed run (the cores are still busy then: their clock is the one the model ran at)."""
+    seconds = max(after["at"] - before["at"], 1e-6)
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    busy = [] if seconds >= BUSY_WINDOW_S else None  # a clock tick is 10 ms: shorter stretches say nothing
+    for pid, (name, ticks) in after["ticks"].items() if busy is not None else ():
+        if pid in before["ticks"]:
+            share = 100.0 * (ticks - before["ticks"][pid][1]) / hz / seconds
+            if share >= 10.0:
+                busy.append({"pid": pid, "name": name[:40], "cpu_pct": round(share, 1)})
+    if busy is not None:
+        busy = sorted(busy, key=lambda b: -b["cpu_pct"])[:5]
+    governors = [read_first(CPUFREQ % (c, "scaling_governor")) for c in cores]
+    return {
+        "cores": cores,
+        "governor": sorted(set(g for g in governors if g)) or None,
+        "cur_khz": after["cur_khz"],
+        "max_khz": [khz(c, "cpuinfo_max_freq") for c in cores],
+        "scaling_max_khz": [khz(c, "scaling_max_freq") for c in cores],
+        "temperature_c": [before["temperature_c"], after["temperature_c"]],
+        "throttled": [before["throttled"], after["throttled"]],
+        "throttled_source": after["throttled_source"] or before["throttled_source"],
+        "load_avg": before["load_avg"],
+        "busy": busy,
+        "seconds": round(seconds, 3),
     }
 
 
@@ -406,6 +522,7 @@ def tflm_arena_bytes(model, arena_kb):
 
 
 RESULT_EXTRA = {}  # fields a runtime adds to the result (TFLM's arena)
+OUT_OF_MEMORY = ("bad_alloc", "Failed to allocate memory", "out of memory")
 
 RUNTIME_DISTRIBUTIONS = {"tflite": ("ai-edge-litert", "tflite-runtime", "tensorflow"), "onnxruntime": ("onnxruntime",),
                          "tflite-micro": ("tflite-micro",)}
@@ -466,6 +583,8 @@ def check_model(path, expected):
 # --- common -----------------------------------------------------------------------------------------
 
 def measure(once, args):
+    cores = cores_used()
+    before = snapshot(cores)
     for _ in range(args.warmup):
         once()
     latencies = []
@@ -473,6 +592,7 @@ def measure(once, args):
         start = time.perf_counter()
         once()
         latencies.append((time.perf_counter() - start) * 1000.0)
+    RESULT_EXTRA["conditions"] = conditions(before, snapshot(cores), cores)
     return latencies
 
 
@@ -492,7 +612,10 @@ def main():
     parser.add_argument("--op-profile", action="store_true")
     args = parser.parse_args()
     if args.describe:
-        emit({"harness_version": HARNESS_VERSION, "environment": environment()})
+        now = snapshot(cores_used())
+        now.pop("ticks")
+        now.pop("at")
+        emit({"harness_version": HARNESS_VERSION, "environment": environment(), "now": now})
         return
     if not args.model:
         fail("bad_arguments", "--model is required")
@@ -517,6 +640,8 @@ def main():
         fail("out_of_memory", "the device ran out of memory")
     except Exception as exc:  # the runtime's own errors, reported as data
         detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        if any(word in str(exc) for word in OUT_OF_MEMORY):  # a runtime's C++ allocator said so
+            fail("out_of_memory", "the device ran out of memory (%s)" % detail[:200])
         short = numpy_shortfall(runtime)
         if short:  # a runtime built against a newer numpy fails with a cryptic SystemError: say why
             fail("runtime_error", "%s: %s (%s)" % (type(exc).__name__, detail, short[0]), install=short[1])

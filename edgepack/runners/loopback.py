@@ -28,6 +28,15 @@ def keygen(path: Path) -> None:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
 
 
+def running(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie waiting to be reaped has ended)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
 class SshDevice:
     """One sshd with its own host key, a client key allowed to log in, and its own TMPDIR and cache."""
 
@@ -103,3 +112,20 @@ class SshDevice:
 
     def leftover_temp_dirs(self) -> list[Path]:
         return sorted(self.tmp.glob("edgepack.*"))
+
+    def broken_python(self, name: str, script: str) -> str:
+        """A board whose "Python" is this shell script (a hung or lying interpreter); returns its path.
+
+        ``script`` is the body after ``#!/bin/sh``; ``$REAL`` in it is this device's real Python and
+        ``$PIDS`` a file it may append process ids to (read them with ``started_pids(name)``).
+        """
+        path = self.root / f"{name}.sh"
+        pids = self.root / f"{name}.pids"
+        path.write_text(f"#!/bin/sh\nREAL={self.python}\nPIDS={pids}\n{script}\n")
+        path.chmod(0o755)
+        return str(path)
+
+    def started_pids(self, name: str) -> list[int]:
+        """The process ids that the broken Python ``name`` wrote to its ``$PIDS`` file."""
+        found = self.root / f"{name}.pids"
+        return [int(p) for p in found.read_text().split()] if found.exists() else []

@@ -6,6 +6,12 @@
 4. run the harness in its own process group, with a timeout that kills the whole group
 5. fetch the JSON (and outputs), 6. remove the temporary directory, whatever happened
 
+Every remote command (the harness, ``--describe``, a deployment's steps) runs in its own process group
+and is read in bounded chunks: past its timeout, or once the board has sent more than
+``STDOUT_LIMIT_BYTES`` on either stream, the channel is closed and the whole group killed, and the
+caller is told why (an error Measurement, or ``CommandStopped``). Only the last ``STDERR_KEPT_BYTES``
+of stderr are kept. Text from the board reaches a message only through ``edgepack.text.printable``.
+
 Every path and name that reaches the remote shell goes through ``shlex.quote``. Nothing cached on the
 device is trusted by its name or size: the harness runs only when its bytes hash to ours (a launcher
 checks them, then executes exactly those bytes) and refuses a model whose sha256 differs; either is
@@ -26,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgepack.errors import EdgepackError
+from edgepack.errors import BoardFault, EdgepackError
 from edgepack.model import file_sha256
 from edgepack.runners.base import (
     HARNESS,
@@ -38,12 +44,19 @@ from edgepack.runners.base import (
     parse_harness_output,
     raise_for_setup,
 )
+from edgepack.runners.pool import BoardUnreachable, unreachable
+from edgepack.text import printable
 
 # paramiko logs a failed handshake (a port that does not speak SSH) as a page of traceback through the
 # root logger's last resort; the error reaches the user as one line from us instead.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 PID_FILE = ".edgepack-harness.pid"
+DESCRIBE_TIMEOUT_S = 30.0  # harness.py --describe answers in about a second; a board slower than this is hung
+STDOUT_LIMIT_BYTES = 16 * 2**20  # more than this on stdout (or on stderr) from one command: stopped, killed
+STDERR_KEPT_BYTES = 64 * 2**10  # the tail of stderr that is kept (what a message quotes is its last line)
+OUTPUTS_LIMIT_BYTES = 256 * 2**20  # outputs.npz, when the request does not say the outputs' shapes
+CHUNK_BYTES = 65536
 
 # Runs the cached harness only when its bytes hash to what we sent, and runs exactly those bytes.
 LAUNCHER = (
@@ -97,6 +110,27 @@ class SshSetupError(EdgepackError):
 
 class DeviceBusyError(EdgepackError):
     """Another edgepack held the device's lock for longer than we were willing to wait."""
+
+
+class CommandStopped(BoardFault):
+    """A command on the board ran past its timeout or sent more than the caps: edgepack closed its
+    channel and killed its process group. ``why`` says which ("did not finish within 30 s")."""
+
+    def __init__(self, problem: str, why: str, hint: str = "") -> None:
+        super().__init__(problem, hint)
+        self.why = why
+
+
+@dataclass(frozen=True)
+class RemoteOutput:
+    """What one remote command left: its exit code (-1: none, the channel closed first), its stdout
+    (at most STDOUT_LIMIT_BYTES), the last STDERR_KEPT_BYTES of its stderr, and why edgepack stopped
+    it (None: it ended by itself)."""
+
+    code: int
+    out: str
+    err: str
+    stopped: str | None = None
 
 
 def holder_description(purpose: str) -> str:
@@ -242,23 +276,41 @@ class SshRunner(Runner):
             self._connect()
         except (paramiko.SSHException, OSError, EOFError) as exc:
             self.close()
-            raise SshSetupError(f"{self.label}: cannot connect ({type(exc).__name__}: {exc})",
-                                "check the host name and port, and that sshd runs on the board") from None
+            kind = BoardUnreachable if unreachable(exc) else SshSetupError  # a pool drops an unreachable board
+            raise kind(f"{self.label}: cannot connect ({type(exc).__name__}: {printable(exc, 200)})",
+                       "check the host name and port, and that sshd runs on the board") from None
         assert self.host_key_fingerprint is not None
         return self.host_key_fingerprint
 
     def describe(self) -> HarnessResult:
-        """The board's environment from the harness (``--describe``), holding the lock for the upload."""
+        """The board's environment from the harness (``--describe``), holding the lock for the upload.
+
+        Raises BoardFault when the board's Python does not answer within DESCRIBE_TIMEOUT_S or floods
+        its output (what it started is killed first), SshSetupError when that Python is missing.
+        """
         with self.device_lock("describing"):
             harness, digest, _ = self._put_cached(HARNESS, ".py")
-            code, out, err = self._exec(" ".join(shlex.quote(a) for a in [self.python, "-c", LAUNCHER, harness, digest,
-                                                                           "--describe"]), timeout=120)
-        self._refuse_missing_command(code, out, err)
-        return parse_description(out)
+            argv = [self.python, "-c", LAUNCHER, harness, digest, "--describe"]
+            found = self._command(" ".join(shlex.quote(a) for a in argv), DESCRIBE_TIMEOUT_S)
+        if found.stopped:
+            raise BoardFault(f"{self.label}: the board's Python ({printable(self.python, 100)}) {found.stopped} "
+                             "when asked to describe the board (harness.py --describe); edgepack killed what it "
+                             "started there", "check that Python on the board runs (log in and try it), or pass "
+                                              "--remote-python with one that does")
+        self._refuse_missing_command(found.code, found.out, found.err)
+        return parse_description(found.out)
 
     def execute(self, command: str, timeout: float = 60.0) -> tuple[int, str, str]:
-        """Run one shell command on the device (the caller quotes every path in it); returns code, out, err."""
-        return self._exec(command, timeout)
+        """Run one shell command on the device (the caller quotes every path in it); returns code, out, err.
+
+        The command runs in its own process group; past ``timeout`` seconds, or when it sends more
+        than the caps, it is killed as a group and CommandStopped is raised (exit 1: the board's fault).
+        """
+        found = self._command(command, timeout)
+        if found.stopped:
+            raise CommandStopped(f"{self.label}: a command on the board {found.stopped}; edgepack killed it",
+                                 found.stopped)
+        return found.code, found.out, found.err
 
     def open_sftp(self) -> Any:
         return self._connect().open_sftp()
@@ -296,14 +348,14 @@ class SshRunner(Runner):
             chunk = channel.recv(4096)
             if not chunk:
                 break
-            buffer += chunk
+            buffer = (buffer + chunk)[-STDERR_KEPT_BYTES:]  # lines are short; a board's flood is not kept
             while b"\n" in buffer:
                 line, buffer = buffer.split(b"\n", 1)
                 text = line.decode(errors="replace").strip()
                 if text == "locked":
                     return
                 if text.startswith("busy"):
-                    holder = text[5:] or holder
+                    holder = printable(text[5:], 200) or holder
                     self.say(f"{self.label}: the device is in use ({holder}); waiting")
                 elif text == "timeout":
                     raise DeviceBusyError(f"{self.label}: the device stayed in use for {timeout_s:g} s ({holder})",
@@ -312,21 +364,75 @@ class SshRunner(Runner):
         err = b""
         while channel.recv_stderr_ready():
             err += channel.recv_stderr(65536)
-        tail = (err.decode(errors="replace").strip().splitlines() or [buffer.decode(errors="replace").strip()
-                                                                       or "no output"])[-1][:200]
+        tail = printable((err.decode(errors="replace").strip().splitlines()
+                          or [buffer.decode(errors="replace").strip() or "no output"])[-1], 200)
         if code == -1:
             raise EOFError("the connection closed while taking the device lock")
         if code == 5:
             raise SshSetupError(f"{self.label}: the device has no flock command (util-linux) for its lock",
                                 "install util-linux on the device")
-        raise SshSetupError(f"{self.label}: cannot take the device lock in {self._cache()} ({tail})",
+        raise SshSetupError(f"{self.label}: cannot take the device lock in {printable(self._cache(), 200)} ({tail})",
                             "check that the home directory on the device is writable")
 
     def _exec(self, command: str, timeout: float = 60.0) -> tuple[int, str, str]:
-        _, stdout, stderr = self._connect().exec_command(command, timeout=timeout)
-        out = stdout.read().decode(errors="replace")
-        err = stderr.read().decode(errors="replace")
-        return stdout.channel.recv_exit_status(), out, err
+        """A short command of edgepack's own (printf, mkdir, rm, kill): bounded like any other, not grouped."""
+        found = self._command(command, timeout, group=False)
+        if found.stopped:
+            raise CommandStopped(f"{self.label}: a command on the board {found.stopped}; edgepack stopped it",
+                                 found.stopped)
+        return found.code, found.out, found.err
+
+    def _command(self, command: str, timeout_s: float, *, group: bool = True) -> RemoteOutput:
+        """Run ``command`` (a shell command line, quoted by the caller), in its own process group unless
+        ``group`` is False; read it bounded; past ``timeout_s`` or the caps, close it and kill its group."""
+        channel = self._connect().get_transport().open_session()
+        try:
+            # setsid: the shell leads a new process group, whose id it prints first; a stop kills that group
+            channel.exec_command(f"setsid -w sh -c {shlex.quote('echo $$; ' + command)}" if group else command)
+            out, err, stopped = self._read_bounded(channel, timeout_s)
+            code = -1 if stopped or not channel.exit_status_ready() else channel.recv_exit_status()
+        finally:
+            channel.close()
+        pgid, text = b"", out.decode(errors="replace")
+        if group:
+            end = out.find(b"\n")
+            pgid, text = (bytes(out[:end]), text.partition("\n")[2]) if end >= 0 else (bytes(out), "")
+        if stopped and pgid:
+            self._kill_group(pgid)
+        return RemoteOutput(code, text, err.decode(errors="replace"), stopped)
+
+    @staticmethod
+    def _read_bounded(channel: Any, timeout_s: float) -> tuple[bytearray, bytearray, str | None]:
+        """A command's stdout and stderr until it ends, read in chunks: at most STDOUT_LIMIT_BYTES of
+        stdout and the last STDERR_KEPT_BYTES of stderr are kept. Returns why it must be stopped (too
+        long, too much output) or None; stopping it is the caller's."""
+        out, err, err_total = bytearray(), bytearray(), 0
+        deadline = time.monotonic() + timeout_s
+        limit_mb = STDOUT_LIMIT_BYTES // 2**20
+        while True:
+            idle = True
+            if channel.recv_ready():
+                out += channel.recv(CHUNK_BYTES)
+                idle = False
+                if len(out) > STDOUT_LIMIT_BYTES:
+                    del out[STDOUT_LIMIT_BYTES:]  # in place: no copy of what was kept
+                    return out, err, f"sent more than {limit_mb} MB on stdout"
+            if channel.recv_stderr_ready():
+                chunk = channel.recv_stderr(CHUNK_BYTES)
+                err_total += len(chunk)
+                err += chunk
+                del err[:-STDERR_KEPT_BYTES]
+                idle = False
+                if err_total > STDOUT_LIMIT_BYTES:
+                    return out, err, f"sent more than {limit_mb} MB on stderr"
+            if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
+                return out, err, None
+            if time.monotonic() > deadline:
+                return out, err, f"did not finish within {timeout_s:g} s"
+            if channel.closed and not channel.recv_ready() and not channel.recv_stderr_ready():
+                return out, err, None
+            if idle:
+                time.sleep(0.005)
 
     def _cleanup_stale(self) -> None:
         while self._stale_dirs:
@@ -396,7 +502,7 @@ class SshRunner(Runner):
         return measurement
 
     def _lost(self, request: RunRequest, why: str, wall_s: float) -> Measurement:
-        return Measurement(request, self.label, HarnessResult(), f"connection lost: {why}", wall_s=wall_s,
+        return Measurement(request, self.label, HarnessResult(), f"connection lost: {printable(why)}", wall_s=wall_s,
                            board_lost=True)
 
     def _one(self, request: RunRequest) -> Measurement:
@@ -439,7 +545,11 @@ class SshRunner(Runner):
             measurement = self._run_harness(request, workdir, argv, start)
             measurement.uploaded_bytes = sent + model_sent
             if measurement.ok and outputs:
-                measurement.outputs = self._fetch_npz(sftp, outputs)
+                try:
+                    measurement.outputs = self._fetch_npz(sftp, outputs, _outputs_limit(request))
+                except _TooLarge as exc:
+                    measurement = Measurement(request, self.label, HarnessResult(), str(exc),
+                                              wall_s=measurement.wall_s)
             # a run that ended normally removed its directory itself; any other needs removing here
             removed = measurement.ok and not request.want_outputs
             return measurement
@@ -470,27 +580,17 @@ class SshRunner(Runner):
         inner = shlex.quote(f"echo $$; echo $$ > {PID_FILE}; exec {command}")
         wrapped = f"cd {quoted} && setsid -w sh -c {inner}; rc=$?{cleanup}; exit $rc"
         channel = self._connect().get_transport().open_session()
-        channel.exec_command(wrapped)
-        stdout, stderr = b"", b""
-        deadline = time.monotonic() + request.timeout_s
-        while True:
-            if channel.recv_ready():
-                stdout += channel.recv(65536)
-            if channel.recv_stderr_ready():
-                stderr += channel.recv_stderr(65536)
-            if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
-                break
-            if time.monotonic() > deadline:
-                self._kill_group(stdout)
-                channel.close()
-                return Measurement(request, self.label, HarnessResult(),
-                                   f"timeout: killed after {request.timeout_s:g} s",
-                                   wall_s=time.perf_counter() - start)
-            if channel.closed and not channel.recv_ready():
-                break
-            time.sleep(0.005)
-        code = channel.recv_exit_status()
-        channel.close()
+        try:
+            channel.exec_command(wrapped)
+            stdout, stderr, stopped = self._read_bounded(channel, request.timeout_s)
+            code = -1 if stopped else channel.recv_exit_status()
+        finally:
+            channel.close()
+        if stopped:
+            self._kill_group(bytes(stdout[:max(0, stdout.find(b"\n"))]))
+            why = f"timeout: killed after {request.timeout_s:g} s" if stopped.startswith("did not finish") else \
+                f"the board {stopped}: stopped, and its processes killed"
+            return Measurement(request, self.label, HarnessResult(), why, wall_s=time.perf_counter() - start)
         if code == -1 and not stdout.strip().endswith(b"}"):  # no exit status: the connection went down
             self.close()
             return self._lost(request, "the device closed the connection during the run", time.perf_counter() - start)
@@ -503,22 +603,46 @@ class SshRunner(Runner):
     def _refuse_missing_command(self, code: int, out: str, err: str) -> None:
         """Exit 127 and no JSON: the shell found no such command, so nothing on this board will run."""
         if code == 127 and "{" not in out:
-            missing = self.python if self.python in err else "a command edgepack needs"
-            raise SshSetupError(f"{self.label}: '{missing}' was not found on the device ({err.strip()[-200:]})",
+            missing = printable(self.python, 100) if self.python in err else "a command edgepack needs"
+            said = printable(err.strip()[-200:], 200)
+            raise SshSetupError(f"{self.label}: '{missing}' was not found on the device ({said})",
                                 "install python3 there, or pass --remote-python with its path")
 
-    def _kill_group(self, stdout: bytes) -> None:
-        first = stdout.decode(errors="replace").partition("\n")[0].strip()
-        if first.isdigit():
-            pgid = shlex.quote(first)
-            self._exec(f"kill -TERM -- -{pgid} 2>/dev/null; sleep 0.5; kill -KILL -- -{pgid} 2>/dev/null; true")
+    def _kill_group(self, first_line: bytes) -> None:
+        """End the process group whose id a wrapper printed as its first line (TERM, then KILL)."""
+        pgid = first_line.decode(errors="replace").strip()
+        if pgid.isdigit() and int(pgid) > 1:
+            self._exec(f"kill -TERM -- -{pgid} 2>/dev/null; sleep 0.5; kill -KILL -- -{pgid} 2>/dev/null; true", 30)
 
-    def _fetch_npz(self, sftp: Any, remote: str) -> dict[str, Any]:
+    def _fetch_npz(self, sftp: Any, remote: str, limit_bytes: int) -> dict[str, Any]:
         import io
 
         import numpy as np
 
+        size = sftp.stat(remote).st_size or 0
+        if size > limit_bytes:
+            raise _TooLarge(f"the board's outputs.npz is {size / 2**20:.1f} MB, more than the "
+                            f"{limit_bytes / 2**20:.1f} MB the outputs can take")
         with sftp.open(remote, "rb") as fh:
-            data = fh.read()
+            data = fh.read(limit_bytes + 1)
         with np.load(io.BytesIO(data)) as archive:
             return {k: archive[k] for k in archive.files}
+
+
+class _TooLarge(Exception):
+    """A file on the board is larger than what it may hold."""
+
+
+def _outputs_limit(request: RunRequest) -> int:
+    """The most bytes outputs.npz may have: the outputs' own size (when the request says their shapes)
+    plus room for the archive's headers, else OUTPUTS_LIMIT_BYTES."""
+    import numpy as np
+
+    expected = request.expected_outputs
+    if not expected or not all(isinstance(d, int) and d > 0 for shape, _ in expected for d in shape):
+        return OUTPUTS_LIMIT_BYTES
+    try:
+        data = sum(math.prod(shape) * np.dtype(dtype).itemsize for shape, dtype in expected)
+    except TypeError:
+        return OUTPUTS_LIMIT_BYTES
+    return data * 2 + 2**20

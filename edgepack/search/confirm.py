@@ -39,12 +39,16 @@ def confirm(strategy: Strategy, measurer: Measurer, job_for: Callable[[Candidate
         else:
             say(f"confirm {c.plan.label}: FAILED: {outcome.error}")
     for c in contenders:
-        rounds_of = sorted((r for r in results[c.plan.key] if r.p50_ms is not None), key=lambda r: r.p50_ms or 0.0)
+        timed = [r for r in results[c.plan.key] if r.p50_ms is not None]
+        stable = [r for r in timed if not r.unstable]  # an unstable round counts only when no round is stable
+        rounds_of = sorted(stable or timed, key=lambda r: r.p50_ms or 0.0)
         if not rounds_of:
             continue
         middle = rounds_of[(len(rounds_of) - 1) // 2]
         c.measurement, c.latency_ms, c.p90_ms, c.board = middle, middle.p50_ms, middle.p90_ms, board
+        c.unstable = middle.unstable
         c.p50_rounds_ms = [r.p50_ms for r in results[c.plan.key] if r.p50_ms is not None]
         say(f"confirm {c.plan.label}: p50 " + ", ".join(f"{v:.3f}" for v in c.p50_rounds_ms)
-            + f" ms; median {c.latency_ms:.3f}")
+            + f" ms; median {c.latency_ms:.3f}" + (" of the stable rounds" if stable and len(stable) < len(timed)
+                                                   else " (UNSTABLE)" if c.unstable else ""))
 

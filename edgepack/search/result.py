@@ -93,14 +93,15 @@ class BuildResult:
 
     def row(self, c: Candidate) -> dict[str, Any]:
         built = self.built.get(c.plan.artifact)
-        status = "estimated" if c.latency_estimated else "measured" if c.latency_measured else \
+        status = "estimated" if c.latency_estimated else "unstable" if c.latency_measured and c.unstable else \
+            "measured" if c.latency_measured else \
             "failed" if c.error else "skipped" if c.skipped else \
             "predicted" if c.built else "not built"
         return {"plan": c.plan.to_dict(), "label": c.plan.label, "size_mb": c.size_mb if c.built else None,
                 "latency_ms": c.latency_ms if c.latency_measured else None, "p90_ms": c.p90_ms,
                 "predicted_ms": c.predicted_ms,
                 "latency_source": c.latency_source if c.latency_measured else "predicted",
-                "peak_rss_mb": c.peak_rss_mb, "accuracy_drop": c.accuracy_drop,
+                "peak_rss_mb": c.peak_rss_mb, "accuracy_drop": c.accuracy_drop, "unstable": c.unstable,
                 "accuracy": (built.fidelity.get("accuracy") if built else None),
                 "feasible": c.built and not c.error and not self.blockers.get(c.plan.key),
                 "blocked_by": self.blockers.get(c.plan.key, []) or ([c.skipped] if c.skipped else []),

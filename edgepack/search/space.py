@@ -12,6 +12,7 @@ from edgepack.formats import ArtifactFormat
 from edgepack.profiles import DeviceProfile
 
 PRUNE_RATIOS = (0.0, 0.3, 0.5, 0.7)
+AS_GIVEN = "as given"  # the artifact of a plan that is the user's model file itself
 
 
 @dataclass(frozen=True)
@@ -22,24 +23,33 @@ class CompressionPlan:
     precision: str  # fp32 | fp16 | int8 | dynamic
     prune_ratio: float = 0.0
     threads: int = 1
+    #: the user's model file itself, untouched (already in a format the device runs); ``precision`` is
+    #: then read from its graph, never made: no conversion, pruning or quantization
+    as_given: bool = False
 
     @property
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        fields = asdict(self)
+        if not self.as_given:  # the keys plans had before there were plans as given
+            del fields["as_given"]
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
     def is_baseline(self) -> bool:
-        return self.precision == "fp32" and self.prune_ratio == 0.0
+        """The model as the user has it: the source as given, or else the unpruned fp32 one."""
+        return self.as_given or (self.precision == "fp32" and self.prune_ratio == 0.0)
 
     @property
     def artifact(self) -> tuple[str, str, float]:
-        """What decides the file: plans differing only in threads share one artifact."""
-        return (self.format, self.precision, self.prune_ratio)
+        """What decides the file: plans differing only in threads share one artifact (the source as given
+        is one file whatever its precision)."""
+        return (self.format, AS_GIVEN if self.as_given else self.precision, self.prune_ratio)
 
     @property
     def label(self) -> str:
         pruned = f" pruned {self.prune_ratio:.0%}" if self.prune_ratio else ""
-        return f"{self.format} {self.precision}{pruned} x{self.threads}"
+        given = f" {AS_GIVEN}" if self.as_given else ""
+        return f"{self.format} {self.precision}{pruned}{given} x{self.threads}"
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "key": self.key}
@@ -75,9 +85,13 @@ def _narrow(kind: str, allowed: list[Any], wanted: list[Any] | None, profile: De
 
 def plans_for(profile: DeviceProfile, prune_ratios: tuple[float, ...] = PRUNE_RATIOS, *,
               formats: list[str] | None = None, precisions: list[str] | None = None,
-              threads: list[int] | None = None) -> list[CompressionPlan]:
+              threads: list[int] | None = None, source: tuple[str, str] | None = None) -> list[CompressionPlan]:
     """format x precision x pruning x threads, as far as the profile allows (ONNX has no fp16 on CPUs);
-    ``formats``, ``precisions`` and ``threads`` narrow the space to what the user asked for."""
+    ``formats``, ``precisions`` and ``threads`` narrow the space to what the user asked for.
+
+    ``source``: the (format, precision) of a model file the device could run as it is. When the space
+    allows that format and precision, the file as given is a plan at each thread count, first. An fp32
+    source needs none: the unpruned fp32 plan of its own format already is that file, copied untouched."""
     allowed = [p for p in profile.precisions.supported
                if not profile.precisions.required or p in profile.precisions.required]
     wanted_precisions = _narrow("precision", allowed, precisions, profile)
@@ -88,7 +102,9 @@ def plans_for(profile: DeviceProfile, prune_ratios: tuple[float, ...] = PRUNE_RA
     thread_list = sorted(set(threads)) if threads else thread_counts(profile.cores)
     if any(not 0 <= r < 1 for r in prune_ratios):
         raise UsageError(f"prune ratios {list(prune_ratios)} must be in [0, 1)", "e.g. --prune 0,0.3,0.5")
-    plans = []
+    given = source if source and source[1] != "fp32" and source[0] in wanted_formats \
+        and source[1] in wanted_precisions else None
+    plans = [CompressionPlan(*given, 0.0, t, as_given=True) for t in thread_list] if given else []
     for fmt in wanted_formats:
         for precision in wanted_precisions:
             if fmt == "onnx" and precision == "fp16" and profile.device_class == "cpu":

@@ -36,6 +36,16 @@ class Candidate:
     #: "measured" on a board; "predicted" when the only board is emulated (its timings are an emulator's);
     #: a toolchain's estimate for a microcontroller ("compiler estimate (Vela 5.2.0)", cycles per MAC)
     latency_source: str = "measured"
+    #: why the measuring conditions make its latency unstable (throttled, under-clocked, spread); empty: stable
+    unstable: list[str] = field(default_factory=list)
+
+    @property
+    def judged_ms(self) -> float | None:
+        """The latency the search compares: the p50, or for an unstable measurement its p90, so that noise
+        on the board is never the reason a candidate wins or holds a latency bound."""
+        if self.unstable and self.p90_ms is not None and self.latency_source != "predicted":
+            return max(self.p90_ms, self.latency_ms or 0.0)
+        return self.latency_ms
 
     @property
     def latency_measured(self) -> bool:
@@ -69,13 +79,17 @@ class Strategy:
     source_format: str | None = None
 
     def predicted(self, c: Candidate) -> float:
-        return c.latency_ms if c.latency_ms is not None else self.predictor.latency_ms(c.features)
+        judged = c.judged_ms
+        return judged if judged is not None else self.predictor.latency_ms(c.features)
 
     def blockers(self, c: Candidate, predicted: bool = False) -> list[str]:
         latency = self.predicted(c) if predicted or c.measured else None
         rss = c.peak_rss_mb if c.peak_rss_mb is not None else (
             self.predictor.peak_rss_mb(c.features) if predicted else None)
-        return self.constraints.violations(c.size_mb, rss, latency, c.accuracy_drop)
+        found = self.constraints.violations(c.size_mb, rss, latency, c.accuracy_drop)
+        if c.unstable and c.measured:  # its latency is judged by its p90 (Candidate.judged_ms)
+            found = [f.replace("p50 ", "p90 (unstable) ", 1) if f.startswith("p50 ") else f for f in found]
+        return found
 
     def feasible_measured(self) -> list[Candidate]:
         return [c for c in self.candidates if c.measured and not self.blockers(c)]
@@ -84,8 +98,8 @@ class Strategy:
         feasible = self.feasible_measured()
         if not feasible:
             return None
-        key = (lambda c: (c.latency_ms, c.size_mb)) if self.objective == "latency" else \
-            (lambda c: (c.size_mb, c.latency_ms))
+        key = (lambda c: (c.judged_ms, c.size_mb)) if self.objective == "latency" else \
+            (lambda c: (c.size_mb, c.judged_ms))
         return min(feasible, key=key)  # type: ignore[arg-type]
 
     def propose(self, k: int = 1) -> list[Candidate]:
@@ -119,8 +133,8 @@ class Strategy:
         margin = self.predictor.margin
         if self.objective == "latency":
             pick = min(open_, key=self.predicted)
-            if best is not None and best.latency_ms is not None \
-                    and self.predicted(pick) * (1 - margin) >= best.latency_ms:
+            if best is not None and best.judged_ms is not None \
+                    and self.predicted(pick) * (1 - margin) >= best.judged_ms:
                 return None
             return pick
         hopeful = [c for c in open_ if self.constraints.max_latency_ms is None

@@ -6,8 +6,8 @@
 
 Needs numpy and one of: ai_edge_litert, tflite_runtime, tensorflow (TFLite models) or onnxruntime
 (ONNX models). Input is given in the layout the original model took; this program transposes it and
-(for int8 models) quantizes it as manifest.json says, then prints each output as JSON (a class-score
-vector as its top classes, anything else as its shape, range and first values).
+(for int8 models) quantizes it as manifest.json says, then prints each output as JSON: its shape and
+dtype, and a class-score vector's top classes, anything else's range and first values.
 """
 
 import argparse
@@ -124,11 +124,13 @@ def describe(array, top):
     import numpy as np
 
     flat = array.reshape(-1)
+    found = {"shape": [int(d) for d in array.shape], "dtype": str(array.dtype)}
     if flat.size > 1 and max(array.shape) == flat.size:  # one vector: class scores
         order = np.argsort(flat)[::-1][:top]
-        return {"top": [{"class": int(i), "score": float(flat[i])} for i in order]}
-    return {"shape": list(array.shape), "min": float(flat.min()), "max": float(flat.max()),
-            "first": [float(v) for v in flat[:8]]}
+        found["top"] = [{"class": int(i), "score": float(flat[i])} for i in order]
+    elif flat.size:
+        found.update({"min": float(flat.min()), "max": float(flat.max()), "first": [float(v) for v in flat[:8]]})
+    return found
 
 
 def main():

@@ -18,7 +18,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from edgepack.deploy import deploy_package
@@ -38,21 +37,6 @@ def ssh_args(dev: SshDevice, python: str | None = None) -> list[str]:
 def ssh_options(dev: SshDevice) -> SshOptions:
     return SshOptions((dev.target,), dev.known_hosts, dev.client_key, remote_python=dev.python,
                       ssh_config=dev.root / "no_ssh_config")
-
-
-@pytest.fixture(scope="module")
-def package(tmp_path_factory, digits, digits_onnx: Path) -> Path:
-    """A package edgepack built (fp32 ONNX, measured on this machine), for the deploy tests."""
-    from edgepack.cli import main
-
-    root = tmp_path_factory.mktemp("package")
-    np.savez(root / "calib.npz", x=digits.x_train[:100])
-    np.savez(root / "eval.npz", x=digits.x_test[:60], y=digits.y_test[:60])
-    code = main(["build", str(digits_onnx), "--device", "host", "--calib", str(root / "calib.npz"), "--eval",
-                 str(root / "eval.npz"), "--formats", "onnx", "--precisions", "fp32", "--threads", "1",
-                 "--runs", "5", "--warmup", "1", "--cache", str(root / "cache"), "-o", str(root / "dist")])
-    assert code == 0
-    return root / "dist" / "digits-host"
 
 
 def release_is_complete(release: Path) -> bool:

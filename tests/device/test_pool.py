@@ -19,7 +19,7 @@ from edgepack.model import load_model
 from edgepack.pipeline import BuildOptions, build
 from edgepack.profiles import ProfileRegistry
 from edgepack.runners.factory import SshOptions
-from edgepack.runners.loopback import SshDevice, keygen
+from edgepack.runners.loopback import SshDevice, free_port, keygen
 from edgepack.search.space import Constraints
 
 pytestmark = pytest.mark.device
@@ -95,3 +95,51 @@ def test_two_builds_on_one_board_take_turns(device: SshDevice, digits, digits_on
     for a_start, a_end in first:
         for b_start, b_end in second:
             assert a_end <= b_start or b_end <= a_start, "two measurements overlapped on one board"
+
+
+# -- a board that cannot be reached at the start ---------------------------------------------------------
+def _pool_build(cli, model: Path, hosts: list[str], known_hosts: Path, identity: Path, python: str, root: Path,
+                *extra: object) -> tuple[int, str, str]:
+    return cli("build", model, "--device", "host", *[a for h in hosts for a in ("--host", h)],
+               "--known-hosts", known_hosts, "--identity", identity, "--remote-python", python,
+               "--formats", "onnx", "--precisions", "fp32", "--prune", "0", "--threads", "1", "--runs", "3",
+               "--warmup", "1", "--cache", root / "cache", "-o", root / "dist", *extra)
+
+
+def test_a_board_unreachable_at_the_start_is_dropped_once_and_the_build_finishes(cli, device: SshDevice,
+                                                                               digits_onnx: Path, tmp_path: Path):
+    dead = f"root@127.0.0.1:{free_port()}"  # nothing listens there: connection refused
+    code, out, err = _pool_build(cli, digits_onnx, [device.target, dead], device.known_hosts, device.client_key,
+                                 device.python, tmp_path, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["measured_on"] == device.target  # the dead board is not where anything was measured
+    assert {r["board"] for r in result["candidates"] if r["board"]} == {device.target}
+    said = [line for line in err.splitlines() if dead in line]
+    assert len(said) == 1 and "cannot be reached" in said[0] and "dropped" in said[0], err
+    assert len(list((tmp_path / "dist").glob("*/manifest.json"))) == 1
+
+
+def test_with_every_board_unreachable_the_build_is_one_line_naming_each(cli, one_line_error, device: SshDevice,
+                                                                        digits_onnx: Path, tmp_path: Path):
+    dead = [f"root@127.0.0.1:{free_port()}" for _ in range(2)]
+    line = one_line_error(_pool_build(cli, digits_onnx, dead, device.known_hosts, device.client_key, device.python,
+                                      tmp_path), "no board could be reached", *dead)
+    assert line.count("cannot connect") == 2
+    assert not (tmp_path / "dist").exists()
+
+
+def test_the_users_own_ssh_mistakes_still_end_a_pool_build(cli, one_line_error, device: SshDevice,
+                                                           digits_onnx: Path, tmp_path: Path):
+    dead = f"root@127.0.0.1:{free_port()}"
+    stranger = SshDevice(tmp_path / "stranger", client_key=device.client_key).start()  # its key is not known
+    try:
+        one_line_error(_pool_build(cli, digits_onnx, [device.target, stranger.target, dead], device.known_hosts,
+                                   device.client_key, device.python, tmp_path / "a"), "not in known_hosts")
+    finally:
+        stranger.kill()
+    garbage = tmp_path / "not_a_key"
+    garbage.write_text("this is not a private key\n")
+    line = one_line_error(_pool_build(cli, digits_onnx, [device.target, dead], device.known_hosts, garbage,
+                                      device.python, tmp_path / "b"), device.target)
+    assert "cannot be reached" not in line and "no board could be reached" not in line

@@ -12,7 +12,10 @@ from edgepack.cli import main
 
 
 def build(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(["build", *argv])
+    try:
+        code = main(["build", *argv])
+    except SystemExit as stop:  # argparse's refusals (flags out of range)
+        code = stop.code
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -20,8 +23,8 @@ def build(capsys, *argv: str) -> tuple[int, str, str]:
 @pytest.mark.parametrize(("extra", "message"), [
     (["--device", "rpi4"], "no --host given to reach the rpi4"),
     (["--device", "host", "--formats", "coreml"], "host does not allow format coreml"),
-    (["--device", "host", "--prune", "0,1.5"], "prune ratios [0.0, 1.5] must be in [0, 1)"),
-    (["--device", "host", "--prune", "half"], "--prune takes numbers separated by commas"),
+    (["--device", "host", "--prune", "0,1.5"], "--prune: must be numbers in [0, 1) separated by commas"),
+    (["--device", "host", "--prune", "half"], "--prune: must be numbers in [0, 1) separated by commas"),
     (["--device", "host", "--threads", "8"], "host has 2 cores"),
     (["--device", "nosuch"], "unknown device"),
 ])

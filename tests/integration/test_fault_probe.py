@@ -184,8 +184,10 @@ def test_a_build_reads_past_damaged_records(cli, tmp_path: Path, digits_onnx: Pa
 def test_truncated_package_archive_is_one_line(cli, one_line_error, tmp_path: Path):
     package = tmp_path / "m-rpi4"
     package.mkdir()
-    (package / "model.onnx").write_bytes(np.random.default_rng(0).bytes(100_000))
-    (package / "manifest.json").write_text("{}")
+    model = np.random.default_rng(0).bytes(100_000)
+    (package / "model.onnx").write_bytes(model)
+    (package / "manifest.json").write_text(json.dumps({  # a whole manifest: the archive's end is what is missing
+        "files": {"model.onnx": hashlib.sha256(model).hexdigest()}, "sizes": {"model.onnx": len(model)}}))
     with tarfile.open(tmp_path / "m-rpi4.tar.gz", "w:gz") as tar:
         tar.add(package, arcname="m-rpi4")
     truncated = tmp_path / "cut.tar.gz"

@@ -100,3 +100,75 @@ def test_input_value_parsing(text: str, fragment: str | None):
         return
     with pytest.raises(UsageError, match=fragment):
         parse_input_values(text, specs)
+
+
+@pytest.fixture(scope="module")
+def silero_like(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A voice-activity model shaped like Silero VAD's, built with onnx.helper: input [1, 512] float, sr int64
+    scalar, state [2, 1, 128] float -> output [1, 1], stateN [2, 1, 128]. An If on sr picks the 16 kHz branch
+    (frames of 512 samples) or the 8 kHz one (frames of 256); each runs an LSTM from the state. The branches'
+    outputs differ in rank, so ONNX shape inference stops at the If and the graph must be run to size it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng, hidden = np.random.default_rng(0), 128
+
+    def const(name: str, array: np.ndarray) -> onnx.TensorProto:
+        return numpy_helper.from_array(np.asarray(array), name)
+
+    def branch(name: str, frame: int) -> onnx.GraphProto:
+        nodes = [
+            helper.make_node("Gather", ["state", "zero"], [f"{name}_h0"], axis=0),
+            helper.make_node("Gather", ["state", "one"], [f"{name}_c0"], axis=0),
+            helper.make_node("Reshape", ["input", f"{name}_frames"], [f"{name}_x"]),
+            helper.make_node("LSTM", [f"{name}_x", f"{name}_W", f"{name}_R", "", "", f"{name}_h0", f"{name}_c0"],
+                             [f"{name}_y", f"{name}_yh", f"{name}_yc"], hidden_size=hidden),
+            helper.make_node("Concat", [f"{name}_yh", f"{name}_yc"], [f"{name}_state"], axis=0),
+            helper.make_node("ReduceMean", [f"{name}_yh"], [f"{name}_mean"], axes=[2] if frame == 512 else [1, 2],
+                             keepdims=0),
+            helper.make_node("Sigmoid", [f"{name}_mean"], [f"{name}_p"]),
+        ]
+        weights = [const(f"{name}_frames", np.array([1, 1, frame], np.int64)),
+                   const(f"{name}_W", (rng.standard_normal((1, 4 * hidden, frame)) * 0.05).astype(np.float32)),
+                   const(f"{name}_R", (rng.standard_normal((1, 4 * hidden, hidden)) * 0.05).astype(np.float32))]
+        return helper.make_graph(nodes, name, [], [
+            helper.make_tensor_value_info(f"{name}_p", TensorProto.FLOAT, ["p0", "p1"]),
+            helper.make_tensor_value_info(f"{name}_state", TensorProto.FLOAT, ["s0", "s1", "s2"])], weights)
+
+    graph = helper.make_graph(
+        [helper.make_node("Equal", ["sr", "k16000"], ["is16k"]),
+         helper.make_node("If", ["is16k"], ["output", "stateN"], then_branch=branch("k16", 512),
+                          else_branch=branch("k8", 256))],
+        "vad",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 512]),
+         helper.make_tensor_value_info("sr", TensorProto.INT64, []),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, 1, hidden])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["p0", "p1"]),
+         helper.make_tensor_value_info("stateN", TensorProto.FLOAT, ["s0", "s1", "s2"])],
+        [const("k16000", np.array(16000, np.int64)), const("zero", np.array([0], np.int64)),
+         const("one", np.array([1], np.int64))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = tmp_path_factory.mktemp("silero_like") / "vad.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_recurrent_vad_given_its_values_is_summarised_and_profiled(cli, one_line_error, silero_like: Path):
+    """Given exactly what the refusal asks for, inspect and profile run: the graph is sized by running it
+    on the given sr (the 16 kHz branch), not on zeros (the 8 kHz branch, which cannot take 512 samples and
+    was an ONNX Runtime traceback from the graph summary)."""
+    given = ["--input-value", "sr=16000;state=zeros", "--input-shape", "input:1,512;state:2,1,128"]
+    code, out, err = cli("inspect", silero_like, *given, "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["input_shapes"] == {"input": [1, 512], "sr": [], "state": [2, 1, 128]}
+    branch = next(layer for layer in summary["layers"] if layer["op"] == "If")
+    assert branch["output_bytes"] == 4 * (1 + 2 * 128)  # output [1, 1] and stateN [2, 1, 128], float32
+    code, out, err = cli("profile", silero_like, *given, "--runs", "3", "--warmup", "1", "--json")
+    assert code == 0, err
+    assert json.loads(out)["latency_ms"]["p50"] > 0
+    one_line_error(cli("inspect", silero_like, "--input-value", "sr=8000;state=zeros"),
+                   "does not run with zeros for input, to find its shapes", "cannot be reshaped", "--input-value")
+    one_line_error(cli("inspect", silero_like), "does not run with zeros for input, sr, state")

@@ -66,3 +66,49 @@ def test_package_with_int8_io_runs_on_the_device_side(digits_onnx: Path, digits:
             agree += top == int(digits_model(torch.from_numpy(digits.x_test[i:i + 1])).argmax())
     assert agree >= 19
     assert not list((tmp_path / "dist").glob(".edgepack-*"))
+
+
+HOSTILE = '</svg><script>alert("x")</script> `| *bold* [link](http://evil.example)\x1b[31m'
+
+
+def renamed_output(model: Path, name: str, out: Path) -> Path:
+    import onnx
+
+    graph = onnx.load(str(model))
+    old = graph.graph.output[0].name
+    for node in graph.graph.node:
+        node.output[:] = [name if o == old else o for o in node.output]
+    graph.graph.output[0].name = name
+    onnx.save(graph, str(out))
+    return out
+
+
+def test_names_from_the_model_are_escaped_in_the_readme_and_run_py_predicts_them(digits_onnx: Path,
+                                                                                 digits: DigitsData, tmp_path: Path):
+    from edgepack.artifact import Artifact, Binding
+    from edgepack.deploy import prediction_problem
+
+    model = renamed_output(digits_onnx, HOSTILE, tmp_path / "hostile.onnx")
+    artifact = Artifact(model, "onnx", "as given", load_model(digits_onnx).sha256,
+                        [Binding("image", "image", (1, 1, 8, 8), "float32", "NCHW", "NCHW", None)],
+                        [Binding(HOSTILE, HOSTILE, (1, 10), "float32", "NC", "NC", None)])
+    contents = PackageContents("digits-<b>host", artifact, f"{HOSTILE}.onnx", artifact.source_sha256,
+                               "host", {"format": "onnx", "precision": "fp32", "prune_ratio": 0.0, "threads": 1,
+                                        "route": HOSTILE}, sample=digits.x_test[0])
+    root = write_package(contents, tmp_path / "dist")
+    readme = (root / "README.md").read_text()
+    for raw in ("<script>", "</svg>", "<", "\x1b", "[link](", "*bold*"):
+        assert raw not in readme, raw
+    name = "&lt;/svg&gt;&lt;script&gt;alert(\"x\")&lt;/script&gt; \\`\\| \\*bold\\* \\[link\\](http://evil.example)"
+    assert f"| {name} | \\[1, 10\\] | float32 | NC |" in readme  # the Outputs table, the name shown as itself
+    assert readme.startswith("# digits-&lt;b&gt;host\n")
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["outputs"][0]["source_name"] == HOSTILE  # the package keeps the model's own name
+    assert manifest["sizes"] == {p.name: p.stat().st_size for p in root.iterdir() if p.name != "manifest.json"}
+    proc = subprocess.run([sys.executable, str(root / "run.py"), str(root / "sample.npy")], capture_output=True,
+                          text=True, check=True, cwd=tmp_path)
+    printed = json.loads(proc.stdout)
+    assert printed["outputs"][HOSTILE]["shape"] == [1, 10] and printed["outputs"][HOSTILE]["dtype"] == "float32"
+    assert prediction_problem(printed, manifest["outputs"]) is None  # what deploy's smoke test accepts
+    printed["outputs"][HOSTILE]["shape"] = [10]
+    assert prediction_problem(printed, manifest["outputs"]).endswith("has shape [10], the model's is [1, 10]")

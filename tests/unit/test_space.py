@@ -25,3 +25,21 @@ def test_constraints_say_what_blocks():
     assert c.violations(0.5, None, 4.0, 0.2) == []
     assert c.violations(2.0, None, 6.0, 3.0) == ["size 2.00 MB > 1 MB", "p50 6.000 ms > 5 ms",
                                                  "accuracy drop 3.00 > 1 points"]
+
+
+def test_the_source_as_given_is_a_plan_when_the_device_runs_its_format_and_precision():
+    registry = ProfileRegistry.discover()
+    stm32 = registry.get("stm32h7")
+    plans = plans_for(stm32, (0.0, 0.5), source=("tflite", "int8"))
+    given = [p for p in plans if p.as_given]
+    assert plans[0] is given[0] and [p.label for p in given] == ["tflite int8 as given x1"]
+    assert given[0].is_baseline and given[0].artifact == ("tflite", "as given", 0.0)
+    assert ("tflite", "int8", 0.0) in {p.artifact for p in plans}  # re-quantizing it is still tried, apart
+    assert not [p for p in plans_for(stm32, (0.0,), source=("tflite", "fp32")) if p.as_given]  # int8 only
+    assert not [p for p in plans_for(stm32, (0.0,), source=("onnx", "int8")) if p.as_given]  # no ONNX runtime
+    rpi4 = registry.get("rpi4")
+    given = [p for p in plans_for(rpi4, (0.0,), source=("onnx", "dynamic")) if p.as_given]
+    assert [p.label for p in given] == [f"onnx dynamic as given x{t}" for t in (1, 2, 4)]
+    assert not [p for p in plans_for(rpi4, (0.0,), precisions=["int8"], source=("onnx", "dynamic")) if p.as_given]
+    # an fp32 source needs no plan of its own: the unpruned fp32 plan of its format is that file; keys unchanged
+    assert [p.key for p in plans_for(rpi4, (0.0,), source=("onnx", "fp32"))] == [p.key for p in plans_for(rpi4, (0.0,))]
