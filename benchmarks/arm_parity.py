@@ -25,7 +25,8 @@ import numpy as np
 
 from edgepack.artifact import Artifact
 from edgepack.cli import main as edgepack_main
-from edgepack.compress.quantize import identity_bindings, quantize_model
+from edgepack.compress.quantize import quantize_model
+from edgepack.compress.quantizer import identity_bindings
 from edgepack.convert.convert import convert_model
 from edgepack.data import load_dataset
 from edgepack.device_accuracy import write_inputs

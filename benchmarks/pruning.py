@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgepack.compress.channels import prune
 from edgepack.compress.distill import distill
-from edgepack.compress.prune import prune
 from edgepack.compress.pruning import _stage
 from edgepack.render import human_bytes, table
 

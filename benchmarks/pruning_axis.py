@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgepack.compress.channels import count_params, prune
 from edgepack.compress.distill import outputs_of
-from edgepack.compress.prune import count_params, prune
 from edgepack.compress.pruning import prune_model, torch_module_for_pruning
 from edgepack.data import Dataset
 from edgepack.engines import engine_for_file

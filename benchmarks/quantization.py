@@ -99,8 +99,8 @@ def run_case(name: str, onnx_path: Path, calib: Dataset, held_out: Dataset, work
     host = ProfileRegistry.discover().get("host")
     handle = load_model(onnx_path)
     source = engine_for(handle)
-    base_tflite = q._tflite_base(handle, work, host, calib)  # onnx2tf SavedModel, verified against the ONNX
-    base_onnx = q._onnx_base(handle, work, host, calib)
+    base_tflite = q.TfliteQuantizer.make_base(handle, work, host, calib)  # onnx2tf SavedModel, checked
+    base_onnx = q.OnnxQuantizer.make_base(handle, work, host, calib)
     from edgepack.compress.quantize_tflite import float_tflite, signature_inputs
 
     signature = signature_inputs(base_tflite.path)

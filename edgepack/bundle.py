@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgepack.latency import LatencySource
 from edgepack.package import PackageContents, package_name, write_package
 from edgepack.runners.base import EMULATED
 from edgepack.search.result import toolchain_figures
@@ -27,7 +28,7 @@ def constraint_report(result: BuildResult, chosen: Candidate) -> dict[str, Any]:
                "max_accuracy_drop": (c.max_accuracy_drop, max(drops) if drops else None)}
     report = {name: {"limit": limit, "value": value, "held": value is None or value <= limit}
               for name, (limit, value) in figures.items() if limit is not None}
-    if "max_latency_ms" in report and chosen.latency_source == "predicted":
+    if "max_latency_ms" in report and chosen.latency_source is LatencySource.PREDICTED:
         report["max_latency_ms"]["source"] = "predicted (emulated board)"
     elif "max_latency_ms" in report and chosen.unstable:
         report["max_latency_ms"]["source"] = "p90 of an unstable measurement"
@@ -43,7 +44,7 @@ def report_rows(result: BuildResult) -> list[dict[str, Any]]:
         row["quality"] = "-" if c.accuracy_drop is None else f"drop {c.accuracy_drop:.2f} pts"
         row["measured"] = c.latency_measured
         row["runs_ms"] = c.measurement.runs_ms if c.measurement else []
-        if c.latency_source == "predicted":  # plotted and listed, as the predictor's
+        if c.latency_source is LatencySource.PREDICTED:  # plotted and listed, as the predictor's
             row["latency_ms"] = c.latency_ms
         rows.append(row)
     return rows
@@ -52,13 +53,13 @@ def report_rows(result: BuildResult) -> list[dict[str, Any]]:
 def write_build_package(result: BuildResult, output_dir: Path) -> Path:
     """The chosen artifact's package (written to a temporary directory and renamed into place)."""
     chosen = result.chosen
-    if chosen is None or (chosen.measurement is None and chosen.latency_source == "measured"):
+    if chosen is None or (chosen.measurement is None and chosen.latency_source is LatencySource.MEASURED):
         raise ValueError("no chosen, measured candidate to package")
     built = result.built[chosen.plan.artifact]
     if chosen.measurement is not None:
-        measurement = {**chosen.measurement.raw, "latency_source": chosen.latency_source}
+        measurement = {**chosen.measurement.raw, "latency_source": chosen.latency_label}
     else:  # an emulated board: nothing of speed was measured
-        measurement = {"latency_source": "predicted", "why": f"the board is emulated ({EMULATED})",
+        measurement = {"latency_source": LatencySource.PREDICTED.value, "why": f"the board is emulated ({EMULATED})",
                        "predicted_p50_ms": chosen.latency_ms, "environment": result.environment}
     measurement.update({"device": chosen.board, "measured_on": result.where, "op_profile": result.op_profile,
                         "unstable": chosen.unstable})

@@ -120,7 +120,7 @@ def check_on_device(artifact: Artifact, threads: int, data: Dataset, measurer: M
     with tempfile.TemporaryDirectory(prefix="edgepack-check-") as tmp:
         inputs = Path(tmp) / "samples.npz"
         count = write_inputs(artifact, data, inputs)
-        where = "this machine" if measurer.where.startswith("local") else "the board"
+        where = "this machine" if measurer.here else "the board"
         say(f"checking accuracy on {where}: {count} held-out samples through {artifact.path.name}")
         expected = tuple(((count, *b.shape), b.dtype) for b in artifact.outputs)
         request = RunRequest(artifact.path, threads=threads, warmup=0, runs=1, inputs=inputs, want_outputs=True,

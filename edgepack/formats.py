@@ -14,6 +14,9 @@ class ArtifactFormat(str, Enum):
     def __str__(self) -> str:
         return self.value
 
+    def __hash__(self) -> int:  # equal to its value, so it hashes like it
+        return hash(self.value)
+
     @property
     def suffix(self) -> str:
         return f".{self.value}"

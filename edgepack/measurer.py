@@ -30,6 +30,7 @@ from edgepack.formats import ArtifactFormat
 from edgepack.records import Purpose, RecordKey, Records
 from edgepack.runners.base import EMULATED, HarnessResult, Runner, RunRequest
 from edgepack.runners.conditions import Judge, measure_steady
+from edgepack.runners.local import LocalRunner
 from edgepack.runners.pool import BoardUnreachable, in_parallel
 from edgepack.runners.validation import outputs_problem
 
@@ -133,7 +134,12 @@ class Measurer:
     def where(self) -> str:
         labels = ", ".join(f"{b} ({EMULATED})" if self.is_emulated(b) else b
                            for b in self.all_boards if b not in self.set_aside)
-        return "local (this machine, not a board)" if labels == "local" else labels
+        return "local (this machine, not a board)" if self.here else labels
+
+    @property
+    def here(self) -> bool:
+        """The only "board" is this machine (the local runner): a check on it ran here, not on a device."""
+        return list(self.all_boards) == [LocalRunner.LABEL]
 
     def is_emulated(self, board: str) -> bool:
         return self.environments.get(board, {}).get("emulated") is True

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edgepack.errors import InputShapeError, ModelFileError, UsageError, first_line
+from edgepack.formats import ArtifactFormat
 
 Dim = int | str | None  # int: fixed; str: a named dynamic dimension; None: unnamed dynamic
 
@@ -40,6 +41,11 @@ class ModelFormat(str, Enum):
     @property
     def is_tensorflow(self) -> bool:
         return self in (ModelFormat.KERAS, ModelFormat.SAVEDMODEL)
+
+    @property
+    def artifact_format(self) -> ArtifactFormat | None:
+        """The format a board runs this file in as it is (ONNX, TFLite); None: it must be converted."""
+        return ArtifactFormat.of_path(f"model.{self.value}")
 
 
 @dataclass(frozen=True)
@@ -536,7 +542,7 @@ def resolve_factory(spec: str, flag: str = "--torch-module") -> Callable[[], Any
     return factory
 
 
-def build_torch_module(spec: str) -> Any:
+def torch_module_from_spec(spec: str) -> Any:
     import torch
 
     module = resolve_factory(spec)()
@@ -551,7 +557,7 @@ def _load_torch_module(
 ) -> ModelHandle:
     import torch
 
-    module = build_torch_module(spec)
+    module = torch_module_from_spec(spec)
     if shapes is None:
         raise InputShapeError("an nn.Module has no declared input shape",
                               "pass --input-shape, e.g. --input-shape 1,3,224,224")

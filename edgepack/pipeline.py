@@ -19,8 +19,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from edgepack.compress.parallel import BuilderSetup, ParallelBuilder
+from edgepack.compress.plan import CompressionPlan
 from edgepack.data import Dataset, random_dataset
 from edgepack.errors import EdgepackError, UsageError
+from edgepack.latency import LatencySource
 from edgepack.measurer import Job, Measurer
 from edgepack.model import ModelHandle
 from edgepack.predict import Predictor
@@ -33,7 +35,7 @@ from edgepack.search.builder import CandidateBuilder
 from edgepack.search.confirm import confirm
 from edgepack.search.estimate import estimate
 from edgepack.search.result import BuildOptions, BuildResult, SourceModel
-from edgepack.search.space import CompressionPlan, formats_for, plans_for
+from edgepack.search.space import formats_for, plans_for
 from edgepack.search.strategy import Candidate, Strategy
 from edgepack.toolchains import NO_EDGETPU_COMPILER
 
@@ -149,10 +151,11 @@ class Build:
                 self.say(f"measure {count:>2}  {c.plan.label}: FAILED: {outcome.error}")
                 continue
             c.measurement, c.board, c.p90_ms = outcome.result, outcome.board, outcome.result.p90_ms
-            c.latency_source, c.unstable = outcome.result.latency_source, outcome.result.unstable
+            c.latency_source, c.latency_label = outcome.result.source, outcome.result.latency_source
+            c.unstable = outcome.result.unstable
             strategy.observe(c, p50, outcome.result.peak_rss_mb)
             where = f" on {outcome.board}" if len(measurer.all_boards) > 1 else ""
-            kind = ("" if c.latency_source == "measured" else f", {c.latency_source}") + (
+            kind = ("" if c.latency_source is LatencySource.MEASURED else f", {c.latency_label}") + (
                 ", UNSTABLE: judged by its p90" if c.unstable else "")
             self.say(f"measure {count:>2}  {c.plan.label}: p50 {p50:.3f} ms (predicted {c.predicted_ms:.3f}{kind})"
                      f"{where}{' [recorded]' if outcome.recorded else ''}")
@@ -179,7 +182,7 @@ class Build:
         if chosen is None:
             return
         if self.profile.is_microcontroller:
-            self.say(f"chosen {chosen.plan.label} by {chosen.latency_source}")
+            self.say(f"chosen {chosen.plan.label} by {chosen.latency_label}")
             result.op_profile = {"unavailable": "a microcontroller: TFLite Micro's times here are this machine's"
                                  + ("; Vela's cycles per op are in vela_per-layer.csv" if self.profile.compiler
                                     else "")}
@@ -245,7 +248,7 @@ def plans_allowed(handle: ModelHandle, profile: DeviceProfile, o: BuildOptions, 
         if profile.precisions.required == ["int8"] and not any(p.as_given for p in plans):
             raise UsageError(f"{profile.name} runs int8 models only, and int8 is calibrated on your data",
                              "give --calib with samples of the model's input")
-        plans = [p for p in plans if p.as_given or (p.precision != "int8" and not p.prune_ratio)]
+        plans = [p for p in plans if p.as_given or (not p.precision.calibrated and not p.prune_ratio)]
     if len(handle.inputs) != 1 and any(p.prune_ratio for p in plans):
         notes.append("pruning handles single-input models: left out")
         plans = [p for p in plans if not p.prune_ratio]

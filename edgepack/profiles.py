@@ -126,10 +126,6 @@ class Microcontroller(_Strict):
     def model_flash_kb(self) -> float:
         return self.flash_kb - self.runtime_flash_kb
 
-    @property
-    def arena_sram_kb(self) -> float:
-        return self.sram_kb + self.psram_kb - self.runtime_sram_kb
-
 
 class DeviceProfile(_Strict):
     name: str

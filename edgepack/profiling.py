@@ -14,7 +14,7 @@ from edgepack.profiles import DeviceProfile
 from edgepack.runners.base import Measurement, RunRequest
 from edgepack.runners.conditions import Conditions, Judge, measure_steady
 from edgepack.runners.factory import SshOptions, runners_for
-from edgepack.runners.pool import DevicePool, in_parallel
+from edgepack.runners.pool import in_parallel
 
 if TYPE_CHECKING:
     from edgepack.artifact import Artifact
@@ -71,19 +71,21 @@ def profile_model(model: Path, profile: DeviceProfile, options: SshOptions, *, r
         request = RunRequest(model, threads=threads or bench.threads,
                              warmup=bench.warmup if warmup is None else warmup, runs=runs or bench.runs,
                              op_profile=True, timeout_s=timeout_s, inputs=_inputs_file(handle, Path(tmp)))
-        pool = DevicePool(runners_for(profile, options, say))
+        boards = runners_for(profile, options, say)
         try:
-            for runner in pool.runners:
+            for runner in boards:
                 runner.identity()  # connects: an unreachable board or a port that is no sshd is one line, exit 2
-            judge, found = Judge.for_profile(profile), [None] * len(pool.runners)
+            judge = Judge.for_profile(profile)
+            found: list[Measurement | None] = [None] * len(boards)
 
             def one(i: int) -> None:
-                found[i] = measure_steady(pool.runners[i], request, judge, say)
+                found[i] = measure_steady(boards[i], request, judge, say)
 
-            in_parallel([lambda i=i: one(i) for i in range(len(pool.runners))])
+            in_parallel([lambda i=i: one(i) for i in range(len(boards))])  # the same request on each board at once
             return ProfileReport(profile, [m for m in found if m is not None])
         finally:
-            pool.close()
+            for runner in boards:
+                runner.close()
 
 
 def _inputs_file(handle: ModelHandle, work: Path) -> Path | None:

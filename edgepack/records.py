@@ -120,6 +120,3 @@ class Records:
 
     def __len__(self) -> int:
         return len(self._index)
-
-    def for_device(self, device: str) -> list[tuple[RecordKey, dict[str, Any]]]:
-        return [(RecordKey(*k), v) for k, v in self._index.items() if k[1] == device]

@@ -50,7 +50,7 @@ def output_names(module: Any, count: int) -> list[str]:
     return names if len(names) == count else [f"output{i}" for i in range(count)]
 
 
-def compare(teacher: Any, student: Any, x: np.ndarray, kinds: dict[str, str] | None = None) -> list[OutputDrift]:
+def output_drifts(teacher: Any, student: Any, x: np.ndarray, kinds: dict[str, str] | None = None) -> list[OutputDrift]:
     """Each output of the student against the teacher's on ``x``, by the output's kind."""
     import torch
 
@@ -74,7 +74,7 @@ def worst(drifts: list[OutputDrift]) -> OutputDrift | None:
 
 def agreement(teacher: Any, student: Any, x: np.ndarray) -> float:
     """:func:`closeness` of the student to the teacher on ``x`` (top-1 agreement for a classifier)."""
-    return closeness(compare(teacher, student, x))
+    return closeness(output_drifts(teacher, student, x))
 
 
 def _kinds(teacher: Any, x: np.ndarray) -> list[str]:

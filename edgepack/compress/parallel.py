@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgepack import interrupts
+from edgepack.compress.plan import CompressionPlan
 from edgepack.compress.plan_builder import BuildFailed, BuiltArtifact, PlanBuilder
 from edgepack.compress.quantize import Check
 from edgepack.data import Dataset
 from edgepack.model import ModelHandle
 from edgepack.profiles import DeviceProfile
-from edgepack.search.space import CompressionPlan
 
 
 @dataclass(frozen=True)

@@ -28,13 +28,14 @@ import numpy as np
 from edgepack import __version__, strict_json
 from edgepack.artifact import Artifact, install, staging_dir
 from edgepack.compress.distill import DISTILL_EPOCHS
+from edgepack.compress.plan import AS_GIVEN, CompressionPlan, Precision
 from edgepack.compress.quantize import Check
 from edgepack.convert.errors import ConversionError
 from edgepack.data import Dataset
 from edgepack.errors import EdgepackError
-from edgepack.model import ModelFormat, ModelHandle, file_sha256, load_model
+from edgepack.formats import ArtifactFormat
+from edgepack.model import ModelHandle, file_sha256, load_model
 from edgepack.profiles import DeviceProfile
-from edgepack.search.space import AS_GIVEN, CompressionPlan
 
 EVAL_SAMPLES = 500  # held-out samples each artifact is checked on
 
@@ -100,7 +101,7 @@ class PlanBuilder:
             return self._build(plan, folder)
 
     def _build(self, plan: CompressionPlan, folder: Path) -> BuiltArtifact:
-        fmt, precision, ratio = plan.artifact
+        fmt, _, ratio = plan.artifact
         record = folder / "build.json"
         if record.exists():
             saved = json.loads(record.read_text())
@@ -114,7 +115,7 @@ class PlanBuilder:
             if (fmt, ratio) in self._conversion_failed and not plan.as_given:
                 raise BuildFailed(self._conversion_failed[fmt, ratio])
             built = self._as_given(plan, folder / f"model.{fmt}") if plan.as_given else \
-                self._make(fmt, precision, ratio, folder / f"model.{fmt}")
+                self._make(plan.format, plan.precision, ratio, folder / f"model.{fmt}")
         except EdgepackError as exc:
             if isinstance(exc, ConversionError) and exc.route.split(" ")[0].endswith(("->tflite", "->savedmodel")):
                 self._conversion_failed[fmt, ratio] = str(exc)
@@ -129,13 +130,13 @@ class PlanBuilder:
         """The user's file itself, copied byte for byte: nothing converted, pruned or quantized, so its
         outputs are the original's by construction (the check against the original still gives the
         held-out accuracy the package reports)."""
-        from edgepack.compress.quantize import _tflite_io, identity_bindings
+        from edgepack.compress.quantizer import identity_bindings, tflite_io
 
         assert self.handle.path is not None
         names = [s.name for s in self.handle.inputs]
         inputs, outputs = identity_bindings(self.handle, self.source, self.calib.batch(names, 0))
-        if plan.format == "tflite":  # the file's own I/O dtypes, scales and zero points (int8 I/O)
-            inputs, outputs = _tflite_io(self.handle.path, inputs, outputs)
+        if plan.format is ArtifactFormat.TFLITE:  # the file's own I/O dtypes, scales and zero points (int8 I/O)
+            inputs, outputs = tflite_io(self.handle.path, inputs, outputs)
         staging = staging_dir(output)
         try:
             staged = staging / output.name
@@ -151,11 +152,11 @@ class PlanBuilder:
         return BuiltArtifact(artifact, 0.0 if drop is None else drop, {**fidelity, "exact": True},
                              {"precision_from": "the model's own graph (as given)"})
 
-    def _make(self, fmt: str, precision: str, ratio: float, output: Path) -> BuiltArtifact:
+    def _make(self, fmt: ArtifactFormat, precision: Precision, ratio: float, output: Path) -> BuiltArtifact:
         from edgepack.compress.quantize import quantize_model
 
         handle, details = self._pruned_source(ratio) if ratio else (self.handle, {})
-        if precision == "fp32":
+        if precision is Precision.FP32:
             artifact = self._fp32(handle, fmt, output)
         else:
             # written even past the drop bound: the search shows that candidate's drop as its blocker
@@ -170,14 +171,12 @@ class PlanBuilder:
         drop, fidelity = self._check(artifact)
         return BuiltArtifact(artifact, drop, fidelity, details)
 
-    def _fp32(self, handle: ModelHandle, fmt: str, output: Path) -> Artifact:
+    def _fp32(self, handle: ModelHandle, fmt: ArtifactFormat, output: Path) -> Artifact:
         from edgepack.convert.convert import convert_model
 
-        same = (fmt == "onnx" and handle.format is ModelFormat.ONNX) or \
-            (fmt == "tflite" and handle.format is ModelFormat.TFLITE)
-        if not same:
+        if handle.format.artifact_format is not fmt:
             return convert_model(handle, fmt, output, self.profile, self.calib).artifact
-        from edgepack.compress.quantize import identity_bindings
+        from edgepack.compress.quantizer import identity_bindings
         from edgepack.engines import engine_for
 
         assert handle.path is not None
@@ -187,7 +186,7 @@ class PlanBuilder:
         try:
             staged = staging / output.name
             source = handle.path
-            if fmt == "onnx":  # dynamic dimensions fixed to --input-shape: measured and shipped at that size
+            if fmt is ArtifactFormat.ONNX:  # dynamic dimensions fixed to --input-shape: shipped at that size
                 from edgepack.convert.routes import onnx_of
 
                 source, _, _ = onnx_of(handle, staging)

@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 
 from edgepack.artifact import Artifact
-from edgepack.compress.distill import DISTILL_EPOCHS, DistillReport, distill
-from edgepack.compress.prune import (
+from edgepack.compress.channels import (
     ROUND_TO,
     PrunedModel,
     PruningError,
@@ -24,8 +23,11 @@ from edgepack.compress.prune import (
     prune_to_budget,
     sensitivity_scan,
 )
+from edgepack.compress.distill import DISTILL_EPOCHS, DistillReport, distill
+from edgepack.compress.plan import Precision
 from edgepack.data import Dataset
 from edgepack.errors import UsageError, first_line
+from edgepack.formats import ArtifactFormat
 from edgepack.model import ModelFormat, ModelHandle
 from edgepack.profiles import DeviceProfile, Tolerances
 
@@ -115,8 +117,8 @@ def _parity(module: Any, path: Path, held: np.ndarray, tolerances: Tolerances) -
 
 
 def prune_model(handle: ModelHandle, calib: Dataset, profile: DeviceProfile, output: Path, *,
-                max_size_mb: float | None = None, ratio: float | None = None, fmt: str = "onnx",
-                precision: str = "fp32", importance: str = "magnitude", distill_epochs: int = DISTILL_EPOCHS,
+                max_size_mb: float | None = None, ratio: float | None = None, fmt: str = ArtifactFormat.ONNX,
+                precision: str = Precision.FP32, importance: str = "magnitude", distill_epochs: int = DISTILL_EPOCHS,
                 eval_data: Dataset | None = None, time_budget_s: float = 300.0,
                 round_to: int | None = ROUND_TO, mixup: bool = True) -> PruneResult:
     import torch
@@ -124,6 +126,7 @@ def prune_model(handle: ModelHandle, calib: Dataset, profile: DeviceProfile, out
     from edgepack.convert.convert import require_static_inputs
 
     require_static_inputs(handle)
+    fmt, precision = ArtifactFormat(fmt), Precision(precision)
     if len(handle.inputs) != 1:
         raise UsageError("edgepack prune handles single-input models", "")
     if ratio is not None and not 0 <= ratio < 1:
@@ -193,15 +196,15 @@ def prune_model(handle: ModelHandle, calib: Dataset, profile: DeviceProfile, out
     return PruneResult(artifact, stages, pruned.ratio, pruned.history_json(), protected, budget, report, notes)
 
 
-def _sizer(original: Any, example: tuple[Any, ...], name: str, fmt: str, precision: str, calib: Dataset,
-           work: Path) -> Any:
+def _sizer(original: Any, example: tuple[Any, ...], name: str, fmt: ArtifactFormat, precision: Precision,
+           calib: Dataset, work: Path) -> Any:
     """Bytes of a module's artifact. ONNX: the real exported (and quantized) file every time. TFLite:
     the ONNX export scaled by the TFLite/ONNX ratio measured on the original (onnx2tf takes ~15 s a
     call); the final file is measured for real."""
-    from edgepack.compress.prune import onnx_size
+    from edgepack.compress.channels import onnx_size
 
     def onnx_bytes(module: Any) -> int:
-        if precision == "fp32":
+        if precision is Precision.FP32:
             return onnx_size(module, example, [name])
         from edgepack.compress.quantize_onnx import quantize_onnx_static
         from edgepack.convert.torch_to_onnx import export_to_onnx
@@ -210,20 +213,20 @@ def _sizer(original: Any, example: tuple[Any, ...], name: str, fmt: str, precisi
         feeds = [{name: calib.inputs[name][i:i + 1]} for i in range(min(16, len(calib)))]
         return quantize_onnx_static(path, work / "size_q.onnx", feeds, activation_type="uint8").stat().st_size
 
-    if fmt == "onnx":
+    if fmt is ArtifactFormat.ONNX:
         return onnx_bytes
     scale = _tflite_scale(original, example, name, precision, calib, work) / onnx_bytes(original)
     return lambda module: int(onnx_bytes(module) * scale)
 
 
-def _tflite_scale(original: Any, example: tuple[Any, ...], name: str, precision: str, calib: Dataset,
+def _tflite_scale(original: Any, example: tuple[Any, ...], name: str, precision: Precision, calib: Dataset,
                   work: Path) -> int:
-    artifact = _artifact_of(original, example, name, "tflite", precision, calib, work / "scale")
+    artifact = _artifact_of(original, example, name, ArtifactFormat.TFLITE, precision, calib, work / "scale")
     return artifact.size_bytes
 
 
-def _artifact_of(module: Any, example: tuple[Any, ...], name: str, fmt: str, precision: str, calib: Dataset,
-                 out: Path, profile: DeviceProfile | None = None) -> Artifact:
+def _artifact_of(module: Any, example: tuple[Any, ...], name: str, fmt: ArtifactFormat, precision: Precision,
+                 calib: Dataset, out: Path, profile: DeviceProfile | None = None) -> Artifact:
     from edgepack.compress.quantize import quantize_model
     from edgepack.convert.convert import convert_model
     from edgepack.convert.torch_to_onnx import export_to_onnx
@@ -235,9 +238,9 @@ def _artifact_of(module: Any, example: tuple[Any, ...], name: str, fmt: str, pre
     onnx_path = export_to_onnx(module, example, out.parent / f"{out.name}.export.onnx", input_names=[name],
                                output_names=_names(module)).path
     handle = load_model(onnx_path)
-    if precision == "int8":
+    if precision is Precision.INT8:
         return quantize_model(handle, calib, profile, out, fmt=fmt, mode="int8", max_accuracy_drop=100.0).artifact
-    if fmt == "onnx":
+    if fmt is ArtifactFormat.ONNX:
         shutil.copyfile(onnx_path, out)
         return Artifact(out, "onnx", "torch.onnx", handle.sha256, [], [])
     return convert_model(handle, fmt, out, profile, calib).artifact
@@ -254,7 +257,7 @@ def _stage(label: str, module: Any, original: Any, example: tuple[Any, ...], nam
     import torch
 
     from edgepack.analysis.onnx_graph import summarize_onnx
-    from edgepack.compress.distill import closeness, compare, worst
+    from edgepack.compress.distill import closeness, output_drifts, worst
     from edgepack.convert.torch_to_onnx import export_to_onnx
     from edgepack.runners.base import RunRequest
     from edgepack.runners.local import LocalRunner
@@ -270,14 +273,15 @@ def _stage(label: str, module: Any, original: Any, example: tuple[Any, ...], nam
         with torch.no_grad():
             scores = outputs_of(module, held)[0]
             accuracy = float((scores.reshape(len(held), -1).argmax(1).numpy() == labels).mean())
-    drifts = compare(original, module, held)
+    drifts = output_drifts(original, module, held)
     figure = worst(drifts)
     return Stage(label, count_params(module), summary.macs, path.stat().st_size, measurement.p50_ms, accuracy,
                  closeness(drifts), figure.describe() if figure else "")
 
 
-def _write(handle: ModelHandle, student: Any, example: tuple[Any, ...], name: str, fmt: str, precision: str,
-           calib: Dataset, profile: DeviceProfile, output: Path, work: Path, pruned: PrunedModel) -> Artifact:
+def _write(handle: ModelHandle, student: Any, example: tuple[Any, ...], name: str, fmt: ArtifactFormat,
+           precision: Precision, calib: Dataset, profile: DeviceProfile, output: Path, work: Path,
+           pruned: PrunedModel) -> Artifact:
     from edgepack.artifact import install, staging_dir
 
     built = _artifact_of(student, example, name, fmt, precision, calib, work / "final" / f"model.{fmt}", profile)

@@ -15,8 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from edgepack.compress.quantizer import FloatLayer, QuantizeBase, Quantizer, identity_bindings
 from edgepack.convert.errors import ConversionError
+from edgepack.data import Dataset
 from edgepack.errors import first_line
+from edgepack.formats import ArtifactFormat
+from edgepack.model import ModelFormat, ModelHandle
+from edgepack.profiles import DeviceProfile
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -245,3 +250,74 @@ def layer_sensitivity(src: Path, quantized: Path, probe: list[dict[str, np.ndarr
         for node in consumers.get(name, []):
             note(node, float(sqnr))
     return sorted(ranked.items(), key=lambda item: item[1], reverse=True)
+
+
+class OnnxQuantizer(Quantizer):
+    """ONNX Runtime's quantizer: static int8 (per-tensor first, per-channel as a second try), dynamic, fp16."""
+
+    format = ArtifactFormat.ONNX
+
+    def __init__(self, mode: str, base: QuantizeBase, calib: Dataset, work: Path, io: str,
+                 profile: DeviceProfile, calibrate_method: str) -> None:
+        super().__init__(mode, base, calib, work, io, profile, calibrate_method)
+        self.per_channel_possible = mode == "int8"
+        self.prepared = preprocess(base.path, work / "prepared.onnx") if mode != "fp16" else base.path
+        if mode == "int8":
+            self._opset_for_per_channel(work)
+
+    @staticmethod
+    def make_base(handle: ModelHandle, work: Path, profile: DeviceProfile, calib: Dataset) -> QuantizeBase:
+        from edgepack.convert.convert import convert_model, require_static_inputs
+        from edgepack.convert.routes import onnx_of
+        from edgepack.engines import engine_for
+
+        require_static_inputs(handle)
+        if handle.format is ModelFormat.ONNX:
+            path, _, _ = onnx_of(handle, work)
+            names = [s.name for s in handle.inputs]
+            inputs, outputs = identity_bindings(handle, engine_for(handle), calib.batch(names, 0))
+            return QuantizeBase(path, inputs, outputs)
+        result = convert_model(handle, "onnx", work / "base.onnx", profile, calib)
+        return QuantizeBase(result.artifact.path, result.artifact.inputs, result.artifact.outputs)
+
+    def _opset_for_per_channel(self, work: Path) -> None:
+        """Per-channel int8 needs opset 13: an older model is upgraded first, or stays per-tensor."""
+        opset = default_opset(self.prepared)
+        if opset >= PER_CHANNEL_OPSET:
+            return
+        upgraded = upgrade_opset(self.prepared, work / "prepared_opset13.onnx")
+        if upgraded is not None:
+            self.prepared = upgraded
+            self.notes.append(f"opset {opset} upgraded to {PER_CHANNEL_OPSET} before quantizing (per-channel "
+                              "scales need it)")
+        else:
+            self.per_channel_possible = False
+            self.notes.append(f"opset {opset} could not be upgraded to {PER_CHANNEL_OPSET}: weights stay "
+                              "per-tensor")
+
+    def fp32_size(self) -> int:
+        return self.base.path.stat().st_size
+
+    def build(self, float_layers: list[str]) -> Path:
+        out = self.next_path()
+        if self.mode == "dynamic":
+            return quantize_onnx_dynamic(self.prepared, out)
+        if self.mode == "fp16":
+            return quantize_onnx_fp16(self.base.path, out)
+        return quantize_onnx_static(self.prepared, out, self.feeds,
+                                    activation_type=activation_type_for(self.profile.architecture),
+                                    calibrate_method=self.calibrate_method, nodes_to_exclude=float_layers,
+                                    per_channel=self.per_channel, cache=self.work / "calibration.cache")
+
+    def ranking(self, held_out: Dataset, quantized: Path) -> list[FloatLayer]:
+        """The output head first, then layers by sensitivity."""
+        head = output_head(self.prepared)
+        first = [FloatLayer(f"output head ({len(head)} nodes)", None, 0, head)] if head else []
+        names = [b.source_name for b in self.base.inputs]
+        probe = [{b.name: b.from_source(x) for b, x in zip(self.base.inputs, held_out.batch(names, i), strict=True)}
+                 for i in range(min(len(held_out), 16))]
+        ranked = layer_sensitivity(self.prepared, quantized, probe)
+        return first + [FloatLayer(n, s, 0) for n, s in ranked if n not in head]
+
+    def activation_type(self) -> str | None:
+        return activation_type_for(self.profile.architecture) if self.mode == "int8" else None

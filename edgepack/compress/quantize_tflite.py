@@ -13,9 +13,15 @@ from typing import Any
 
 import numpy as np
 
+from edgepack.artifact import Binding
+from edgepack.compress.quantizer import FloatLayer, QuantizeBase, Quantizer, identity_bindings, tflite_io
 from edgepack.convert.errors import ConversionError
 from edgepack.convert.tensor_names import RenamedNames, restore_tflite
+from edgepack.data import Dataset
 from edgepack.errors import first_line
+from edgepack.formats import ArtifactFormat
+from edgepack.model import ModelFormat, ModelHandle
+from edgepack.profiles import DeviceProfile
 from edgepack.quiet import captured_output
 
 Feed = Callable[[], Iterator[dict[str, np.ndarray]]]  # calibration samples keyed by signature input name
@@ -116,3 +122,57 @@ def layer_sensitivity(saved_model: Path, feed: Feed) -> list[tuple[str, float]]:
         name = name[:-1] if name[-1:].isdigit() else name
         ranked.append((name, float(stats.get("relative_rmse", 0.0))))
     return sorted(ranked, key=lambda item: item[1], reverse=True)
+
+
+class TfliteQuantizer(Quantizer):
+    """The TFLite converter from a SavedModel: full-integer int8 (per-channel weights), fp16, dynamic."""
+
+    format = ArtifactFormat.TFLITE
+
+    def __init__(self, mode: str, base: QuantizeBase, calib: Dataset, work: Path, io: str,
+                 profile: DeviceProfile, calibrate_method: str) -> None:
+        super().__init__(mode, base, calib, work, io, profile, calibrate_method)
+        self.per_channel = True  # the TFLite converter quantizes weights per channel
+        signature = signature_inputs(base.path)
+        self.signature_feeds = [self._by_signature(feed, signature) for feed in self.feeds]
+
+    @staticmethod
+    def make_base(handle: ModelHandle, work: Path, profile: DeviceProfile, calib: Dataset) -> QuantizeBase:
+        from edgepack.convert.convert import convert_model, require_static_inputs
+        from edgepack.convert.routes import keras_saved_model
+        from edgepack.engines import engine_for
+
+        require_static_inputs(handle)
+        names = [s.name for s in handle.inputs]
+        if handle.format is ModelFormat.SAVEDMODEL:
+            assert handle.path is not None
+            inputs, outputs = identity_bindings(handle, engine_for(handle), calib.batch(names, 0))
+            return QuantizeBase(handle.path, inputs, outputs)
+        if handle.format is ModelFormat.KERAS:
+            assert handle.path is not None
+            saved = keras_saved_model(handle.path, work / "keras_saved_model")
+            inputs, outputs = identity_bindings(handle, engine_for(handle), calib.batch(names, 0))
+            return QuantizeBase(saved, inputs, outputs)
+        result = convert_model(handle, "savedmodel", work / "base_saved_model", profile, calib)
+        return QuantizeBase(result.artifact.path, result.artifact.inputs, result.artifact.outputs)
+
+    @staticmethod
+    def _by_signature(feed: dict[str, np.ndarray], signature: list[str]) -> dict[str, np.ndarray]:
+        if set(feed) == set(signature):
+            return feed
+        return dict(zip(signature, feed.values(), strict=True))
+
+    def _feed(self) -> Iterator[dict[str, np.ndarray]]:
+        yield from self.signature_feeds
+
+    def fp32_size(self) -> int:
+        return float_tflite(self.base.path, self.work / "fp32.tflite").stat().st_size
+
+    def build(self, float_layers: list[str]) -> Path:
+        return quantize_tflite(self.base.path, self.next_path(), self.mode, self._feed, self.io, float_layers)
+
+    def ranking(self, held_out: Dataset, quantized: Path) -> list[FloatLayer]:
+        return [FloatLayer(n, s, 0) for n, s in layer_sensitivity(self.base.path, self._feed)]
+
+    def bindings(self, candidate: Path) -> tuple[list[Binding], list[Binding]]:
+        return tflite_io(candidate, self.base.inputs, self.base.outputs)

@@ -40,7 +40,7 @@ def _key(name: str, used: set[str]) -> str:
     return key
 
 
-def build_torch_module(model: Any) -> Any:
+def torch_module_from_onnx(model: Any) -> Any:
     """An eval-mode ``nn.Module`` computing what the ``onnx.ModelProto`` computes."""
     import torch
     from onnx import numpy_helper
@@ -520,7 +520,7 @@ def convert_onnx_to_torch(onnx_path: Path, out_dir: Path, example: list[np.ndarr
     import onnx
     import torch
 
-    module = build_torch_module(onnx.load(str(onnx_path)))
+    module = torch_module_from_onnx(onnx.load(str(onnx_path)))
     out_dir.mkdir(parents=True, exist_ok=True)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings about shape checks that are constant here

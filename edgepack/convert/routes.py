@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -193,12 +192,12 @@ def graph_module(handle: ModelHandle, work: Path) -> tuple[Any, Path, list[str],
     folding). The caller checks the module against the file."""
     import onnx
 
-    from edgepack.convert.onnx_to_torch import build_torch_module
+    from edgepack.convert.onnx_to_torch import torch_module_from_onnx
     from edgepack.convert.simplify import simplify_onnx
 
     onnx_path, notes, _ = onnx_of(handle, work)
     simple, note = simplify_onnx(onnx_path, work / "simplified.onnx")
-    return build_torch_module(onnx.load(str(simple))), onnx_path, notes, note
+    return torch_module_from_onnx(onnx.load(str(simple))), onnx_path, notes, note
 
 
 def _graph_then_litert(handle: ModelHandle, work: Path, calib: np.ndarray | None) -> RouteOutput:
@@ -256,9 +255,3 @@ def _chain(fmt: ModelFormat, last: str) -> str:
     first = "torch.onnx" if fmt.is_torch else "tf2onnx"
     return f"{first} + {last}"
 
-
-def copy_output(output: RouteOutput, destination: Path) -> None:
-    if output.path.is_dir():
-        shutil.copytree(output.path, destination)
-    else:
-        shutil.copyfile(output.path, destination)

@@ -10,9 +10,9 @@ from edgepack.errors import InputShapeError
 from edgepack.model import (
     ModelFormat,
     ModelHandle,
-    build_torch_module,
     load_exported_program,
     load_torchscript,
+    torch_module_from_spec,
 )
 
 
@@ -20,7 +20,7 @@ def torch_module_of(handle: ModelHandle) -> Any:
     """An eval-mode callable module for the handle."""
     if handle.format is ModelFormat.TORCH_MODULE:
         if handle.module is None:
-            handle.module = build_torch_module(handle.source)
+            handle.module = torch_module_from_spec(handle.source)
         return handle.module
     assert handle.path is not None
     if handle.format is ModelFormat.TORCHSCRIPT:

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from edgepack.errors import EdgepackError
+from edgepack.latency import LatencySource
 
 HARNESS = Path(__file__).resolve().parent / "harness.py"
-EMULATED = "emulated: not a latency"  # the label of every timing taken on an emulated board
+EMULATED = LatencySource.EMULATED.value  # the label of every timing taken on an emulated board
 
 
 @dataclass(frozen=True)
@@ -115,9 +116,14 @@ class HarnessResult:
 
     @property
     def latency_source(self) -> str:
-        """"measured", the emulated label, or the toolchain's estimate ("compiler estimate (Vela ...)")."""
+        """Where the latency came from, in words: "measured", the emulated label, or the toolchain's
+        estimate ("compiler estimate (Vela ...)"); :attr:`source` is the same as a LatencySource."""
         found = self.raw.get("latency_source")
-        return str(found) if found else EMULATED if self.emulated else "measured"
+        return str(found) if found else EMULATED if self.emulated else LatencySource.MEASURED.value
+
+    @property
+    def source(self) -> LatencySource:
+        return LatencySource.of_label(self.latency_source)
 
     @property
     def error_kind(self) -> str | None:

@@ -24,9 +24,11 @@ from edgepack.runners.base import (
 class LocalRunner(Runner):
     """Each request runs in a new Python process, so no measurement inherits another's caches."""
 
+    LABEL = "local"
+
     def __init__(self, python: str | None = None) -> None:
         self.python = python or sys.executable
-        self.label = "local"
+        self.label = self.LABEL
 
     def run(self, requests: list[RunRequest]) -> list[Measurement]:
         return [self._one(r) for r in requests]

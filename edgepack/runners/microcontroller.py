@@ -16,11 +16,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from edgepack.latency import LatencySource
 from edgepack.profiles import DeviceProfile
 from edgepack.runners.base import HarnessResult, Measurement, Runner, RunRequest
 from edgepack.runners.local import LocalRunner
-
-CYCLE_ESTIMATE = "estimate (MACs x cycles per MAC at the clock)"
 
 
 class MicrocontrollerRunner(Runner):
@@ -75,19 +74,19 @@ class MicrocontrollerRunner(Runner):
         figures: dict[str, Any] = {"host_latency_ms": raw.get("latency_ms"),
                                    "flash_kb": model.stat().st_size / 1024 + self.mcu.runtime_flash_kb}
         if self.profile.compiler == "vela":
-            from edgepack.toolchains.vela import COMPILER_ESTIMATE, compile_model
+            from edgepack.toolchains.vela import compile_model
 
             with tempfile.TemporaryDirectory(prefix="edgepack-vela-") as folder:
                 report = compile_model(model, self.profile, Path(folder))
             cpu_macs = sum(op.macs for op in report.cpu_ops)
             p50 = report.inference_ms + self._cpu_ms(cpu_macs)
             ram_kb = max(report.sram_kb, (arena or 0) / 1024)
-            figures.update(vela=report.to_dict(), latency_source=f"{COMPILER_ESTIMATE} (Vela {report.version})",
-                           flash_kb=report.flash_kb + self.mcu.runtime_flash_kb)
+            figures.update(vela=report.to_dict(), flash_kb=report.flash_kb + self.mcu.runtime_flash_kb,
+                           latency_source=LatencySource.COMPILER_ESTIMATE.label(f"Vela {report.version}"))
         else:
             p50 = self._cpu_ms(summarize_tflite(model).macs)
             ram_kb = (arena or 0) / 1024
-            figures["latency_source"] = CYCLE_ESTIMATE
+            figures["latency_source"] = LatencySource.CYCLE_ESTIMATE.label()
         figures["latency_ms"] = {"p50": p50, "p90": p50, "runs": [p50]}
         figures["peak_rss_mb"] = (ram_kb + self.mcu.runtime_sram_kb) / 1024
         figures["sram_kb"] = ram_kb + self.mcu.runtime_sram_kb

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import errno
-import queue
 import threading
 from collections.abc import Callable
 
 from edgepack.errors import EdgepackError
-from edgepack.runners.base import Measurement, Runner, RunRequest
 
 #: a socket failure of the network or the board, not of the user's settings
 _UNREACHABLE_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT,
@@ -56,45 +54,3 @@ def in_parallel(tasks: list[Callable[[], None]]) -> None:
         t.join()
     if errors:
         raise errors[0]
-
-
-class DevicePool(Runner):
-    def __init__(self, runners: list[Runner]) -> None:
-        if not runners:
-            raise ValueError("a pool needs at least one runner")
-        self.runners = runners
-        self.label = ", ".join(r.label for r in runners)
-
-    def run(self, requests: list[RunRequest]) -> list[Measurement]:
-        """Each request on whichever board is free; results in the order of the requests."""
-        if len(self.runners) == 1:
-            return self.runners[0].run(requests)
-        todo: queue.Queue[tuple[int, RunRequest]] = queue.Queue()
-        for item in enumerate(requests):
-            todo.put(item)
-        results: list[Measurement | None] = [None] * len(requests)
-
-        def drain(runner: Runner) -> None:
-            while True:
-                try:
-                    index, request = todo.get_nowait()
-                except queue.Empty:
-                    return
-                results[index] = runner.run([request])[0]
-
-        in_parallel([lambda r=r: drain(r) for r in self.runners])
-        return [m for m in results if m is not None]
-
-    def run_everywhere(self, request: RunRequest) -> list[Measurement]:
-        """The same request on every board at once: one measurement per board, in board order."""
-        results: list[Measurement | None] = [None] * len(self.runners)
-
-        def one(index: int) -> None:
-            results[index] = self.runners[index].run([request])[0]
-
-        in_parallel([lambda i=i: one(i) for i in range(len(self.runners))])
-        return [m for m in results if m is not None]
-
-    def close(self) -> None:
-        for runner in self.runners:
-            runner.close()

@@ -16,10 +16,10 @@ from collections.abc import Callable
 import numpy as np
 
 from edgepack.compress.parallel import ParallelBuilder
+from edgepack.compress.plan import CompressionPlan
 from edgepack.compress.plan_builder import BuildFailed, BuiltArtifact
 from edgepack.profiles import DeviceProfile
 from edgepack.search.estimate import features_of
-from edgepack.search.space import CompressionPlan
 from edgepack.search.strategy import Candidate
 
 SAME_FUNCTION_SAMPLES = 64

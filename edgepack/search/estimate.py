@@ -8,19 +8,21 @@ from pathlib import Path
 
 from edgepack.analysis.graph import GraphSummary
 from edgepack.analysis.roofline import estimate_latency
+from edgepack.compress.plan import CompressionPlan, Precision
 from edgepack.predict import Features
 from edgepack.profiles import DeviceProfile
-from edgepack.search.space import CompressionPlan
 
-SIZE_FACTOR = {"fp32": 1.0, "fp16": 0.5, "int8": 0.27, "dynamic": 0.27}  # file size against fp32, before building
+#: file size against fp32, before building
+SIZE_FACTOR = {Precision.FP32: 1.0, Precision.FP16: 0.5, Precision.INT8: 0.27, Precision.DYNAMIC: 0.27}
 
 
 def estimate(c: CompressionPlan, summary: GraphSummary, profile: DeviceProfile) -> tuple[Features, float]:
     """Features and size (MB) before the artifact exists. Channel pruning by r keeps about (1-r)^2 of
     the MACs and weights and (1-r) of the activations; int8 moves a quarter of the activation bytes."""
     keep = (1 - c.prune_ratio) ** 2
-    arithmetic = "fp32" if c.precision in ("dynamic", "fp16") and profile.device_class == "cpu" else c.precision
-    activations = (1 - c.prune_ratio) * (0.25 if c.precision == "int8" else 1.0)
+    cpu_float = c.precision in (Precision.DYNAMIC, Precision.FP16) and profile.device_class == "cpu"
+    arithmetic = Precision.FP32 if cpu_float else c.precision  # computed in fp32 on a CPU
+    activations = (1 - c.prune_ratio) * (0.25 if c.precision is Precision.INT8 else 1.0)
     scaled = replace(summary, layers=[replace(layer, macs=int(layer.macs * keep), precision=arithmetic,
                                               weight_bytes=int(layer.weight_bytes * keep * SIZE_FACTOR[c.precision]),
                                               input_bytes=int(layer.input_bytes * activations),

@@ -13,6 +13,7 @@ from edgepack.compress.distill import DISTILL_EPOCHS
 from edgepack.compress.plan_builder import BuiltArtifact
 from edgepack.compress.quantize import Check
 from edgepack.device_accuracy import DeviceAccuracy
+from edgepack.latency import LatencySource
 from edgepack.measurer import Counts
 from edgepack.predict import Predictor
 from edgepack.profiles import DeviceProfile
@@ -89,7 +90,7 @@ class BuildResult:
     @property
     def emulated(self) -> bool:
         """Every latency is the predictor's: the only board was emulated."""
-        return any(c.latency_source == "predicted" for c in self.candidates)
+        return any(c.latency_source is LatencySource.PREDICTED for c in self.candidates)
 
     def row(self, c: Candidate) -> dict[str, Any]:
         built = self.built.get(c.plan.artifact)
@@ -100,7 +101,7 @@ class BuildResult:
         return {"plan": c.plan.to_dict(), "label": c.plan.label, "size_mb": c.size_mb if c.built else None,
                 "latency_ms": c.latency_ms if c.latency_measured else None, "p90_ms": c.p90_ms,
                 "predicted_ms": c.predicted_ms,
-                "latency_source": c.latency_source if c.latency_measured else "predicted",
+                "latency_source": c.latency_label if c.latency_measured else LatencySource.PREDICTED.value,
                 "peak_rss_mb": c.peak_rss_mb, "accuracy_drop": c.accuracy_drop, "unstable": c.unstable,
                 "accuracy": (built.fidelity.get("accuracy") if built else None),
                 "feasible": c.built and not c.error and not self.blockers.get(c.plan.key),

@@ -2,59 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
+from edgepack.compress.plan import CompressionPlan, Precision
 from edgepack.errors import UsageError
 from edgepack.formats import ArtifactFormat
 from edgepack.profiles import DeviceProfile
 
 PRUNE_RATIOS = (0.0, 0.3, 0.5, 0.7)
-AS_GIVEN = "as given"  # the artifact of a plan that is the user's model file itself
-
-
-@dataclass(frozen=True)
-class CompressionPlan:
-    """A replayable recipe: the same plan on the same source always gives the same artifact."""
-
-    format: str  # tflite | onnx
-    precision: str  # fp32 | fp16 | int8 | dynamic
-    prune_ratio: float = 0.0
-    threads: int = 1
-    #: the user's model file itself, untouched (already in a format the device runs); ``precision`` is
-    #: then read from its graph, never made: no conversion, pruning or quantization
-    as_given: bool = False
-
-    @property
-    def key(self) -> str:
-        fields = asdict(self)
-        if not self.as_given:  # the keys plans had before there were plans as given
-            del fields["as_given"]
-        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
-
-    @property
-    def is_baseline(self) -> bool:
-        """The model as the user has it: the source as given, or else the unpruned fp32 one."""
-        return self.as_given or (self.precision == "fp32" and self.prune_ratio == 0.0)
-
-    @property
-    def artifact(self) -> tuple[str, str, float]:
-        """What decides the file: plans differing only in threads share one artifact (the source as given
-        is one file whatever its precision)."""
-        return (self.format, AS_GIVEN if self.as_given else self.precision, self.prune_ratio)
-
-    @property
-    def label(self) -> str:
-        pruned = f" pruned {self.prune_ratio:.0%}" if self.prune_ratio else ""
-        given = f" {AS_GIVEN}" if self.as_given else ""
-        return f"{self.format} {self.precision}{pruned}{given} x{self.threads}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "key": self.key}
-
-
 def formats_for(profile: DeviceProfile) -> list[str]:
     formats = []
     for runtime in profile.runtimes:
@@ -105,9 +61,9 @@ def plans_for(profile: DeviceProfile, prune_ratios: tuple[float, ...] = PRUNE_RA
     given = source if source and source[1] != "fp32" and source[0] in wanted_formats \
         and source[1] in wanted_precisions else None
     plans = [CompressionPlan(*given, 0.0, t, as_given=True) for t in thread_list] if given else []
-    for fmt in wanted_formats:
-        for precision in wanted_precisions:
-            if fmt == "onnx" and precision == "fp16" and profile.device_class == "cpu":
+    for fmt in map(ArtifactFormat, wanted_formats):
+        for precision in map(Precision, wanted_precisions):
+            if fmt is ArtifactFormat.ONNX and precision is Precision.FP16 and profile.device_class == "cpu":
                 continue  # ONNX Runtime's CPU provider computes fp16 models in fp32 after a cast
             for ratio in sorted(set(prune_ratios)):
                 for threads in thread_list:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from edgepack.compress.plan import CompressionPlan, Precision
+from edgepack.latency import LatencySource
 from edgepack.predict import Features, Predictor
 from edgepack.runners.base import HarnessResult
-from edgepack.search.space import CompressionPlan, Constraints
+from edgepack.search.space import Constraints
 
 
 @dataclass
@@ -33,9 +35,10 @@ class Candidate:
     measurement: HarnessResult | None = None  # what the harness reported (the median round, once confirmed)
     board: str | None = None  # the board that measured it
     p50_rounds_ms: list[float] = field(default_factory=list)  # confirmation rounds on one board, if any
-    #: "measured" on a board; "predicted" when the only board is emulated (its timings are an emulator's);
-    #: a toolchain's estimate for a microcontroller ("compiler estimate (Vela 5.2.0)", cycles per MAC)
-    latency_source: str = "measured"
+    #: measured on a board; predicted when the only board is emulated (its timings are an emulator's);
+    #: a toolchain's estimate for a microcontroller (Vela's cycles, cycles per MAC)
+    latency_source: LatencySource = LatencySource.MEASURED
+    latency_label: str = LatencySource.MEASURED.value  # in words: "compiler estimate (Vela 5.2.0)"
     #: why the measuring conditions make its latency unstable (throttled, under-clocked, spread); empty: stable
     unstable: list[str] = field(default_factory=list)
 
@@ -43,18 +46,18 @@ class Candidate:
     def judged_ms(self) -> float | None:
         """The latency the search compares: the p50, or for an unstable measurement its p90, so that noise
         on the board is never the reason a candidate wins or holds a latency bound."""
-        if self.unstable and self.p90_ms is not None and self.latency_source != "predicted":
+        if self.unstable and self.p90_ms is not None and self.latency_source.timed:
             return max(self.p90_ms, self.latency_ms or 0.0)
         return self.latency_ms
 
     @property
     def latency_measured(self) -> bool:
         """A latency from the board, or from its toolchain's estimate: not the predictor's."""
-        return self.latency_ms is not None and self.latency_source != "predicted"
+        return self.latency_ms is not None and self.latency_source.timed
 
     @property
     def latency_estimated(self) -> bool:
-        return self.latency_measured and self.latency_source != "measured"
+        return self.latency_measured and self.latency_source.estimated
 
     @property
     def measured(self) -> bool:
@@ -150,7 +153,8 @@ class Strategy:
         """No board can time it (an emulated one): its latency is the predictor's, labelled so, and the
         predictor learns nothing from it."""
         candidate.predicted_ms = self.predictor.latency_ms(candidate.features)
-        candidate.latency_ms, candidate.latency_source = candidate.predicted_ms, "predicted"
+        candidate.latency_ms, candidate.latency_source = candidate.predicted_ms, LatencySource.PREDICTED
+        candidate.latency_label = LatencySource.PREDICTED.value
 
     def observe(self, candidate: Candidate, latency_ms: float, peak_rss_mb: float | None = None) -> None:
         if candidate.predicted_ms is None:
@@ -158,8 +162,8 @@ class Strategy:
         candidate.latency_ms, candidate.peak_rss_mb = latency_ms, peak_rss_mb
         self.predictor.observe(candidate.features, latency_ms, peak_rss_mb)
         plan = candidate.plan
-        if plan.precision != "fp32":
-            twin = next((c for c in self.candidates if c.measured and c.plan.precision == "fp32"
+        if plan.precision is not Precision.FP32:
+            twin = next((c for c in self.candidates if c.measured and c.plan.precision is Precision.FP32
                          and (c.plan.format, c.plan.prune_ratio, c.plan.threads)
                          == (plan.format, plan.prune_ratio, plan.threads)), None)
             if twin is not None and twin.latency_ms is not None and latency_ms > twin.latency_ms:

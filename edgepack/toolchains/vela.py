@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from edgepack.errors import EdgepackError
+from edgepack.latency import LatencySource
 from edgepack.profiles import DeviceProfile, Vela
 
-COMPILER_ESTIMATE = "compiler estimate"
+COMPILER_ESTIMATE = LatencySource.COMPILER_ESTIMATE.value
 VELA_MAIN = "import sys; from ethosu.vela.vela import main; sys.exit(main())"  # the `vela` script's body
 
 
@@ -68,10 +69,6 @@ class VelaReport:
     @property
     def cpu_ops(self) -> list[VelaOp]:
         return [op for op in self.ops if op.target != "NPU"]
-
-    @property
-    def npu_share(self) -> float:
-        return self.npu_ops / len(self.ops) if self.ops else 0.0
 
     def _number(self, key: str) -> float:
         try:

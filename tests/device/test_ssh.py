@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import threading
 import time
@@ -14,7 +13,6 @@ import pytest
 from edgepack.cli import main
 from edgepack.runners.base import DeviceSetupError, RunRequest
 from edgepack.runners.loopback import SshDevice
-from edgepack.runners.pool import DevicePool
 from edgepack.runners.ssh import HostKeyError
 
 pytestmark = pytest.mark.device
@@ -150,20 +148,3 @@ def test_sshd_killed_mid_run_then_reconnect(fresh_device: SshDevice, digits_onnx
             break
         time.sleep(0.1)
     assert not fresh_device.leftover_temp_dirs()
-
-
-def test_pool_spreads_work_over_two_boards(digits_onnx: Path, tmp_path: Path):
-    first = SshDevice(tmp_path / "a").start()
-    second = SshDevice(tmp_path / "b", client_key=first.client_key).start()
-    try:
-        known = tmp_path / "known_hosts"
-        known.write_text(first.known_hosts_line() + second.known_hosts_line())
-        pool = DevicePool([d.runner(known_hosts=known) for d in (first, second)])
-        measurements = pool.run([RunRequest(digits_onnx, runs=200, warmup=0) for _ in range(6)])
-        assert len(measurements) == 6 and all(m.ok for m in measurements)
-        assert {m.device for m in measurements} == {first.target, second.target}
-        pool.close()
-    finally:
-        first.kill()
-        second.kill()
-    assert os.path.exists(digits_onnx)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from edgepack.cli import main
-from edgepack.compress.prune import PruningError, count_params, prune, prune_to_budget, replay
+from edgepack.compress.channels import PruningError, count_params, prune, prune_to_budget, replay
 from edgepack.compress.pruning import prune_model
 from edgepack.data import Dataset
 from edgepack.examples.digits import INPUT_SHAPE, DigitsData
@@ -57,7 +57,7 @@ def test_taylor_importance_and_output_layer_is_kept(digits_model, digits: Digits
 
 
 def test_unreachable_budget_is_a_clear_error(digits_model):
-    from edgepack.compress.prune import onnx_size
+    from edgepack.compress.channels import onnx_size
 
     with pytest.raises(PruningError, match="over the"):
         prune_to_budget(digits_model, EXAMPLE, 1000, lambda m: onnx_size(m, EXAMPLE, ["image"]))
