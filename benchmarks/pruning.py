@@ -77,7 +77,7 @@ def main() -> int:
                 pruned = prune(model, example, ratio, round_to=round_to)
                 after = _stage(f"r{ratio}", pruned.module, model, example, "image", x_test, y_test, work)
                 student, _ = distill(model, pruned.module, x_train, labels=y_train, held_out=x_test,
-                                     epochs=args.distill_epochs, progress=False)
+                                     epochs=args.distill_epochs)
                 distilled = _stage(f"d{ratio}", student, model, example, "image", x_test, y_test, work)
                 label = f"{ratio}" + (f", round {round_to}" if round_to else ", exact")
                 rows.append((name, label, f"{after.params:,}", f"{after.macs:,}", human_bytes(after.size_bytes),

@@ -309,6 +309,7 @@ def prune(model: Any, calib: Any, *, ratio: float | None = None, max_size_mb: fl
     """``edgepack prune``: a PruneResult (pruned to ``ratio`` or to ``max_size_mb``, then distilled)."""
     from edgepack.artifact import resolve_output
     from edgepack.compress.pruning import prune_model
+    from edgepack.runners.local import LocalRunner
 
     for key, value in (("ratio", ratio), ("max_size_mb", max_size_mb), ("distill_epochs", distill_epochs),
                        ("time_budget_s", settings.get("time_budget_s")), ("round_to", settings.get("round_to"))):
@@ -321,7 +322,7 @@ def prune(model: Any, calib: Any, *, ratio: float | None = None, max_size_mb: fl
         return prune_model(handle, dataset(calib, handle, folder, "calibration"), profile, target,
                            max_size_mb=max_size_mb, ratio=ratio, fmt=format, precision=precision,
                            distill_epochs=distill_epochs, eval_data=dataset(eval, handle, folder, "evaluation"),
-                           **settings)
+                           timer=LocalRunner(), **settings)
 
 
 def profile(model: str | Path, device: Any = "host", hosts: Sequence[str] = (), *, runs: int | None = None,

@@ -186,7 +186,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     result = api.prune(handle, calib, ratio=args.ratio, max_size_mb=args.max_size_mb, output=args.output,
                        format=fmt, device=profile, eval=eval_data, precision=args.precision,
                        distill_epochs=args.distill_epochs, importance=args.importance, time_budget_s=args.time_budget,
-                       round_to=args.round_to if args.round_to > 1 else None)
+                       round_to=args.round_to if args.round_to > 1 else None, say=_say)
     _show(args, result, render_pruning)
     return 0
 

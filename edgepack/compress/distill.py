@@ -12,8 +12,8 @@ to stop on: it can sit at 100% while the outputs drift.)
 from __future__ import annotations
 
 import copy
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,8 +124,9 @@ def held_out_loss(teacher: Any, student: Any, x: np.ndarray, temperature: float,
 def distill(teacher: Any, student: Any, x: np.ndarray, *, labels: np.ndarray | None = None,
             held_out: np.ndarray | None = None, epochs: int = 20, temperature: float = 4.0,
             time_budget_s: float = 300.0, patience: int = 4, lr: float = 1e-3, batch: int = 64,
-            progress: bool = True, mixup: bool = True) -> tuple[Any, DistillReport]:
-    """``x``: samples stacked on the first axis, in the model's input layout (no batch-1 axis)."""
+            say: Callable[[str], None] | None = None, mixup: bool = True) -> tuple[Any, DistillReport]:
+    """``x``: samples stacked on the first axis, in the model's input layout (no batch-1 axis). ``say``
+    gets a line per epoch when detail is wanted (``-v``)."""
     import torch
     import torch.nn.functional as F
 
@@ -168,9 +169,9 @@ def distill(teacher: Any, student: Any, x: np.ndarray, *, labels: np.ndarray | N
         report.agreement_by_epoch.append(agreement(teacher, student, check))
         report.held_out_loss_by_epoch.append(score)
         report.epochs_run = epoch
-        if progress and verbose():
-            print(f"  distill epoch {epoch}/{epochs}: held-out loss {score:.4f}, closeness to the original "
-                  f"{report.agreement_by_epoch[-1]:.2%}", file=sys.stderr)
+        if say is not None and verbose():
+            say(f"distill epoch {epoch}/{epochs}: held-out loss {score:.4f}, closeness to the original "
+                f"{report.agreement_by_epoch[-1]:.2%}")
         if score < best:
             best, best_state, since = score, copy.deepcopy(student.state_dict()), 0
         else:

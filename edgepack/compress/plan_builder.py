@@ -214,8 +214,9 @@ class PlanBuilder:
         if not record.exists():
             if not self.calibrated:
                 raise BuildFailed("pruning needs --calib data to distil on")
-            result = prune_model(self.handle, self.calib, self.profile, path, ratio=ratio, fmt="onnx",
-                                 precision="fp32", distill_epochs=self.distill_epochs, eval_data=self.eval_data)
+            result = prune_model(self.handle, self.calib, self.profile, path, ratio=ratio, fmt=ArtifactFormat.ONNX,
+                                 precision=Precision.FP32, distill_epochs=self.distill_epochs,
+                                 eval_data=self.eval_data, say=self.say)
             _write_json(record, {"sha256": file_sha256(path)[0], "pruning": {
                 "ratio_asked": ratio, "ratio": result.ratio, "history": result.history,
                 "protected_layers": result.protected, "notes": result.notes,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from edgepack.errors import UsageError, first_line
 from edgepack.formats import ArtifactFormat
 from edgepack.model import ModelFormat, ModelHandle
 from edgepack.profiles import DeviceProfile, Tolerances
+from edgepack.runners.base import Runner
 
 MIN_DISTILL_SAMPLES = 8
 SCAN_SAMPLES = 16  # held-out samples the sensitivity scan scores each layer on
@@ -120,7 +122,8 @@ def prune_model(handle: ModelHandle, calib: Dataset, profile: DeviceProfile, out
                 max_size_mb: float | None = None, ratio: float | None = None, fmt: str = ArtifactFormat.ONNX,
                 precision: str = Precision.FP32, importance: str = "magnitude", distill_epochs: int = DISTILL_EPOCHS,
                 eval_data: Dataset | None = None, time_budget_s: float = 300.0,
-                round_to: int | None = ROUND_TO, mixup: bool = True) -> PruneResult:
+                round_to: int | None = ROUND_TO, mixup: bool = True, timer: Runner | None = None,
+                say: Callable[[str], None] | None = None) -> PruneResult:
     import torch
 
     from edgepack.convert.convert import require_static_inputs
@@ -140,7 +143,7 @@ def prune_model(handle: ModelHandle, calib: Dataset, profile: DeviceProfile, out
     with tempfile.TemporaryDirectory(prefix="edgepack-prune-") as tmp:
         work = Path(tmp)
         original = torch_module_for_pruning(handle, work, held, profile, notes).eval()
-        size_of = _sizer(original, example, name, fmt, precision, calib, work)
+        size_of = _sizer(original, example, name, fmt, precision, calib, work, profile)
         budget = int(max_size_mb * 1e6) if max_size_mb else None
         if budget is None and ratio is None:
             budget = int(profile.memory_budget_mb * 1e6)
@@ -181,15 +184,16 @@ def prune_model(handle: ModelHandle, calib: Dataset, profile: DeviceProfile, out
                     notes.append(f"channel counts rounded to multiples of {round_to} left over 15% of the budget "
                                  "unused; exact counts used instead")
                     pruned = exact
-        stages = [_stage("before pruning", original, original, example, name, held, eval_data.labels, work),
-                  _stage("after pruning", pruned.module, original, example, name, held, eval_data.labels, work)]
+        stages = [_stage("before pruning", original, original, example, name, held, eval_data.labels, work, timer),
+                  _stage("after pruning", pruned.module, original, example, name, held, eval_data.labels, work,
+                         timer)]
         report = None
         student = pruned.module
         if distill_epochs > 0 and pruned.history:
             student, report = distill(original, pruned.module, x, labels=calib.labels, held_out=held,
-                                      epochs=distill_epochs, time_budget_s=time_budget_s, mixup=mixup)
+                                      epochs=distill_epochs, time_budget_s=time_budget_s, mixup=mixup, say=say)
             stages.append(_stage("after distillation", student, original, example, name, held, eval_data.labels,
-                                 work))
+                                 work, timer))
         artifact = _write(handle, student, example, name, fmt, precision, calib, profile, output, work, pruned)
         if budget is not None and artifact.size_bytes > budget:
             notes.append(f"the {fmt} {precision} file is {artifact.size_bytes} bytes, over the budget of {budget}")
@@ -197,7 +201,7 @@ def prune_model(handle: ModelHandle, calib: Dataset, profile: DeviceProfile, out
 
 
 def _sizer(original: Any, example: tuple[Any, ...], name: str, fmt: ArtifactFormat, precision: Precision,
-           calib: Dataset, work: Path) -> Any:
+           calib: Dataset, work: Path, profile: DeviceProfile) -> Any:
     """Bytes of a module's artifact. ONNX: the real exported (and quantized) file every time. TFLite:
     the ONNX export scaled by the TFLite/ONNX ratio measured on the original (onnx2tf takes ~15 s a
     call); the final file is measured for real."""
@@ -215,25 +219,24 @@ def _sizer(original: Any, example: tuple[Any, ...], name: str, fmt: ArtifactForm
 
     if fmt is ArtifactFormat.ONNX:
         return onnx_bytes
-    scale = _tflite_scale(original, example, name, precision, calib, work) / onnx_bytes(original)
+    scale = _tflite_scale(original, example, name, precision, calib, work, profile) / onnx_bytes(original)
     return lambda module: int(onnx_bytes(module) * scale)
 
 
 def _tflite_scale(original: Any, example: tuple[Any, ...], name: str, precision: Precision, calib: Dataset,
-                  work: Path) -> int:
-    artifact = _artifact_of(original, example, name, ArtifactFormat.TFLITE, precision, calib, work / "scale")
+                  work: Path, profile: DeviceProfile) -> int:
+    artifact = _artifact_of(original, example, name, ArtifactFormat.TFLITE, precision, calib, work / "scale",
+                            profile)
     return artifact.size_bytes
 
 
 def _artifact_of(module: Any, example: tuple[Any, ...], name: str, fmt: ArtifactFormat, precision: Precision,
-                 calib: Dataset, out: Path, profile: DeviceProfile | None = None) -> Artifact:
+                 calib: Dataset, out: Path, profile: DeviceProfile) -> Artifact:
     from edgepack.compress.quantize import quantize_model
     from edgepack.convert.convert import convert_model
     from edgepack.convert.torch_to_onnx import export_to_onnx
     from edgepack.model import load_model
-    from edgepack.profiles import ProfileRegistry
 
-    profile = profile or ProfileRegistry.discover().get("host")
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx_path = export_to_onnx(module, example, out.parent / f"{out.name}.export.onnx", input_names=[name],
                                output_names=_names(module)).path
@@ -252,7 +255,9 @@ def _names(module: Any) -> list[str] | None:
 
 
 def _stage(label: str, module: Any, original: Any, example: tuple[Any, ...], name: str, held: np.ndarray,
-           labels: np.ndarray | None, work: Path) -> Stage:
+           labels: np.ndarray | None, work: Path, timer: Runner | None) -> Stage:
+    """One stage's figures; its latency when a ``timer`` is given (``edgepack prune`` times this machine;
+    a build for a board times the board itself, not here)."""
     import onnx
     import torch
 
@@ -260,12 +265,11 @@ def _stage(label: str, module: Any, original: Any, example: tuple[Any, ...], nam
     from edgepack.compress.distill import closeness, output_drifts, worst
     from edgepack.convert.torch_to_onnx import export_to_onnx
     from edgepack.runners.base import RunRequest
-    from edgepack.runners.local import LocalRunner
 
     path = export_to_onnx(module, example, work / f"{label.replace(' ', '_')}.onnx", input_names=[name],
                           output_names=_names(module)).path
     summary = summarize_onnx(onnx.load(str(path)))
-    measurement = LocalRunner().run([RunRequest(path, threads=1, warmup=10, runs=100)])[0]
+    p50 = timer.run([RunRequest(path, threads=1, warmup=10, runs=100)])[0].p50_ms if timer else None
     accuracy = None
     if labels is not None:
         from edgepack.compress.distill import outputs_of
@@ -275,7 +279,7 @@ def _stage(label: str, module: Any, original: Any, example: tuple[Any, ...], nam
             accuracy = float((scores.reshape(len(held), -1).argmax(1).numpy() == labels).mean())
     drifts = output_drifts(original, module, held)
     figure = worst(drifts)
-    return Stage(label, count_params(module), summary.macs, path.stat().st_size, measurement.p50_ms, accuracy,
+    return Stage(label, count_params(module), summary.macs, path.stat().st_size, p50, accuracy,
                  closeness(drifts), figure.describe() if figure else "")
 
 
