@@ -66,11 +66,12 @@ demo: $(STAMP)
 	@echo "archive: $$(pwd)/dist/digits_cnn-host.tar.gz; report: $$(pwd)/dist/digits_cnn-host/report.html"
 
 test: $(STAMP) device-deps mcu-deps browser-deps board-image
-	$(BIN)/ruff check edgepack tests benchmarks
+	$(BIN)/ruff check edgepack tests benchmarks && $(BIN)/mypy
 	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
+# mypy: edgepack/api.py --strict (pyproject.toml's [tool.mypy]); cached in .mypy_cache, seconds after the first run.
 lint: $(STAMP)
-	$(BIN)/ruff check edgepack tests benchmarks
+	$(BIN)/ruff check edgepack tests benchmarks && $(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache

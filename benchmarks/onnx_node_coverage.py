@@ -106,7 +106,7 @@ def convert_case(case: Path, onnx2tf: Any, work: Path) -> dict[str, Any]:
     from edgepack.convert.onnx_to_tflite import ONNX2TF_OPTIONS
     from edgepack.convert.validate import ShapeMismatchError, bind
     from edgepack.engines import TfliteEngine
-    from edgepack.model import onnx_graph_specs
+    from edgepack.model_files import onnx_graph_specs
     from edgepack.quiet import captured_output
 
     model, inputs, expected = read_case(case)

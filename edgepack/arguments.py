@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import math
 import numbers
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from edgepack.errors import UsageError
@@ -133,3 +135,33 @@ def image_size(text: str) -> str:
     if len(parts) != 2 or any(COUNT.parse(p) is None for p in parts):
         raise argparse.ArgumentTypeError(f"must be HEIGHTxWIDTH in pixels, e.g. 224x224, not '{text}'")
     return text
+
+
+def path_of(value: object, name: str) -> Path:
+    if isinstance(value, str | os.PathLike) and str(value).strip():
+        return Path(value)
+    raise UsageError(f"{name} must be a path (a str or a pathlib.Path), not {type(value).__name__} {value!r}",
+                     f"e.g. {name}='dist'")
+
+
+def folder_for_writing(value: object, name: str) -> Path:
+    """``value`` as the folder ``name`` (``-o``, ``--cache``) writes into, refused before any work when it, or
+    a folder it would be made in, is a file."""
+    path = path_of(value, name)
+    for place in (path, *path.absolute().parents):
+        if place.exists():
+            if not place.is_dir():
+                what = "is" if place == path else f"would be made inside {place}, which is"
+                raise UsageError(f"{name} {path} {what} a file, not a folder",
+                                 f"{name} names the folder edgepack writes into: give a folder (e.g. dist)")
+            break
+    return path
+
+
+def hosts_of(hosts: str | Sequence[str]) -> tuple[str, ...]:
+    """One host (a str) or a sequence of them, as a tuple."""
+    items = (hosts,) if isinstance(hosts, str) else hosts
+    if isinstance(items, Sequence) and all(isinstance(h, str) and h.strip() for h in items):
+        return tuple(items)
+    raise UsageError(f"hosts must be a host ('user@board[:port]') or a list of them, not {hosts!r}",
+                     "e.g. hosts='pi@raspberrypi.local' or hosts=['pi@board1', 'pi@board2:2222']")

@@ -24,13 +24,23 @@ MAX_UPLOAD_BYTES = 8_000_000
 MAX_SAMPLES = 500
 
 
+@dataclass(frozen=True)
+class OutputCheck:
+    """One output's answers on the board against the original's (edgepack.fidelity)."""
+
+    kind: str
+    agreement: float | None
+    channel_error_rel: float
+    figure: str  # the deciding figure, in words
+
+
 @dataclass
 class DeviceAccuracy:
     """The chosen artifact's answers on the board, scored here. ``error``: the check could not run;
     ``skipped``: the user asked for none (--skip-device-check)."""
 
     samples: int = 0
-    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # per output: kind, agreement, figure
+    outputs: dict[str, OutputCheck] = field(default_factory=dict)
     top1_agreement: float | None = None
     accuracy: float | None = None  # with labels: on the board ...
     source_accuracy: float | None = None  # ... and the original's, on the same samples
@@ -47,7 +57,9 @@ class DeviceAccuracy:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DeviceAccuracy:
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        found = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        found["outputs"] = {name: OutputCheck(**o) for name, o in (found.get("outputs") or {}).items()}
+        return cls(**found)
 
 
 def _detail(binding: Binding) -> dict[str, Any]:
@@ -90,8 +102,7 @@ def score(artifact: Artifact, outputs: dict[str, Any], data: Dataset, count: int
         got = np.stack([binding.to_source(g) for g in got]).astype(np.float64)
         reference = np.stack([r[k] for r in references]).astype(np.float64).reshape(got.shape)
         d = drift(binding.source_name, reference, got, (kinds or {}).get(binding.source_name))
-        result.outputs[binding.source_name] = {"kind": d.kind, "agreement": d.agreement,
-                                               "channel_error_rel": d.channel_error_rel, "figure": d.describe()}
+        result.outputs[binding.source_name] = OutputCheck(d.kind, d.agreement, d.channel_error_rel, d.describe())
         if d.loss_pts is not None:
             losses.append(d.loss_pts)
         if d.kind == "scores" and result.top1_agreement is None:

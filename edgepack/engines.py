@@ -12,9 +12,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from edgepack.conversion_error import ConversionError
 from edgepack.errors import first_line
-from edgepack.formats import FORMATS, ArtifactFormat
-from edgepack.model import ModelFormat, ModelHandle
+from edgepack.formats import ArtifactFormat
+from edgepack.model import ModelFormat, ModelHandle, torch_module_of
 from edgepack.quiet import captured_output, import_tensorflow
 
 
@@ -59,7 +60,7 @@ class OnnxEngine:
 
 class TfliteEngine:
     def __init__(self, path: Path) -> None:
-        from edgepack.model import tflite_interpreter
+        from edgepack.model_files import tflite_interpreter
 
         self.interpreter = tflite_interpreter(path, num_threads=1)
         with captured_output():  # the runtime announces its XNNPACK delegate on stderr
@@ -190,26 +191,25 @@ def engine_for(handle: ModelHandle) -> Engine:
     if handle.format is ModelFormat.SAVEDMODEL:
         assert handle.path is not None
         return SavedModelEngine(handle.path)
-    from edgepack.convert.torch_source import torch_module_of
-
     return TorchEngine(torch_module_of(handle), [s.name for s in handle.inputs])
 
 
 def engine_for_file(path: Path, fmt: str, target_architecture: str | None = None) -> Engine:
     """An engine for an artifact edgepack wrote (checked as it will run on ``target_architecture``). One its
     runtime cannot load (a converter that emitted an op the runtime lacks) raises ConversionError: that
-    route failed, with the runtime's reason."""
-    if fmt in FORMATS:
+    route failed, with the runtime's reason. ``fmt`` is the artifact's format as its metadata names it
+    (onnx, tflite, savedmodel, torch)."""
+    model_format = ModelFormat.of_target(fmt)
+    runs_as = model_format.artifact_format if model_format is not None else None
+    if runs_as is not None:
         try:
-            return OnnxEngine(path, target_architecture) if fmt == ArtifactFormat.ONNX else TfliteEngine(path)
+            return OnnxEngine(path, target_architecture) if runs_as is ArtifactFormat.ONNX else TfliteEngine(path)
         except Exception as exc:  # the runtimes' own types (InvalidGraph, Fail, RuntimeError, ValueError)
-            from edgepack.convert.errors import ConversionError
-
-            raise ConversionError(f"to {fmt}", f"{ArtifactFormat(fmt).engine} cannot load the result "
+            raise ConversionError(f"to {fmt}", f"{runs_as.engine} cannot load the result "
                                   f"({first_line(exc, 320)})") from None
-    if fmt == "savedmodel":
+    if model_format is ModelFormat.SAVEDMODEL:
         return SavedModelEngine(path)
-    if fmt == "torch":
+    if model_format is ModelFormat.TORCHSCRIPT:
         import torch
 
         module = torch.jit.load(str(path / "model.pt"), map_location="cpu").eval()

@@ -51,14 +51,9 @@ class Inspection:
         return data
 
 
-def static_input_shapes(handle: ModelHandle) -> dict[str, tuple[int, ...]]:
-    return {t.name: tuple(int(d) for d in t.shape)  # type: ignore[arg-type]
-            for t in handle.inputs if t.is_static}
-
-
 def summarize_model(handle: ModelHandle) -> tuple[GraphSummary, str]:
     """The graph summary, analysing torch models via an ONNX export and Keras via a TFLite conversion."""
-    shapes = static_input_shapes(handle)
+    shapes = handle.static_input_shapes
     if handle.format is ModelFormat.ONNX:
         import onnx
 

@@ -28,7 +28,7 @@ from typing import Any
 from edgepack.errors import EdgepackError
 from edgepack.formats import ArtifactFormat
 from edgepack.records import Purpose, RecordKey, Records
-from edgepack.runners.base import EMULATED, HarnessResult, Runner, RunRequest
+from edgepack.runners.base import EMULATED, Environment, HarnessResult, Runner, RunRequest
 from edgepack.runners.conditions import Judge, measure_steady
 from edgepack.runners.local import LocalRunner
 from edgepack.runners.pool import BoardUnreachable, in_parallel
@@ -86,6 +86,12 @@ class Counts:
                 "by_purpose": {str(p): {"new": self.new.get(str(p), 0), "cached": self.recorded.get(str(p), 0)}
                                for p in Purpose}}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Counts:
+        by = data.get("by_purpose") or {}
+        return cls({p: n["new"] for p, n in by.items() if n.get("new")},
+                   {p: n["cached"] for p, n in by.items() if n.get("cached")}, float(data.get("seconds") or 0.0))
+
 
 class Measurer:
     def __init__(self, runners: list[Runner], records: Records, profile_name: str,
@@ -142,12 +148,29 @@ class Measurer:
         return list(self.all_boards) == [LocalRunner.LABEL]
 
     def is_emulated(self, board: str) -> bool:
-        return self.environments.get(board, {}).get("emulated") is True
+        return Environment.from_dict(self.environments.get(board)).emulated
 
     @property
     def emulated(self) -> bool:
         """Every board left is emulated: no figure of speed can be measured."""
         return bool(self.boards) and all(self.is_emulated(b) for b in self.boards)
+
+    @property
+    def can_time(self) -> bool:
+        """A board of the pool can time a model: not only emulated ones (whose timings are an emulator's)."""
+        return not self.emulated
+
+    @property
+    def environment(self) -> dict[str, Any]:
+        """What the harness said of the first board of the pool."""
+        return self.environments.get(next(iter(self.boards)), {}) if self.boards else {}
+
+    @property
+    def op_profile_unavailable(self) -> str | None:
+        """Why the pool's boards give no per-op times of their own; None: they do."""
+        if self.emulated:
+            return "the board is emulated: per-op times would be the emulator's"
+        return next((why for r in self.boards.values() if (why := r.op_profile_unavailable) is not None), None)
 
     def set_aside_emulated(self) -> None:
         """Ask every board what it is (``harness.py --describe``); emulated boards leave a pool that has

@@ -23,7 +23,7 @@ import tempfile
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgepack import __version__, strict_json
 from edgepack.artifact import Artifact
@@ -31,6 +31,10 @@ from edgepack.errors import EdgepackError
 from edgepack.model import file_sha256
 from edgepack.report import render_report
 from edgepack.text import printable
+
+if TYPE_CHECKING:
+    from edgepack.search.result import BuildResult
+    from edgepack.search.space import ConstraintCheck
 
 RUN_PY = Path(__file__).resolve().parent / "templates" / "run.py"
 TOOLS = ("onnx", "onnxruntime", "tensorflow-cpu", "ai-edge-litert", "onnx2tf", "torch", "torch-pruning",
@@ -44,18 +48,16 @@ class PackageContents:
     source_name: str
     source_sha256: str
     device: str
-    plan: dict[str, Any]
-    measurement: dict[str, Any] | None = None  # the harness's JSON for the chosen candidate
-    candidates: list[dict[str, Any]] = field(default_factory=list)  # size_mb, latency_ms, label, pareto, ...
-    constraints: dict[str, Any] = field(default_factory=dict)  # name -> {"limit": x, "value": y, "held": bool}
+    plan: dict[str, Any]  # the manifest's: the recipe, its route, its parameters and its checks
+    measurement: dict[str, Any] | None = None  # the manifest's: the harness's JSON for the chosen candidate
+    constraints: tuple[ConstraintCheck, ...] = ()
     preprocessing: dict[str, Any] | None = None
     sample: Any = None  # one input sample in the source layout: sample.npy, for run.py's smoke test
     #: Files the device's toolchains made (Vela's compiled model and reports, a firmware's C sources),
     #: by their name in the package; and what the manifest says of them.
     toolchain_files: dict[str, Path] = field(default_factory=dict)
     toolchain: dict[str, Any] = field(default_factory=dict)
-    #: For the report: the predictor's error, the build's findings and notes.
-    summary: dict[str, Any] = field(default_factory=dict)
+    build: BuildResult | None = None  # what report.html shows; None: a package written without a build
 
 
 def tool_versions() -> dict[str, str]:
@@ -100,7 +102,7 @@ def manifest_for(contents: PackageContents, model_file: str) -> dict[str, Any]:
         "preprocessing": contents.preprocessing,
         "validation": a.validation,
         "measured": contents.measurement,
-        "constraints": contents.constraints,
+        "constraints": {c.name: c.to_dict() for c in contents.constraints},
         "tool_versions": tool_versions(),
         **contents.toolchain,
     }
@@ -170,9 +172,8 @@ def write_package(contents: PackageContents, dist: Path) -> Path:
             np.save(root / "sample.npy", np.asarray(contents.sample))
         manifest = manifest_for(contents, model_file)
         (root / "README.md").write_text(_readme(contents, manifest))
-        (root / "report.html").write_text(render_report(
-            contents.name, contents.device, contents.candidates, contents.plan, contents.measurement or {},
-            contents.constraints, contents.summary), encoding="utf-8")
+        (root / "report.html").write_text(render_report(contents.name, contents.build, contents.constraints),
+                                          encoding="utf-8")
         files = sorted(root.iterdir())
         manifest["files"] = {p.name: _sha256(p) for p in files}
         manifest["sizes"] = {p.name: p.stat().st_size for p in files}
@@ -260,12 +261,3 @@ def package_report(path: Path) -> Path:
     if not report.is_file():
         raise PackageError(f"{path} has no report.html", "build it again with this edgepack")
     return report.resolve()
-
-
-def pareto_front(points: list[tuple[float, ...]]) -> list[bool]:
-    """For tuples to minimise (size, latency, ...): True where no other point is at least as good in every
-    figure and better in one."""
-    def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
-        return all(x <= y for x, y in zip(a, b, strict=True)) and any(x < y for x, y in zip(a, b, strict=True))
-
-    return [not any(dominates(other, p) for other in points) for p in points]

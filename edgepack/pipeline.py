@@ -1,29 +1,29 @@
 """``edgepack build``: the search loop, from a model and a device to a chosen, verified artifact.
 
-The shape is TVM meta_schedule's: a strategy proposes a batch of candidates (as many as the pool has
+The shape is TVM meta_schedule's: the strategy proposes a batch of candidates (as many as the pool has
 boards); the builder makes the unbuilt ones into artifacts, side by side (each checked against the
-original on held-out data, which reveals its real size and accuracy); the Measurer measures those the
-constraints still allow, on different boards at once (from the records when measured before); the
-strategy observes the results and its predictor is refitted; again, until the strategy is done. Then
-the closest contenders are confirmed on one board, the chosen one's per-op profile is measured and its
-accuracy checked on the board itself. Writing the package is the caller's (``edgepack.bundle``).
+original on held-out data, which gives its real size and accuracy); the boards time those the
+constraints still allow, on different boards at once (from the records when timed before); then each
+callback sees the batch (the strategy observes the figures and refits its predictor; progress is said).
+Again, until the strategy is done. Then the closest contenders are confirmed on one board, and the
+chosen one's per-op profile and its accuracy on the board itself are measured (edgepack.search.finish).
+Writing the package is the caller's (``edgepack.bundle``).
 
-On an emulated board (an arm64 userland under qemu) nothing about speed is measured: candidates are
-ranked by the predictor, labelled so everywhere; their accuracy is still checked on the board.
+What the boards can time is theirs to say: an emulated board (an arm64 userland under qemu) times an
+emulator, so its candidates are ranked by the predictor, labelled so everywhere (their accuracy is still
+checked on it); a microcontroller's toolchain estimates instead of timing, labelled so too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import replace
-from pathlib import Path
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
-from edgepack.compress.parallel import BuilderSetup, ParallelBuilder
-from edgepack.compress.plan import CompressionPlan
-from edgepack.data import Dataset, random_dataset
-from edgepack.errors import EdgepackError, UsageError
+from edgepack.compress.builder import ArtifactBuilder, BuildFailed
+from edgepack.data import Dataset
 from edgepack.latency import LatencySource
-from edgepack.measurer import Job, Measurer
+from edgepack.measurer import Job, Measurer, Outcome
 from edgepack.model import ModelHandle
 from edgepack.predict import Predictor
 from edgepack.profiles import DeviceProfile
@@ -31,60 +31,70 @@ from edgepack.records import Purpose, Records, default_cache_dir
 from edgepack.runners.base import RunRequest
 from edgepack.runners.conditions import Judge
 from edgepack.runners.factory import SshOptions, runners_for
-from edgepack.search.builder import CandidateBuilder
+from edgepack.search import finish
+from edgepack.search.candidate import Candidate, Latency, Status
 from edgepack.search.confirm import confirm
-from edgepack.search.estimate import estimate
-from edgepack.search.result import BuildOptions, BuildResult, SourceModel
-from edgepack.search.space import formats_for, plans_for
-from edgepack.search.strategy import Candidate, Strategy
-from edgepack.toolchains import NO_EDGETPU_COMPILER
+from edgepack.search.estimate import estimate, features_of
+from edgepack.search.options import BuildOptions
+from edgepack.search.result import BuildResult, PredictorScore, SourceModel
+from edgepack.search.setup import held_out_data, plans_allowed, profile_limits
+from edgepack.search.strategy import Strategy
 
 __all__ = ["Build", "BuildOptions", "BuildResult", "build"]
 
+Say = Callable[[str], None]
 
-class DeviceCheckFailed(EdgepackError):
-    """The chosen artifact could not be run on the board with the held-out samples: nothing is packaged."""
+
+@dataclass(frozen=True)
+class Timed:
+    """One candidate's figure from the boards, or why there is none."""
+
+    candidate: Candidate
+    outcome: Outcome
+
+
+#: what sees each batch once it is built and timed (the strategy's observation, progress lines)
+Callback = Callable[[list[Candidate], list[Timed]], None]
+
+
+def search(strategy: Strategy, width: int, build_step: Callable[[list[Candidate]], None],
+           time_step: Callable[[list[Candidate]], list[Timed]], callbacks: Sequence[Callback]) -> None:
+    """propose -> build -> time -> callbacks, until the strategy proposes nothing."""
+    while batch := strategy.propose(width):
+        build_step(batch)
+        ready = [c for c in batch if c.status is Status.PREDICTED and not c.measured
+                 and not c.known_blockers(strategy.constraints)]
+        timed = time_step(ready)
+        for callback in callbacks:
+            callback(batch, timed)
 
 
 class Build:
     """One run of the loop; ``run()`` returns the result. Progress lines go to ``say``."""
 
     def __init__(self, handle: ModelHandle, profile: DeviceProfile, options: BuildOptions, ssh: SshOptions,
-                 calib: Dataset | None, eval_data: Dataset | None, say: Callable[[str], None]) -> None:
+                 calib: Dataset | None, eval_data: Dataset | None, say: Say) -> None:
         from edgepack.convert.convert import require_static_inputs
 
         require_static_inputs(handle)
         self.handle, self.profile, self.say = handle, profile, say
         self.notes: list[str] = []
-        if options.constraints.max_size_mb is None:
-            options = replace(options, constraints=replace(options.constraints,
-                                                           max_size_mb=float(profile.memory_budget_mb)))
-            self.notes.append(f"size limit: the {profile.name} profile's memory budget, "
-                              f"{profile.memory_budget_mb:g} MB (--max-size-mb to change)")
-        if "tflite-edgetpu" in profile.runtimes:
-            self.notes.append(f"{NO_EDGETPU_COMPILER}: the candidates are measured with the TFLite interpreter on "
-                              "the host CPU of the board")
-        mcu = profile.microcontroller
-        if mcu is not None and options.constraints.max_ram_mb is None:
-            options = replace(options, constraints=replace(options.constraints,
-                                                           max_ram_mb=(mcu.sram_kb + mcu.psram_kb) / 1024))
-            self.notes.append(f"SRAM limit: the {profile.name} profile's {mcu.sram_kb + mcu.psram_kb:g} KB for the "
-                              "arena and the firmware (--max-sram-kb to change)")
-        self.options = options
+        self.options = o = profile_limits(options, profile, self.notes)
         self.calib, self.eval_data, calibrated = held_out_data(handle, calib, eval_data, self.notes)
-        self.plans = plans_allowed(handle, profile, options, calibrated, self.notes)
-        cache = options.cache_dir or default_cache_dir()
+        self.plans = plans_allowed(handle, profile, o, calibrated, self.notes)
+        cache = o.cache_dir or default_cache_dir()
         self.records = Records(cache)
         if self.records.skipped:
             self.notes.append(f"{self.records.skipped} line(s) of {self.records.path} are not records this "
                               "version reads (damaged or from another version): skipped")
-        limit = options.constraints.max_accuracy_drop
-        setup = BuilderSetup(handle, profile, self.calib, self.eval_data, cache, calibrated,
-                             1.0 if limit is None else limit, options.distill_epochs, options.check)
-        self.artifacts = ParallelBuilder(setup, options.jobs, say)
-        self.notes.extend([self.artifacts.note] if self.artifacts.note else [])
-        self.builder = CandidateBuilder(self.artifacts, profile, options.constraints.max_accuracy_drop, say)
+        limit = o.constraints.max_accuracy_drop
+        self.builder = ArtifactBuilder(handle, profile, self.calib, self.eval_data, cache, calibrated=calibrated,
+                                       max_accuracy_drop=1.0 if limit is None else limit,
+                                       distill_epochs=o.distill_epochs, check=o.check,
+                                       jobs=o.jobs or os.cpu_count() or 1, say=say)
+        self.notes.extend([self.builder.note] if self.builder.note else [])
         self.runners = runners_for(profile, ssh, say)
+        self._probed = False
 
     def run(self) -> BuildResult:
         from edgepack.inspection import summarize_model
@@ -94,45 +104,57 @@ class Build:
             measurer = Measurer(self.runners, self.records, self.profile.name, self.say,
                                 Judge.for_profile(self.profile))
             measurer.set_aside_emulated()
-            emulated = measurer.emulated
-            if emulated:
+            if not measurer.can_time:
                 self.notes.append("the board is emulated (an arm64 userland under qemu): latencies are the "
                                   "predictor's, not measured; accuracy, the package and deploy are the board's own")
             summary, _ = summarize_model(self.handle)
-            candidates = [Candidate(p, *estimate(p, summary, self.profile), built=False) for p in self.plans]
             o = self.options
-            strategy = Strategy(candidates, Predictor(), o.constraints, o.objective, o.max_measurements,
-                                source_format=self.handle.format.value)
-            self.say(f"searching {len(candidates)} candidates ({len({p.artifact for p in self.plans})} artifacts) "
+            strategy = Strategy([Candidate(p, *estimate(p, summary, self.profile)) for p in self.plans], Predictor(),
+                                o.constraints, o.objective, o.max_measurements,
+                                source_format=self.handle.format.artifact_format)
+            self.say(f"searching {len(self.plans)} candidates ({len({p.artifact for p in self.plans})} artifacts) "
                      f"for {self.profile.name}, measuring on {measurer.where}")
-            while batch := strategy.propose(measurer.width):
-                self.builder.build(batch, candidates)
-                ready = [c for c in batch if c.built and not c.error and not c.skipped
-                         and not c.known_blockers(o.constraints)]
-                if emulated:
-                    self._rank(ready, strategy, next(iter(measurer.boards)))
-                else:
-                    self._measure(ready, strategy, measurer)
-            if not emulated:
-                confirm(strategy, measurer, self._job, o.confirm_rounds, self.say)
+            steps = Steps(self, strategy, measurer)
+            search(strategy, measurer.width, steps.build, steps.time, [steps.observe])
+            if measurer.can_time:
+                for done in confirm(strategy, measurer, self._job, o.confirm_rounds, self.say):
+                    done.apply()
             self.notes.extend(f"board {board} dropped: {why}" for board, why in measurer.dropped.items())
-            result = BuildResult(self.profile, measurer.where, candidates, strategy.best(), self.builder.built,
-                                 o.constraints, o.objective, self._source(), findings=strategy.findings,
-                                 notes=self.notes, predictor=strategy.predictor, preprocessing=o.preprocessing)
-            self._finish(result, strategy, measurer)
-            result.counts = measurer.counts
-            return result
+            return self._result(strategy, measurer)
         finally:
             if measurer is not None:
                 measurer.close()
-            self.artifacts.close()
+            self.builder.close()
+
+    def _result(self, strategy: Strategy, measurer: Measurer) -> BuildResult:
+        chosen, findings, o = strategy.best(), list(strategy.findings), self.options
+        profile = check = sample = None
+        if chosen is not None:
+            if chosen.latency and not chosen.latency.source.timed:
+                self.say(f"chosen {chosen.plan.label} by predicted latency")
+            elif chosen.latency and chosen.latency.source.estimated:
+                self.say(f"chosen {chosen.plan.label} by {chosen.latency.label}")
+            profile = finish.op_profile(chosen, measurer, self._job(chosen, purpose=Purpose.OP_PROFILE), self.say)
+            names = [s.name for s in self.handle.inputs]
+            sample = self.eval_data.batch(names, 0)[0] if len(names) == 1 else None
+            check = finish.accuracy_on_board(chosen, self.builder, measurer, self.eval_data, o, self.say)
+            findings += finish.findings_of(chosen, check)
+        h = self.handle
+        return BuildResult(self.profile, measurer.where, finish.candidate_rows(strategy, chosen), o.constraints,
+                           o.objective, SourceModel(h.name, h.source, h.sha256, tuple(s.name for s in h.inputs)),
+                           measurer.counts, tuple(findings), tuple(self.notes), PredictorScore(tuple(
+                               abs(c.predicted_ms - c.latency_ms) / c.latency_ms for c in strategy.candidates
+                               if c.latency_measured and c.predicted_ms is not None and c.latency_ms)),
+                           check, profile, None if measurer.can_time else measurer.environment, sample=sample,
+                           preprocessing=o.preprocessing, predictor=strategy.predictor)
 
     def _job(self, c: Candidate, repeat: int = 0, board: str | None = None,
              purpose: Purpose = Purpose.LATENCY) -> Job:
         from edgepack.profiling import held_out_inputs
 
         bench, o = self.profile.benchmark, self.options
-        artifact = self.builder.built[c.plan.artifact].artifact
+        assert c.artifact is not None
+        artifact = c.artifact.artifact
         request = RunRequest(artifact.path, threads=c.plan.threads,
                              warmup=bench.warmup if o.warmup is None else o.warmup, runs=o.runs or bench.runs,
                              op_profile=purpose is Purpose.OP_PROFILE, timeout_s=o.timeout_s,
@@ -140,148 +162,67 @@ class Build:
                              delegate=self.profile.vela.delegate if self.profile.vela else None)
         return Job(request, artifact.sha256, purpose, repeat, board)
 
-    def _measure(self, batch: list[Candidate], strategy: Strategy, measurer: Measurer) -> None:
-        for c in batch:
-            c.predicted_ms = strategy.predictor.latency_ms(c.features)
-        for c, outcome in zip(batch, measurer.measure([self._job(c) for c in batch]), strict=True):
-            count = sum(x.measured or bool(x.error and x.built) for x in strategy.candidates) + 1
-            p50 = outcome.result.p50_ms if outcome.ok and outcome.result else None
-            if p50 is None:
-                c.error = f"measurement failed: {outcome.error or 'no latency in the result'}"
-                self.say(f"measure {count:>2}  {c.plan.label}: FAILED: {outcome.error}")
+
+class Steps:
+    """The loop's steps for one build: build a batch, time it on the boards (or rank it by the
+    predictor, when they cannot time), observe what came back."""
+
+    def __init__(self, build: Build, strategy: Strategy, measurer: Measurer) -> None:
+        self.b, self.strategy, self.measurer = build, strategy, measurer
+
+    def build(self, batch: list[Candidate]) -> None:
+        """Every unbuilt candidate of ``batch`` built (and its twins: other thread counts); before the first
+        pruned one, the pruning probe rules out the ratios not worth building."""
+        b, every = self.b, self.strategy.candidates
+        if not b._probed and any(c.plan.prune_ratio and not c.built for c in batch):
+            b._probed = True
+            ratios = sorted({c.plan.prune_ratio for c in every if c.plan.prune_ratio})
+            for ratio, why in b.builder.probe(ratios, b.options.constraints.max_accuracy_drop).items():
+                b.say(f"prune  {ratio:.0%}: {why}")
+                for c in every:
+                    if c.plan.prune_ratio == ratio and not c.built:
+                        c.skip(why)
+        todo = [c for c in batch if c.status is Status.NOT_BUILT]
+        found = b.builder.build([c.plan for c in todo]) if todo else {}
+        for key, built in found.items():
+            for c in (c for c in every if c.plan.artifact == key and c.status is Status.NOT_BUILT):
+                if isinstance(built, BuildFailed):
+                    c.fail(f"build failed: {built}")
+                else:
+                    c.built_as(built, features_of(built.artifact.path, built.artifact.format, c.plan, b.profile))
+
+    def time(self, ready: list[Candidate]) -> list[Timed]:
+        if not self.measurer.can_time:
+            board = next(iter(self.measurer.boards))
+            for c in ready:
+                self.strategy.rank_by_prediction(c, board)
+                self.b.say(f"rank      {c.plan.label}: ~{c.latency_ms:.3f} ms predicted (emulated board: not measured)")
+            return []
+        for c in ready:
+            c.predicted_ms = self.strategy.predictor.latency_ms(c.features)
+        outcomes = self.measurer.measure([self.b._job(c) for c in ready])
+        return [Timed(c, outcome) for c, outcome in zip(ready, outcomes, strict=True)]
+
+    def observe(self, batch: list[Candidate], timed: list[Timed]) -> None:
+        """Each figure to the strategy (its predictor refitted); each failure onto its candidate."""
+        for t in timed:
+            c, outcome = t.candidate, t.outcome
+            count = sum(x.attempted for x in self.strategy.candidates) + 1
+            latency = Latency.of(outcome.result) if outcome.ok and outcome.result else None
+            if latency is None or outcome.result is None:
+                c.fail(f"measurement failed: {outcome.error or 'no latency in the result'}")
+                self.b.say(f"measure {count:>2}  {c.plan.label}: FAILED: {outcome.error}")
                 continue
-            c.measurement, c.board, c.p90_ms = outcome.result, outcome.board, outcome.result.p90_ms
-            c.latency_source, c.latency_label = outcome.result.source, outcome.result.latency_source
-            c.unstable = outcome.result.unstable
-            strategy.observe(c, p50, outcome.result.peak_rss_mb)
-            where = f" on {outcome.board}" if len(measurer.all_boards) > 1 else ""
-            kind = ("" if c.latency_source is LatencySource.MEASURED else f", {c.latency_label}") + (
-                ", UNSTABLE: judged by its p90" if c.unstable else "")
-            self.say(f"measure {count:>2}  {c.plan.label}: p50 {p50:.3f} ms (predicted {c.predicted_ms:.3f}{kind})"
-                     f"{where}{' [recorded]' if outcome.recorded else ''}")
-
-    def _rank(self, batch: list[Candidate], strategy: Strategy, board: str) -> None:
-        for c in batch:
-            strategy.rank_by_prediction(c)
-            c.board = board
-            self.say(f"rank      {c.plan.label}: ~{c.latency_ms:.3f} ms predicted (emulated board: not measured)")
-
-    def _finish(self, result: BuildResult, strategy: Strategy, measurer: Measurer) -> None:
-        from edgepack.device_accuracy import DeviceAccuracy, check_on_device
-        from edgepack.package import pareto_front
-
-        for c in result.candidates:
-            if not c.measured:
-                c.predicted_ms = strategy.predictor.latency_ms(c.features)
-            if c.built and not c.error:
-                result.blockers[c.plan.key] = strategy.blockers(c, predicted=not c.measured)
-        measured = [c for c in result.candidates if c.measured]
-        front = pareto_front([(c.size_mb, c.latency_ms or 0.0, c.accuracy_drop or 0.0) for c in measured])
-        result.pareto = {c.plan.key for c, on in zip(measured, front, strict=True) if on}
-        chosen = result.chosen
-        if chosen is None:
-            return
-        if self.profile.is_microcontroller:
-            self.say(f"chosen {chosen.plan.label} by {chosen.latency_label}")
-            result.op_profile = {"unavailable": "a microcontroller: TFLite Micro's times here are this machine's"
-                                 + ("; Vela's cycles per op are in vela_per-layer.csv" if self.profile.compiler
-                                    else "")}
-        elif measurer.emulated:
-            self.say(f"chosen {chosen.plan.label} by predicted latency")
-            result.op_profile = {"unavailable": "the board is emulated: per-op times would be the emulator's"}
-            result.environment = measurer.environments.get(next(iter(measurer.boards)), {})
-        else:
-            self.say(f"chosen {chosen.plan.label}; measuring its per-op profile")
-            profiled = measurer.measure([self._job(chosen, purpose=Purpose.OP_PROFILE)])[0]
-            result.op_profile = profiled.result.op_profile if profiled.ok and profiled.result else None
-        delegate = chosen.measurement.get("delegate") if chosen.measurement else None
-        if isinstance(delegate, dict) and delegate.get("loaded") is False:
-            result.findings.append(f"the NPU's delegate {delegate.get('path')} {delegate.get('why')}; the NPU's "
-                                   "figures are Vela's estimates (in the package)")
-        names = [s.name for s in self.handle.inputs]
-        result.sample = self.eval_data.batch(names, 0)[0] if len(names) == 1 else None
-        if self.options.skip_device_check:
-            result.device_accuracy = DeviceAccuracy(skipped="--skip-device-check")
-            return
-        check = check_on_device(self.builder.built[chosen.plan.artifact].artifact, chosen.plan.threads,
-                                self.eval_data, measurer, self.artifacts.local.source, self.options.check.kinds,
-                                self.options.timeout_s, self.say)
-        if not check.ran:
-            raise DeviceCheckFailed(f"the accuracy check on the board could not run ({check.error}): no package "
-                                    "written", "fix the board and build again (measurements are in the records), "
-                                    "or --skip-device-check to package without it")
-        result.device_accuracy = check
-        if chosen.accuracy_drop is not None and check.accuracy_drop_pts is not None \
-                and abs(check.accuracy_drop_pts - chosen.accuracy_drop) > 0.5:
-            result.findings.append("accuracy on the board differs from the host check by "
-                                   f"{check.accuracy_drop_pts - chosen.accuracy_drop:+.2f} points")
-
-    def _source(self) -> SourceModel:
-        h = self.handle
-        return SourceModel(h.name, h.source, h.sha256, [s.name for s in h.inputs])
-
-
-def held_out_data(handle: ModelHandle, calib: Dataset | None, eval_data: Dataset | None,
-                  notes: list[str]) -> tuple[Dataset, Dataset, bool]:
-    """(calibration, held-out, calibrated?): without --calib, random inputs (no int8, no pruning);
-    without --eval, the last fifth of --calib held out."""
-    if calib is None:
-        notes.append("no --calib: int8 and pruning need your data and were left out; accuracy is "
-                     "top-1 agreement with the original on random inputs")
-        return random_dataset(handle.inputs, 64), eval_data or random_dataset(handle.inputs, 64, seed=1), False
-    if eval_data is None:
-        calib, eval_data = calib.holdout(16, min_held_out=4)
-        notes.append(f"no --eval: the last {len(eval_data)} calibration samples were held out to check each candidate")
-    return calib, eval_data, True
-
-
-def plans_allowed(handle: ModelHandle, profile: DeviceProfile, o: BuildOptions, calibrated: bool,
-                  notes: list[str]) -> list[CompressionPlan]:
-    """Every plan the profile and the flags allow, the source file as given first when the device runs it."""
-    source = source_as_given(handle)
-    plans = plans_for(profile, o.prune_ratios, formats=o.formats, precisions=o.precisions, threads=o.threads,
-                      source=source)
-    if source and source[1] != "fp32" and source[0] in formats_for(profile) and not any(p.as_given for p in plans):
-        notes.append(f"the model as given ({source[0]} {source[1]}) is not a candidate: {profile.name} with these "
-                     f"flags allows no {source[1]} {source[0]}")
-    if not calibrated:
-        if profile.precisions.required == ["int8"] and not any(p.as_given for p in plans):
-            raise UsageError(f"{profile.name} runs int8 models only, and int8 is calibrated on your data",
-                             "give --calib with samples of the model's input")
-        plans = [p for p in plans if p.as_given or (not p.precision.calibrated and not p.prune_ratio)]
-    if len(handle.inputs) != 1 and any(p.prune_ratio for p in plans):
-        notes.append("pruning handles single-input models: left out")
-        plans = [p for p in plans if not p.prune_ratio]
-    if not plans:
-        raise UsageError(f"nothing to search: {profile.name} allows no plan with these flags",
-                         "widen --formats/--precisions, or give --calib for int8")
-    return plans
-
-
-def source_as_given(handle: ModelHandle) -> tuple[str, str] | None:
-    """(format, precision) of a source a device may run as the file it is: a .tflite, or an .onnx whose
-    declared input shapes are the ones measured (one with dimensions to fix is not the file as given).
-    The precision is read from the graph: int8, fp16 (a TFLite model's fp16 weights too), dynamic, fp32."""
-    import tempfile
-
-    from edgepack.convert.routes import onnx_of
-    from edgepack.inspection import summarize_model
-    from edgepack.model import ModelFormat
-
-    if handle.format not in (ModelFormat.ONNX, ModelFormat.TFLITE):
-        return None
-    if handle.format is ModelFormat.ONNX:
-        with tempfile.TemporaryDirectory(prefix="edgepack-source-") as work:
-            if onnx_of(handle, Path(work))[0] != handle.path:
-                return None
-    summary, _ = summarize_model(handle)
-    precision = summary.precision
-    if precision == "fp32" and "fp16" in summary.weight_storage:
-        precision = "fp16"
-    return handle.format.value, precision
+            self.strategy.observe(c, latency, outcome.result.peak_rss_mb, measurement=outcome.result,
+                                  board=outcome.board)
+            where = f" on {outcome.board}" if len(self.measurer.all_boards) > 1 else ""
+            kind = ("" if latency.source is LatencySource.MEASURED else f", {latency.label}") + (
+                ", UNSTABLE: judged by its p90" if latency.unstable else "")
+            recorded = " [recorded]" if outcome.recorded else ""
+            self.b.say(f"measure {count:>2}  {c.plan.label}: p50 {latency.ms:.3f} ms (predicted {c.predicted_ms:.3f}"
+                       f"{kind}){where}{recorded}")
 
 
 def build(handle: ModelHandle, profile: DeviceProfile, options: BuildOptions, ssh: SshOptions,
-          calib: Dataset | None = None, eval_data: Dataset | None = None,
-          say: Callable[[str], None] = lambda _: None) -> BuildResult:
+          calib: Dataset | None = None, eval_data: Dataset | None = None, say: Say = lambda _: None) -> BuildResult:
     return Build(handle, profile, options, ssh, calib, eval_data, say).run()

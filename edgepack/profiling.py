@@ -36,13 +36,13 @@ class ProfileReport:
             "latency_source": first.result.latency_source,
             "peak_rss_mb": first.result.peak_rss_mb,
             "runtime": first.result.runtime,
-            "runtime_version": first.result.get("runtime_version"),
-            "load_ms": first.result.get("load_ms"),
-            "environment": first.result.get("environment"),
-            "conditions": first.result.get("conditions"),
+            "runtime_version": first.result.runtime_version,
+            "load_ms": first.result.load_ms,
+            "environment": first.result.raw.get("environment"),
+            "conditions": first.result.raw.get("conditions"),
             "conditions_line": conditions.line() if (conditions := Conditions.of(first.result)) else None,
             "unstable": first.result.unstable,
-            "op_profile": first.result.op_profile,
+            "op_profile": first.result.raw.get("op_profile"),
             "measurements": [m.to_dict() for m in self.measurements],
         }
         return data

@@ -10,10 +10,13 @@ from edgepack.compress.pruning import PruneResult
 from edgepack.compress.quantize import QuantizeResult
 from edgepack.convert.convert import ConversionResult
 from edgepack.inspection import Inspection
+from edgepack.latency import LatencySource
 from edgepack.profiles import DeviceProfile
 from edgepack.profiling import ProfileReport
-from edgepack.runners.base import EMULATED
+from edgepack.runners.base import EMULATED, ToolchainFigures
 from edgepack.runners.conditions import Conditions
+from edgepack.search.candidate import Status
+from edgepack.search.result import BuildResult, CandidateRow
 from edgepack.text import printable
 
 WIDTH = 100  # columns the listings keep within (devices, inspect)
@@ -272,30 +275,28 @@ def render_profile(report: ProfileReport) -> str:
                          "emulator; outputs and 'does it run' are the board's, the milliseconds are not")
         lines.append(table(["runtime", "threads", "runs", "load ms", "p50 ms", "p90 ms", "p99 ms", "mean ms",
                             "min ms", "max ms", "peak RSS"],
-                           [(f"{r.runtime} {r.get('runtime_version')}", r.get("threads"), len(r.runs_ms),
-                             f"{r.get('load_ms', 0):.2f}",
+                           [(f"{r.runtime} {r.runtime_version}", r.threads, len(r.runs_ms), f"{r.load_ms or 0:.2f}",
                              f"{lat['p50']:.3f}", f"{lat['p90']:.3f}", f"{lat['p99']:.3f}", f"{lat['mean']:.3f}",
-                             f"{lat['min']:.3f}", f"{lat['max']:.3f}", f"{r.get('peak_rss_mb', 0):.1f} MB")],
+                             f"{lat['min']:.3f}", f"{lat['max']:.3f}", f"{r.peak_rss_mb or 0:.1f} MB")],
                            "lrrrrrrrrrr"))
         conditions = Conditions.of(r)
         if conditions is not None:
             lines.append(f"  conditions: {printable(conditions.line(), 200)}")
         if r.unstable:
-            lines.append(f"  UNSTABLE after {r.get('stability', {}).get('attempts', 1)} attempt(s): "
+            lines.append(f"  UNSTABLE after {r.attempts} attempt(s): "
                          + printable("; ".join(r.unstable), 300))
-        env = r.get("environment") or {}
-        lines.append(f"  device: {env.get('uname')}; CPU {env.get('cpu_model')} x{env.get('cpu_count')}; "
-                     f"governor {env.get('cpu_governor') or 'n/a'}; temperature "
-                     f"{str(env.get('temperature_c')) + ' C' if env.get('temperature_c') is not None else 'n/a'}; "
-                     f"Python {env.get('python')}")
-        ops = r.get("op_profile") or {}
-        if ops.get("ops"):
-            top = ops["ops"][:10]
+        env = r.device
+        lines.append(f"  device: {env.uname}; CPU {env.cpu_model} x{env.cpu_count}; "
+                     f"governor {env.cpu_governor or 'n/a'}; temperature "
+                     f"{str(env.temperature_c) + ' C' if env.temperature_c is not None else 'n/a'}; "
+                     f"Python {env.python}")
+        ops = r.op_profile
+        if ops is not None and ops.ops:
             lines.append("  most expensive ops (per inference" + (", emulated" if r.emulated else "") + "):")
-            lines.append(table(["op", "type", "ms"], [(o["name"][:50], o["type"], f"{o['ms']:.4f}") for o in top],
+            lines.append(table(["op", "type", "ms"], [(o.name[:50], o.type, f"{o.ms:.4f}") for o in ops.ops[:10]],
                                "llr"))
-        elif ops.get("unavailable"):
-            lines.append(f"  per-op profile: unavailable ({ops['unavailable']})")
+        elif ops is not None and ops.unavailable:
+            lines.append(f"  per-op profile: unavailable ({ops.unavailable})")
     return "\n".join(lines)
 
 
@@ -322,104 +323,100 @@ def render_pruning(result: PruneResult) -> str:
     return "\n".join(lines)
 
 
-MEASURED = ("measured", "estimated", "unstable")  # statuses of a candidate with a latency of its own
+MEASURED = (Status.MEASURED, Status.ESTIMATED, Status.UNSTABLE)  # a candidate with a latency of its own
 CONTENDERS = 2  # unmeasured feasible candidates shown, nearest first (the rest are counted)
 MEASURED_SHOWN = 8  # the chosen, the Pareto front, then the fastest
+RANK = {Status.MEASURED: 0, Status.ESTIMATED: 0, Status.UNSTABLE: 0, Status.PREDICTED: 1, Status.SKIPPED: 2,
+        Status.FAILED: 3, Status.NOT_BUILT: 4}
 
 
-def grouped_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+def grouped_rows(rows: list[CandidateRow]) -> tuple[list[CandidateRow], list[str]]:
     """The rows worth a line (the chosen, the Pareto front and the fastest of the measured, the nearest
     unmeasured contenders) and one line per group of the others: measured but slower and off the front,
     blocked for the same reason, failed alike, or never built nor measured."""
-    measured = [r for r in rows if r["chosen"] or r["status"] in MEASURED]
-    first = sorted(measured, key=lambda r: (not r["chosen"], not r.get("pareto"), r["latency_ms"] or 0.0))
+    measured = [r for r in rows if r.chosen or r.status in MEASURED]
+    first = sorted(measured, key=lambda r: (not r.chosen, not r.pareto, r.latency_ms or 0.0))
     keep = {id(r) for r in first[:MEASURED_SHOWN]}
     shown = [r for r in measured if id(r) in keep]
     slower = [r for r in measured if id(r) not in keep]
     rest = [r for r in rows if r not in measured]
-    open_ = [r for r in rest if not r["blocked_by"] and r["status"] != "failed"]
+    open_ = [r for r in rest if not r.blocked_by and r.status is not Status.FAILED]
     shown += open_[:CONTENDERS]
-    groups: dict[str, list[dict[str, Any]]] = {}
+    groups: dict[str, list[CandidateRow]] = {}
     for r in rest:
         if r in shown:
             continue
-        reason = r["blocked_by"][0] if r["blocked_by"] else f"failed: {r['error']}" if r["status"] == "failed" \
+        reason = r.blocked_by[0] if r.blocked_by else f"failed: {r.error}" if r.status is Status.FAILED \
             else "not built nor measured: the search chose before reaching them"
         groups.setdefault(reason, []).append(r)
     lines = [f"{len(g)} candidate{'s' if len(g) > 1 else ''}: {reason if len(reason) <= 90 else reason[:89] + '…'}"
              for reason, g in sorted(groups.items(), key=lambda kv: -len(kv[1]))]
     if slower:
         lines.insert(0, f"{len(slower)} more measured, slower and off the Pareto front: "
-                        + ", ".join(r["label"] for r in slower[:3]) + (", …" if len(slower) > 3 else ""))
+                        + ", ".join(r.label for r in slower[:3]) + (", …" if len(slower) > 3 else ""))
     return shown, lines
 
 
-def render_build(result: Any, all_rows: bool = False) -> str:
+def _cells(r: CandidateRow) -> list[str]:
+    def ms(value: float | None, predicted: float | None = None) -> str:
+        return f"{value:.3f}" if value is not None else f"~{predicted:.3f}" if predicted is not None else "-"
+
+    return [("> " if r.chosen else "  ") + r.label, "-" if r.size_mb is None else f"{r.size_mb:.3f}",
+            ms(r.latency_ms, r.predicted_ms), ms(r.p90_ms),
+            "-" if r.accuracy_drop is None else f"{r.accuracy_drop:.2f}",
+            "yes" if r.feasible else ("no: " + "; ".join(r.blocked_by) if r.blocked_by else "-"),
+            str(r.status) if not r.error else f"failed: {r.error[:60]}", "*" if r.pareto else ""]
+
+
+def render_build(result: BuildResult, all_rows: bool = False) -> str:
     """The candidate table (the chosen, the measured fastest first, the nearest contenders; ``all_rows``:
     every one), the others grouped by why they were left, then what was chosen and why, or what blocks."""
-    data = result.to_dict()
-    rank = {"measured": 0, "estimated": 0, "unstable": 0, "predicted": 1, "skipped": 2, "failed": 3, "not built": 4}
-    every = sorted(data["candidates"], key=lambda r: (not r["chosen"], rank[r["status"]],
-                                                      r["latency_ms"] or r["predicted_ms"] or 0.0))
+    every = sorted(result.rows, key=lambda r: (not r.chosen, RANK[r.status], r.latency_ms or r.predicted_ms or 0.0))
     rows, groups = (every, []) if all_rows else grouped_rows(every)
-
-    def ms(r: dict[str, Any], key: str) -> str:
-        if r[key] is not None:
-            return f"{r[key]:.3f}"
-        return f"~{r['predicted_ms']:.3f}" if key == "latency_ms" and r["predicted_ms"] is not None else "-"
-
-    cells = [[("> " if r["chosen"] else "  ") + r["label"],
-              "-" if r["size_mb"] is None else f"{r['size_mb']:.3f}", ms(r, "latency_ms"), ms(r, "p90_ms"),
-              "-" if r["accuracy_drop"] is None else f"{r['accuracy_drop']:.2f}",
-              "yes" if r["feasible"] else ("no: " + "; ".join(r["blocked_by"]) if r["blocked_by"] else "-"),
-              r["status"] if not r["error"] else f"failed: {r['error'][:60]}", "*" if r["pareto"] else ""]
-             for r in rows]
     lines = [table(["candidate", "size MB", "p50 ms", "p90 ms", "acc. drop", "feasible", "status", "Pareto"],
-                   cells, "lrrrrlll"),
+                   [_cells(r) for r in rows], "lrrrrlll"),
              *[f"  + {g}" for g in groups],
              f"(~: predicted, not measured; acc. drop: points against the original on held-out data; Pareto: "
-             f"size, p50, acc. drop; measured on {data['measured_on']}"
+             f"size, p50, acc. drop; measured on {result.where}"
              + ("" if all_rows else "; --all: every candidate") + ")"]
-    m, p = data["measurements"], data["predictor"]
-    lines.append(f"measurements: {m['new']} new, {m['cached']} from the records "
-                 f"({sum(r['status'] in MEASURED for r in every)} of {len(every)} candidates "
-                 "measured)")
-    if p["median_error"] is not None:
-        lines.append(f"predictor: median error {p['median_error']:.0%} on the {p['measured_candidates']} measured "
-                     f"candidates (each predicted before it was measured); {p['within_10pct']:.0%} within 10%")
-    lines += [f"finding: {f}" for f in data["findings"]] + [f"note: {n}" for n in data["notes"]]
-    if data["chosen"]:
-        c = data["chosen"]
-        speed = f"p50 ~{c['predicted_ms']:.3f} ms predicted (the board is emulated: not measured)" \
-            if c["latency_ms"] is None else f"p50 {c['latency_ms']:.3f} ms" + (
-                "" if c["latency_source"] == "measured" else f" ({c['latency_source']})") + (
-                f" (UNSTABLE: {printable('; '.join(c['unstable']), 120)})" if c.get("unstable") else "")
-        lines.append(f"chosen: {c['label']}: {speed}, {c['size_mb']:.3f} MB"
-                     + ("" if c["accuracy_drop"] is None else f", accuracy drop {c['accuracy_drop']:.2f} pts"))
-        if c.get("toolchain"):
-            lines.append(microcontroller_line(c["toolchain"]))
-        check = data.get("checked_on_device") or {}
-        if check.get("error"):
-            lines.append(f"accuracy check on the device failed: {check['error']}")
-        elif check:
-            figure = (f"accuracy {check['accuracy']:.2%} (original {check['source_accuracy']:.2%})"
-                      if "accuracy" in check else "against the original: " + "; ".join(
-                          f"{name} {o['figure']}" for name, o in (check.get("outputs") or {}).items()))
-            where = "this machine" if data["measured_on"].startswith("local") else \
-                "TFLite Micro on this machine" if (c.get("toolchain") or {}).get("arena_bytes") else "the device"
-            lines.append(f"checked on {where}: {figure} on {check['samples']} held-out samples, run by its own "
-                         "runtime")
-        lines.append(f"package: {data['package']}")
-    else:
-        lines.append(no_feasible_message(data))
+    m, p = result.counts, result.predictor_score
+    lines.append(f"measurements: {sum(m.new.values())} new, {sum(m.recorded.values())} from the records "
+                 f"({sum(r.status in MEASURED for r in every)} of {len(every)} candidates measured)")
+    if p.median_error is not None and p.within_10pct is not None:
+        lines.append(f"predictor: median error {p.median_error:.0%} on the {len(p.errors)} measured "
+                     f"candidates (each predicted before it was measured); {p.within_10pct:.0%} within 10%")
+    lines += [f"finding: {f}" for f in result.findings] + [f"note: {n}" for n in result.notes]
+    c = result.chosen
+    if c is None:
+        lines.append(no_feasible_message(result.rows))
+        return "\n".join(lines)
+    speed = f"p50 ~{c.predicted_ms or 0.0:.3f} ms predicted (the board is emulated: not measured)" \
+        if c.latency_ms is None else f"p50 {c.latency_ms:.3f} ms" + (
+            "" if c.latency_source is LatencySource.MEASURED else f" ({c.latency_label})") + (
+            f" (UNSTABLE: {printable('; '.join(c.unstable), 120)})" if c.unstable else "")
+    lines.append(f"chosen: {c.label}: {speed}, {c.size_mb or 0.0:.3f} MB"
+                 + ("" if c.accuracy_drop is None else f", accuracy drop {c.accuracy_drop:.2f} pts"))
+    if c.toolchain:
+        lines.append(microcontroller_line(c.toolchain))
+    check = result.device_accuracy
+    if check is not None and check.error:
+        lines.append(f"accuracy check on the device failed: {check.error}")
+    elif check is not None and check.ran:
+        figure = (f"accuracy {check.accuracy:.2%} (original {check.source_accuracy or 0.0:.2%})"
+                  if check.accuracy is not None else "against the original: " + "; ".join(
+                      f"{name} {o.figure}" for name, o in check.outputs.items()))
+        where = "this machine" if result.where.startswith("local") else \
+            "TFLite Micro on this machine" if c.toolchain and c.toolchain.arena_bytes else "the device"
+        lines.append(f"checked on {where}: {figure} on {check.samples} held-out samples, run by its own runtime")
+    lines.append(f"package: {result.package}")
     return "\n".join(lines)
 
 
-def microcontroller_line(t: dict[str, Any]) -> str:
-    line = (f"microcontroller: TFLM arena {t['arena_bytes'] / 1024:.1f} KB (measured by TFLite Micro), "
-            f"SRAM {t['sram_kb']:.1f} KB with the firmware's, flash {t['flash_kb']:.1f} KB with the firmware")
-    vela = t.get("vela")
-    if vela:
+def microcontroller_line(t: ToolchainFigures) -> str:
+    line = (f"microcontroller: TFLM arena {t.arena_bytes / 1024:.1f} KB (measured by TFLite Micro), "
+            f"SRAM {t.sram_kb:.1f} KB with the firmware's, flash {t.flash_kb:.1f} KB with the firmware")
+    vela = t.vela
+    if vela:  # Vela's own report (edgepack.toolchains.vela.VelaReport.to_dict)
         cpu = ", ".join(sorted({o["op"] for o in vela["cpu_ops"]})) or "none"
         line += (f"; {vela['compiler']} for {vela['accelerator']}: {vela['npu_ops']} of {vela['ops']} ops on the NPU "
                  f"(on the CPU: {cpu}), NPU {vela['inference_ms']:.3f} ms, SRAM {vela['sram_kb']:.1f} KB "
@@ -427,24 +424,23 @@ def microcontroller_line(t: dict[str, Any]) -> str:
     return line
 
 
-def no_feasible_message(data: dict[str, Any]) -> str:
-    """Why nothing was chosen. When no candidate was built and left by a constraint, the failures are the
-    cause and come first (a conversion that failed is never hidden behind "no candidate meets ...")."""
-    rows = data["candidates"]
-    failed = [r for r in rows if r["status"] == "failed" and r.get("error")]
-    reasons = list(dict.fromkeys(r["error"] for r in failed))
+def no_feasible_message(rows: Sequence[CandidateRow]) -> str:
+    """Why nothing was chosen, from a build's rows. When no candidate was built and left by a constraint, the
+    failures are the cause and come first (a conversion that failed is never hidden behind "no candidate
+    meets ...")."""
+    failed = [r for r in rows if r.status is Status.FAILED and r.error]
+    reasons = list(dict.fromkeys(r.error for r in failed if r.error))
     # built and measurable, then ruled out by a constraint (not by its own failure)
-    blocked = [r for r in rows if r["blocked_by"] and r["size_mb"] is not None and r["status"] != "failed"]
+    blocked = [r for r in rows if r.blocked_by and r.size_mb is not None and r.status is not Status.FAILED]
     if failed and not blocked:
-        skipped = list(dict.fromkeys("; ".join(r["blocked_by"]) for r in rows if r["status"] == "skipped"))
+        skipped = list(dict.fromkeys("; ".join(r.blocked_by) for r in rows if r.status is Status.SKIPPED))
         return (f"every candidate failed ({len(failed)} failed): " + " | ".join(reasons[:3])
                 + (f"; {len(skipped)} left unbuilt: " + " | ".join(skipped[:2]) if skipped else ""))
-    near = sorted((r for r in rows if r["blocked_by"]),
-                  key=lambda r: (r["size_mb"] is None, len(r["blocked_by"]),
-                                 r["latency_ms"] or r["predicted_ms"] or 0.0))[:3]
+    near = sorted((r for r in rows if r.blocked_by),
+                  key=lambda r: (r.size_mb is None, len(r.blocked_by), r.latency_ms or r.predicted_ms or 0.0))[:3]
     text = "no candidate meets the constraints"
     if near:
-        text += "; nearest: " + " | ".join(f"{r['label']} ({'; '.join(r['blocked_by'])})" for r in near)
+        text += "; nearest: " + " | ".join(f"{r.label} ({'; '.join(r.blocked_by)})" for r in near)
     if failed:
         text += f"; {len(failed)} failed: " + " | ".join(reasons[:2])
     return text

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgepack.analysis.graph import GraphSummary
+from edgepack.formats import ArtifactFormat
 from edgepack.profiles import DeviceProfile
 
 # ONNX op -> the TFLite builtin op(s) it usually becomes (onnx2tf / TFLite converter lowering).
@@ -76,7 +77,7 @@ def check_compatibility(summary: GraphSummary, profile: DeviceProfile) -> Compat
     histogram = summary.op_histogram
     ops = profile.ops
     issues: list[OpIssue] = []
-    if summary.graph_format == "onnx" and "onnxruntime" in profile.runtimes and ops.onnx is not None:
+    if summary.graph_format is ArtifactFormat.ONNX and "onnxruntime" in profile.runtimes and ops.onnx is not None:
         runtime = "onnxruntime"
         if ops.onnx != "all":
             allowed = set(ops.onnx)
@@ -87,7 +88,7 @@ def check_compatibility(summary: GraphSummary, profile: DeviceProfile) -> Compat
         runtime = next((r for r in profile.runtimes if r.startswith("tflite")), profile.runtimes[0])
         if ops.tflite is not None and ops.tflite != "all":
             issues = _tflite_issues(summary, histogram, set(ops.tflite), profile)
-        elif summary.graph_format == "tflite":
+        elif summary.graph_format is ArtifactFormat.TFLITE:
             found = [_tflite_custom_issue(op, n, summary, profile) for op, n in histogram.items()
                      if is_tflite_custom_op(op)]
             issues = [i for i in found if i is not None]
@@ -143,7 +144,7 @@ def _tflite_issues(summary: GraphSummary, histogram: dict[str, int], allowed: se
     where = f"{profile.name}'s TFLite op list ({profile.ops.source})"
     issues = []
     for op, count in histogram.items():
-        if summary.graph_format == "tflite":
+        if summary.graph_format is ArtifactFormat.TFLITE:
             if op not in allowed:
                 issues.append(OpIssue(op, count, "unsupported", f"not in {where}"))
             continue

@@ -6,6 +6,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgepack.formats import ArtifactFormat
+
 
 @dataclass(frozen=True)
 class Layer:
@@ -34,7 +36,7 @@ class Layer:
 class GraphSummary:
     """What a model computes, independent of its file format."""
 
-    graph_format: str  # "onnx" or "tflite": the vocabulary of ``op`` names
+    graph_format: ArtifactFormat  # the vocabulary of ``op`` names (ONNX or TFLite)
     layers: list[Layer]
     params: int  # unique constant weight elements in the whole graph
     weight_bytes: int

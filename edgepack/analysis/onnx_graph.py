@@ -9,6 +9,7 @@ import numpy as np
 
 from edgepack.analysis.graph import GraphSummary, Layer, peak_live_bytes
 from edgepack.errors import InputShapeError
+from edgepack.formats import ArtifactFormat
 
 TensorInfo = tuple[tuple[int, ...], np.dtype]
 
@@ -92,7 +93,7 @@ def summarize_onnx(model: Any, shapes: dict[str, tuple[int, ...]] | None = None,
     peak = peak_live_bytes(steps, sizes, graph_inputs, [v.name for v in model.graph.output])
     weight_bytes = sum(_nbytes(infos[n]) for n in unique_params)
     input_shapes = {n: infos[n][0] for n in graph_inputs}
-    return GraphSummary("onnx", layers, sum(unique_params.values()), weight_bytes, peak, input_shapes,
+    return GraphSummary(ArtifactFormat.ONNX, layers, sum(unique_params.values()), weight_bytes, peak, input_shapes,
                         notes)
 
 

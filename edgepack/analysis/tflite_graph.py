@@ -10,6 +10,7 @@ import numpy as np
 
 from edgepack.analysis.graph import GraphSummary, Layer, peak_live_bytes
 from edgepack.errors import first_line
+from edgepack.formats import ArtifactFormat
 
 # Ops whose constant inputs at these indices are weights or biases (int32 biases count as params).
 _WEIGHT_INPUTS = {
@@ -19,7 +20,7 @@ _WEIGHT_INPUTS = {
 
 
 def summarize_tflite(path: Path, shapes: dict[str, tuple[int, ...]] | None = None) -> GraphSummary:
-    from edgepack.model import tflite_interpreter
+    from edgepack.model_files import tflite_interpreter
 
     interpreter = tflite_interpreter(path, delegates=False)
     notes: list[str] = []
@@ -94,7 +95,7 @@ def summarize_tflite(path: Path, shapes: dict[str, tuple[int, ...]] | None = Non
     peak = peak_live_bytes(steps, sizes, [str(i) for i in graph_inputs], [str(i) for i in graph_outputs])
     input_shapes = {tensors[i]["name"]: tuple(int(d) for d in tensors[i]["shape"]) for i in graph_inputs}
     weight_bytes = sum(nbytes(i) for i in unique_params)
-    return GraphSummary("tflite", layers, sum(unique_params.values()), weight_bytes, peak, input_shapes,
+    return GraphSummary(ArtifactFormat.TFLITE, layers, sum(unique_params.values()), weight_bytes, peak, input_shapes,
                         notes, delegate_ops, storage)
 
 
@@ -119,7 +120,7 @@ def _stored_weights(ops: list[dict[str, Any]], constants: set[int]) -> dict[int,
 def _loads_with_default_delegate(path: Path) -> bool:
     """Whether the interpreter with its default delegate (XNNPACK, which implements some MediaPipe custom
     ops such as Convolution2DTransposeBias) can allocate the model."""
-    from edgepack.model import tflite_interpreter
+    from edgepack.model_files import tflite_interpreter
     from edgepack.quiet import captured_output
 
     try:

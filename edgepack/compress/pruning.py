@@ -84,7 +84,7 @@ def torch_module_for_pruning(handle: ModelHandle, work: Path, held: np.ndarray, 
 
     failure = _parity(module, path, held, parity_tolerances(handle, profile))
     if failure:
-        from edgepack.convert.errors import ConversionError
+        from edgepack.conversion_error import ConversionError
 
         raise ConversionError(ROUTE, f"the PyTorch module built from the graph differs from it: {failure}",
                               "build without pruning (--prune 0)")

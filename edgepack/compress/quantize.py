@@ -13,6 +13,7 @@ from typing import Any
 
 from edgepack.analysis.onnx_graph import INT8_OPS
 from edgepack.artifact import Artifact, install, staging_dir
+from edgepack.compress.plan import Precision
 from edgepack.compress.quantize_onnx import OnnxQuantizer
 from edgepack.compress.quantize_tflite import TfliteQuantizer
 from edgepack.compress.quantizer import FloatLayer, QuantizeBase, Quantizer
@@ -51,7 +52,7 @@ class Check:
 @dataclass
 class QuantizeResult:
     artifact: Artifact
-    mode: str
+    mode: Precision
     fp32_size_bytes: int
     fidelity: ValidationReport
     accuracy_drop_pts: float | None
@@ -121,6 +122,7 @@ def quantize_model(handle: ModelHandle, calib: Dataset, profile: DeviceProfile, 
     check = check or Check()
     check = replace(check, gate=replace(check.gate, max_drop_pts=max_accuracy_drop))
     _check_request(profile, fmt, mode)
+    mode = Precision(mode)
     fmt = ArtifactFormat(fmt)
     _refuse_quantized(handle)
     if len(calib) < MIN_CALIBRATION_SAMPLES:
@@ -129,7 +131,7 @@ def quantize_model(handle: ModelHandle, calib: Dataset, profile: DeviceProfile, 
     if eval_data is None:  # fidelity is never measured on calibration samples
         calib, eval_data = calib.holdout(MIN_CALIBRATION_SAMPLES)
     calib, _ = calib.split(MAX_CALIBRATION_SAMPLES)
-    io = io_dtype_for(profile, io_dtype) if (fmt is ArtifactFormat.TFLITE and mode == "int8") else "float32"
+    io = io_dtype_for(profile, io_dtype) if (fmt is ArtifactFormat.TFLITE and mode is Precision.INT8) else "float32"
     source = engine_for(handle)
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="edgepack-quantize-") as tmp:
@@ -149,7 +151,7 @@ def quantize_model(handle: ModelHandle, calib: Dataset, profile: DeviceProfile, 
             report = judge(candidate, f"{fmt} {mode} per-channel")
         float_layers: list[FloatLayer] = []
         all_quantized_size = candidate.stat().st_size
-        if report.gate_failure(check.gate) and mode == "int8":
+        if report.gate_failure(check.gate) and mode is Precision.INT8:
             if io != "float32" or profile.precisions.required:
                 notes.append(f"{profile.name} runs only fully int8 models: no layer can stay in float")
             else:
@@ -230,7 +232,7 @@ def _install(handle: ModelHandle, candidate: Path, quantizer: Quantizer, report:
     try:
         staged = staging / output.name
         shutil.copyfile(candidate, staged)
-        route = f"{fmt} {mode}" + (f" ({method})" if mode == "int8" else "")
+        route = f"{fmt} {mode}" + (f" ({method})" if mode is Precision.INT8 else "")
         notes = [f"kept in float: {', '.join(f.name for f in float_layers)}"] if float_layers else []
         if failure:
             notes.append(f"written despite failing its check (--allow-drift): {failure}")

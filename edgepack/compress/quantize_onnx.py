@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edgepack.compress.plan import Precision
 from edgepack.compress.quantizer import FloatLayer, QuantizeBase, Quantizer, identity_bindings
-from edgepack.convert.errors import ConversionError
+from edgepack.conversion_error import ConversionError
 from edgepack.data import Dataset
 from edgepack.errors import first_line
 from edgepack.formats import ArtifactFormat
@@ -260,9 +261,9 @@ class OnnxQuantizer(Quantizer):
     def __init__(self, mode: str, base: QuantizeBase, calib: Dataset, work: Path, io: str,
                  profile: DeviceProfile, calibrate_method: str) -> None:
         super().__init__(mode, base, calib, work, io, profile, calibrate_method)
-        self.per_channel_possible = mode == "int8"
-        self.prepared = preprocess(base.path, work / "prepared.onnx") if mode != "fp16" else base.path
-        if mode == "int8":
+        self.per_channel_possible = mode is Precision.INT8
+        self.prepared = preprocess(base.path, work / "prepared.onnx") if mode is not Precision.FP16 else base.path
+        if mode is Precision.INT8:
             self._opset_for_per_channel(work)
 
     @staticmethod
@@ -300,9 +301,9 @@ class OnnxQuantizer(Quantizer):
 
     def build(self, float_layers: list[str]) -> Path:
         out = self.next_path()
-        if self.mode == "dynamic":
+        if self.mode is Precision.DYNAMIC:
             return quantize_onnx_dynamic(self.prepared, out)
-        if self.mode == "fp16":
+        if self.mode is Precision.FP16:
             return quantize_onnx_fp16(self.base.path, out)
         return quantize_onnx_static(self.prepared, out, self.feeds,
                                     activation_type=activation_type_for(self.profile.architecture),
@@ -320,4 +321,4 @@ class OnnxQuantizer(Quantizer):
         return first + [FloatLayer(n, s, 0) for n, s in ranked if n not in head]
 
     def activation_type(self) -> str | None:
-        return activation_type_for(self.profile.architecture) if self.mode == "int8" else None
+        return activation_type_for(self.profile.architecture) if self.mode is Precision.INT8 else None

@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 
 from edgepack.artifact import Binding
+from edgepack.compress.plan import Precision
 from edgepack.compress.quantizer import FloatLayer, QuantizeBase, Quantizer, identity_bindings, tflite_io
-from edgepack.convert.errors import ConversionError
+from edgepack.conversion_error import ConversionError
 from edgepack.convert.tensor_names import RenamedNames, restore_tflite
 from edgepack.data import Dataset
 from edgepack.errors import first_line
@@ -35,15 +36,15 @@ def _as_lists(feed: Feed) -> Callable[[], Iterator[list[np.ndarray]]]:
     return lists
 
 
-def _converter(saved_model: Path, mode: str, feed: Feed | None, io_dtype: str) -> Any:
+def _converter(saved_model: Path, mode: Precision, feed: Feed | None, io_dtype: str) -> Any:
     with captured_output():
         import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if mode == "fp16":
+    if mode is Precision.FP16:
         converter.target_spec.supported_types = [tf.float16]
-    elif mode == "int8":
+    elif mode is Precision.INT8:
         converter.representative_dataset = feed
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         if io_dtype != "float32":
@@ -61,7 +62,7 @@ def signature_inputs(saved_model: Path) -> list[str]:
     return sorted(kwargs)
 
 
-def quantize_tflite(saved_model: Path, out: Path, mode: str, feed: Feed | None, io_dtype: str = "float32",
+def quantize_tflite(saved_model: Path, out: Path, mode: Precision, feed: Feed | None, io_dtype: str = "float32",
                     float_layers: list[str] | None = None) -> Path:
     """Write a quantized TFLite file; ``float_layers`` (op output tensor names) stay in float."""
     try:
@@ -109,7 +110,7 @@ def layer_sensitivity(saved_model: Path, feed: Feed) -> list[tuple[str, float]]:
     with captured_output():
         import tensorflow as tf
 
-        converter = _converter(saved_model, "int8", feed, "float32")
+        converter = _converter(saved_model, Precision.INT8, feed, "float32")
         options = tf.lite.experimental.QuantizationDebugOptions(
             layer_direct_compare_metrics={"relative_rmse": _relative_rmse})
         debugger = tf.lite.experimental.QuantizationDebugger(
@@ -129,7 +130,7 @@ class TfliteQuantizer(Quantizer):
 
     format = ArtifactFormat.TFLITE
 
-    def __init__(self, mode: str, base: QuantizeBase, calib: Dataset, work: Path, io: str,
+    def __init__(self, mode: Precision, base: QuantizeBase, calib: Dataset, work: Path, io: str,
                  profile: DeviceProfile, calibrate_method: str) -> None:
         super().__init__(mode, base, calib, work, io, profile, calibrate_method)
         self.per_channel = True  # the TFLite converter quantizes weights per channel

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgepack.artifact import Binding
+from edgepack.compress.plan import Precision
 from edgepack.convert.validate import bind
 from edgepack.data import Dataset
 from edgepack.engines import Engine
@@ -55,7 +56,7 @@ def tflite_io(path: Path, inputs: list[Binding], outputs: list[Binding]) -> tupl
     """A TFLite file's own I/O names, dtypes, scales and zero points; outputs found by their signature
     key (the converter lists them in its own order), else by position."""
     from edgepack.engines import signature_output_keys
-    from edgepack.model import tflite_interpreter
+    from edgepack.model_files import tflite_interpreter
 
     interpreter = tflite_interpreter(path, delegates=False)
 
@@ -80,7 +81,7 @@ class Quantizer(abc.ABC):
 
     format: ArtifactFormat
 
-    def __init__(self, mode: str, base: QuantizeBase, calib: Dataset, work: Path, io: str,
+    def __init__(self, mode: Precision, base: QuantizeBase, calib: Dataset, work: Path, io: str,
                  profile: DeviceProfile, calibrate_method: str) -> None:
         self.mode, self.base, self.calib, self.work, self.io = mode, base, calib, work, io
         self.profile, self.calibrate_method = profile, calibrate_method
@@ -115,7 +116,7 @@ class Quantizer(abc.ABC):
 
     def activation_type(self) -> str | None:
         """int8: the activations' type; None for other modes."""
-        return "int8" if self.mode == "int8" else None
+        return "int8" if self.mode is Precision.INT8 else None
 
     def next_path(self) -> Path:
         self.count += 1

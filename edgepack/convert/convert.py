@@ -13,17 +13,18 @@ from typing import Any
 import numpy as np
 
 from edgepack.artifact import Artifact, Binding, install, staging_dir
-from edgepack.convert.errors import ConversionError
+from edgepack.conversion_error import ConversionError
 from edgepack.convert.routes import Route, RouteOutput, routes_for
 from edgepack.convert.validate import ShapeMismatchError, ValidationReport, bind, check_tolerance, compare
 from edgepack.data import Dataset, random_dataset
 from edgepack.engines import Engine, engine_for, engine_for_file
 from edgepack.errors import InputShapeError, UsageError
 from edgepack.formats import FORMATS, ArtifactFormat
-from edgepack.model import ModelHandle, TensorSpec, default_layout
+from edgepack.model import DIRECTORY_TARGETS, ModelFormat, ModelHandle
 from edgepack.profiles import DeviceProfile, Tolerances
+from edgepack.tensor_spec import TensorSpec, default_layout
 
-TARGETS = (*FORMATS, "savedmodel", "torch")  # the last two are directories
+TARGETS = (*FORMATS, *DIRECTORY_TARGETS)  # savedmodel and torch are directories
 
 
 @dataclass
@@ -95,13 +96,13 @@ def parity_tolerances(handle: ModelHandle, profile: DeviceProfile, tolerance: fl
 
 def _op_count(handle: ModelHandle) -> int:
     """Ops in the source graph (ONNX nodes, TFLite ops); 0 where counting would need a conversion."""
-    if handle.path is None or handle.format.value not in FORMATS:
+    if handle.path is None or handle.format.artifact_format is None:
         return 0
-    if handle.format.value == "onnx":
+    if handle.format is ModelFormat.ONNX:
         import onnx
 
         return len(onnx.load(str(handle.path), load_external_data=False).graph.node)
-    from edgepack.model import tflite_interpreter
+    from edgepack.model_files import tflite_interpreter
 
     return len(tflite_interpreter(handle.path, delegates=False)._get_ops_details())
 
@@ -117,7 +118,7 @@ def ordered_routes(handle: ModelHandle, target: str, profile: DeviceProfile) -> 
 
 def source_output_specs(handle: ModelHandle, outputs: list[np.ndarray]) -> list[TensorSpec]:
     """Specs of the source's outputs as one run produced them (torch handles declare no output shapes)."""
-    channels_last = handle.format.is_tensorflow or handle.format.value == "tflite"
+    channels_last = handle.format.is_tensorflow or handle.format is ModelFormat.TFLITE
     names = [s.name for s in handle.outputs] if len(handle.outputs) == len(outputs) else \
         [f"output_{i}" for i in range(len(outputs))]
     return [TensorSpec(n, tuple(o.shape), o.dtype.name, default_layout(o.ndim, channels_last))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 def densify_count(path: Path) -> int:
     """How many DENSIFY ops the model runs (0: nothing to do)."""
-    from edgepack.model import tflite_interpreter
+    from edgepack.model_files import tflite_interpreter
 
     return sum(op["op_name"] == "DENSIFY" for op in tflite_interpreter(path, delegates=False)._get_ops_details())
 

@@ -1,20 +1,8 @@
-"""Errors of conversion routes."""
+"""What a converter's output says went wrong: its telling error line, and the ONNX node it failed on."""
 
 from __future__ import annotations
 
 import re
-
-from edgepack.errors import EdgepackError
-
-
-class ConversionError(EdgepackError):
-    """A route could not convert this model; names the route and the converter's own reason."""
-
-    def __init__(self, route: str, reason: str, hint: str = "") -> None:
-        super().__init__(f"conversion {route} failed: {reason}", hint)
-        self.route = route
-        self.reason = reason
-
 
 _EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Exit)\b.*:")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

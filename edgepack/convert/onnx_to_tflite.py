@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from edgepack import interrupts
-from edgepack.convert.errors import ConversionError, failing_node, last_error_line
+from edgepack.conversion_error import ConversionError
+from edgepack.convert.errors import failing_node, last_error_line
 from edgepack.convert.tensor_names import RenamedNames, sanitise_onnx
 
 ROUTE = "onnx->tflite (onnx2tf)"

@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from edgepack.convert.errors import ConversionError, last_error_line
+from edgepack.conversion_error import ConversionError
+from edgepack.convert.errors import last_error_line
 from edgepack.errors import first_line
-from edgepack.model import ModelFormat, ModelHandle
+from edgepack.model import ModelFormat, ModelHandle, torch_module_of
 from edgepack.quiet import captured_output
 
 
@@ -53,12 +54,11 @@ def onnx_of(handle: ModelHandle, work: Path) -> tuple[Path, list[str], str]:
         import onnx
 
         from edgepack.analysis.onnx_graph import fix_input_shapes
-        from edgepack.inspection import static_input_shapes
 
         assert handle.path is not None
         model = onnx.load(str(handle.path))
         declared = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in model.graph.input}
-        shapes = static_input_shapes(handle)
+        shapes = handle.static_input_shapes
         if all(list(shapes.get(n, s)) == s for n, s in declared.items()):
             return handle.path, [], ""
         fix_input_shapes(model, shapes)
@@ -122,7 +122,7 @@ def _calib_for_onnx2tf(handle: ModelHandle, calib: np.ndarray | None) -> np.ndar
 
 # --- routes -----------------------------------------------------------------------------------------
 
-def _via_onnx2tf(target: str) -> Callable[[ModelHandle, Path, np.ndarray | None], RouteOutput]:
+def _via_onnx2tf(target: ModelFormat) -> Callable[[ModelHandle, Path, np.ndarray | None], RouteOutput]:
     def run(handle: ModelHandle, work: Path, calib: np.ndarray | None) -> RouteOutput:
         from edgepack.convert.onnx_to_tflite import convert_onnx_to_tflite, unsupported_ops
 
@@ -132,7 +132,7 @@ def _via_onnx2tf(target: str) -> Callable[[ModelHandle, Path, np.ndarray | None]
             raise ConversionError("onnx2tf", f"op {missing[0]} is not supported by onnx2tf"
                                   + (f" (nor {', '.join(missing[1:])})" if len(missing) > 1 else ""))
         outputs = convert_onnx_to_tflite(onnx_path, work / "onnx2tf", calib=_calib_for_onnx2tf(handle, calib))
-        if target == "savedmodel":
+        if target is ModelFormat.SAVEDMODEL:
             if outputs.saved_model is None:
                 raise ConversionError("onnx2tf", "no SavedModel was written")
             return RouteOutput(outputs.saved_model, "savedmodel", True, notes)
@@ -153,7 +153,7 @@ def _litert_export(module: Any, example: tuple[Any, ...], out: Path) -> Path:
 
 
 def _litert_torch(handle: ModelHandle, work: Path, calib: np.ndarray | None) -> RouteOutput:
-    from edgepack.convert.torch_source import example_inputs, torch_module_of
+    from edgepack.convert.torch_source import example_inputs
 
     out = _litert_export(torch_module_of(handle), example_inputs(handle), work / "litert_torch.tflite")
     return RouteOutput(out, "tflite", False)
@@ -216,13 +216,13 @@ def _graph_then_litert(handle: ModelHandle, work: Path, calib: np.ndarray | None
 
 
 def routes_for(handle: ModelHandle, target: str) -> list[Route]:
-    """Every route from this source to the target, before the profile orders them."""
-    fmt = handle.format
-    if target == "tflite":
+    """Every route from this source to the target (as ``--to`` names it), before the profile orders them."""
+    fmt, to = handle.format, ModelFormat.of_target(target)
+    if to is ModelFormat.TFLITE:
         if fmt is ModelFormat.TFLITE:
             return []
         routes = [Route("onnx2tf" if fmt is ModelFormat.ONNX else _chain(fmt, "onnx2tf"), "onnx2tf",
-                        _via_onnx2tf("tflite"))]
+                        _via_onnx2tf(ModelFormat.TFLITE))]
         if fmt is ModelFormat.ONNX:
             routes.append(Route("onnx-to-torch + litert-torch", "litert-torch", _graph_then_litert, fallback=True))
         if fmt.is_torch:
@@ -230,20 +230,20 @@ def routes_for(handle: ModelHandle, target: str) -> list[Route]:
         if fmt.is_tensorflow:
             routes.append(Route("tflite-converter", "tflite-converter", _tflite_converter))
         return routes
-    if target == "onnx":
+    if to is ModelFormat.ONNX:
         if fmt is ModelFormat.ONNX:
             return []
         return [Route("torch.onnx" if fmt.is_torch else "tf2onnx", "torch.onnx" if fmt.is_torch else "tf2onnx",
                       _to_onnx)]
-    if target == "savedmodel":
+    if to is ModelFormat.SAVEDMODEL:
         if fmt is ModelFormat.SAVEDMODEL:
             return []
         routes = [Route("onnx2tf" if fmt is ModelFormat.ONNX else _chain(fmt, "onnx2tf"), "onnx2tf",
-                        _via_onnx2tf("savedmodel"))]
+                        _via_onnx2tf(ModelFormat.SAVEDMODEL))]
         if fmt is ModelFormat.KERAS:
             routes.append(Route("keras-export", "keras-export", _keras_export))
         return routes
-    if target == "torch":
+    if to is ModelFormat.TORCHSCRIPT:
         if fmt.is_torch:
             return []
         return [Route("onnx-to-torch" if fmt is ModelFormat.ONNX else _chain(fmt, "onnx-to-torch"),

@@ -1,4 +1,4 @@
-"""Turn any PyTorch model handle (module factory, TorchScript, ExportedProgram) into a module + inputs."""
+"""Any PyTorch model handle (module factory, TorchScript, ExportedProgram): example inputs, and an ONNX export."""
 
 from __future__ import annotations
 
@@ -7,25 +7,8 @@ from typing import Any
 
 from edgepack.convert.torch_to_onnx import ExportResult, export_to_onnx
 from edgepack.errors import InputShapeError
-from edgepack.model import (
-    ModelFormat,
-    ModelHandle,
-    load_exported_program,
-    load_torchscript,
-    torch_module_from_spec,
-)
-
-
-def torch_module_of(handle: ModelHandle) -> Any:
-    """An eval-mode callable module for the handle."""
-    if handle.format is ModelFormat.TORCH_MODULE:
-        if handle.module is None:
-            handle.module = torch_module_from_spec(handle.source)
-        return handle.module
-    assert handle.path is not None
-    if handle.format is ModelFormat.TORCHSCRIPT:
-        return load_torchscript(handle.path).eval()
-    return load_exported_program(handle.path).module()
+from edgepack.model import ModelFormat, ModelHandle, torch_module_of
+from edgepack.model_files import load_exported_program
 
 
 def example_inputs(handle: ModelHandle) -> tuple[Any, ...]:

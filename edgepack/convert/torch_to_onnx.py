@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgepack.convert.errors import ConversionError
+from edgepack.conversion_error import ConversionError
 from edgepack.errors import first_line
 from edgepack.quiet import captured_output
 

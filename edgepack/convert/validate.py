@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 
 from edgepack.artifact import Binding, channels_last_perm, layout_of_perm
-from edgepack.convert.errors import ConversionError
+from edgepack.conversion_error import ConversionError
 from edgepack.data import Dataset
 from edgepack.engines import Engine
 from edgepack.fidelity import AGREEMENT_LABEL, OutputDrift, drift
-from edgepack.model import TensorSpec
 from edgepack.profiles import Tolerances
+from edgepack.tensor_spec import TensorSpec
 
 
 class ShapeMismatchError(ConversionError):

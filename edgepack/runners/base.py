@@ -60,6 +60,86 @@ def _number(value: Any) -> float | None:
 
 
 @dataclass(frozen=True)
+class OpTime:
+    name: str
+    type: str
+    ms: float
+
+
+@dataclass(frozen=True)
+class OpProfile:
+    """Per-op times of one model on a board, slowest first; or why there are none."""
+
+    ops: tuple[OpTime, ...] = ()
+    unavailable: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Any) -> OpProfile | None:
+        if not isinstance(data, dict):
+            return None
+        ops = tuple(OpTime(str(o.get("name")), str(o.get("type")), float(o.get("ms") or 0.0))
+                    for o in data.get("ops") or [] if isinstance(o, dict))
+        why = data.get("unavailable")
+        return cls(ops, str(why) if why else None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ops": [o.__dict__ for o in self.ops]} if self.ops or not self.unavailable else \
+            {"unavailable": self.unavailable}
+
+
+@dataclass(frozen=True)
+class ToolchainFigures:
+    """A microcontroller's figures from its toolchains: TFLM's arena, SRAM and flash with the firmware's,
+    and (Ethos-U) Vela's report as Vela's own figures."""
+
+    arena_bytes: int
+    sram_kb: float
+    flash_kb: float
+    latency_source: str
+    vela: dict[str, Any] | None = None
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ToolchainFigures:
+        vela = raw.get("vela")
+        return cls(int(raw.get("arena_bytes") or 0), float(raw.get("sram_kb") or 0.0),
+                   float(raw.get("flash_kb") or 0.0), str(raw.get("latency_source") or ""),
+                   vela if isinstance(vela, dict) else None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"arena_bytes": self.arena_bytes, "sram_kb": self.sram_kb, "flash_kb": self.flash_kb,
+                **({"vela": self.vela} if self.vela else {}), "latency_source": self.latency_source}
+
+
+@dataclass(frozen=True)
+class Environment:
+    """What the harness says of the device it ran on (``environment``)."""
+
+    uname: str | None = None
+    cpu_model: str | None = None
+    cpu_count: int | None = None
+    cpu_governor: str | None = None
+    temperature_c: float | None = None
+    python: str | None = None
+    numpy: str | None = None
+    emulated: bool = False
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Environment:
+        found = data if isinstance(data, dict) else {}
+        text = {k: str(found[k]) if found.get(k) is not None else None
+                for k in ("uname", "cpu_model", "cpu_governor", "python", "numpy")}
+        count = found.get("cpu_count")
+        return cls(**text, cpu_count=count if isinstance(count, int) else None,
+                   temperature_c=_number(found.get("temperature_c")), emulated=found.get("emulated") is True)
+
+    def line(self) -> str:
+        """The figures a person compares boards by, in the order a report lists them."""
+        return ", ".join(f"{k} {v}" for k, v in (("uname", self.uname), ("cpu_model", self.cpu_model),
+                                                  ("cpu_count", self.cpu_count), ("python", self.python),
+                                                  ("numpy", self.numpy)) if v is not None)
+
+
+@dataclass(frozen=True)
 class HarnessResult:
     """The harness's JSON, parsed once, here. ``raw`` keeps every field it printed (for the records,
     ``--json`` and the manifest); the fields are what edgepack itself reads."""
@@ -101,8 +181,42 @@ class HarnessResult:
         return self.raw.get("runtime")
 
     @property
-    def op_profile(self) -> dict[str, Any] | None:
-        return self.raw.get("op_profile")
+    def op_profile(self) -> OpProfile | None:
+        return OpProfile.from_dict(self.raw.get("op_profile"))
+
+    @property
+    def runtime_version(self) -> str | None:
+        found = self.raw.get("runtime_version")
+        return str(found) if found is not None else None
+
+    @property
+    def threads(self) -> int | None:
+        found = self.raw.get("threads")
+        return found if isinstance(found, int) else None
+
+    @property
+    def load_ms(self) -> float | None:
+        return _number(self.raw.get("load_ms"))
+
+    @property
+    def attempts(self) -> int:
+        """How many times it was measured before these figures (edgepack.runners.conditions)."""
+        found = self.raw.get("stability")
+        tries = found.get("attempts") if isinstance(found, dict) else None
+        return tries if isinstance(tries, int) else 1
+
+    @property
+    def delegate_problem(self) -> str | None:
+        """Why the board's NPU delegate did not load (the model ran on the CPU); None: loaded, or none asked."""
+        found = self.raw.get("delegate")
+        if isinstance(found, dict) and found.get("loaded") is False:
+            return f"{found.get('path')} {found.get('why')}"
+        return None
+
+    @property
+    def toolchain(self) -> ToolchainFigures | None:
+        """A microcontroller's figures (its runner puts them here), else None."""
+        return ToolchainFigures.from_dict(self.raw) if "arena_bytes" in self.raw else None
 
     @property
     def environment(self) -> dict[str, Any]:
@@ -110,9 +224,14 @@ class HarnessResult:
         return found if isinstance(found, dict) else {}
 
     @property
+    def device(self) -> Environment:
+        """The environment, typed."""
+        return Environment.from_dict(self.raw.get("environment"))
+
+    @property
     def emulated(self) -> bool:
         """Measured under emulation (an arm64 userland on an x86 CPU): right for outputs, not for speed."""
-        return self.environment.get("emulated") is True
+        return self.device.emulated
 
     @property
     def latency_source(self) -> str:
@@ -137,9 +256,6 @@ class HarnessResult:
         why = found.get("unstable") if isinstance(found, dict) else None
         return [str(w) for w in why] if isinstance(why, list) else []
 
-    def get(self, name: str, default: Any = None) -> Any:
-        """Any other field the harness printed (runtime_version, load_ms, environment, ...)."""
-        return self.raw.get(name, default)
 
 
 @dataclass
@@ -205,6 +321,11 @@ class Runner(abc.ABC):
     def identity(self) -> str:
         """What identifies the device in the records ("local", or its SSH host key fingerprint)."""
         return self.label
+
+    @property
+    def op_profile_unavailable(self) -> str | None:
+        """Why this device gives no per-op times of its own; None: it does (the harness's profilers)."""
+        return None
 
     def describe(self) -> HarnessResult:
         """The device's environment as the harness reports it (``--describe``): Python, CPU, emulated."""

@@ -72,7 +72,7 @@ class Conditions:
 
     @classmethod
     def of(cls, result: HarnessResult) -> Conditions | None:
-        raw = result.get("conditions")
+        raw = result.raw.get("conditions")
         if not isinstance(raw, dict):
             return None
         busy = raw.get("busy")
@@ -161,7 +161,7 @@ def cool_down(runner: Runner, judge: Judge, started_c: float | None) -> float:
     start = time.monotonic()
     deadline = start + judge.cool_down_s
     while (left := deadline - time.monotonic()) > 0:
-        now = runner.describe().get("now")
+        now = runner.describe().raw.get("now")
         now = now if isinstance(now, dict) else {}
         flags, temp = now.get("throttled"), now.get("temperature_c")
         if flags is None and temp is None:

@@ -217,7 +217,8 @@ class EmulatedBoard:
                 "--remote-python", self.python]
 
     def runner(self, **overrides: Any) -> Any:  # an SshRunner logged in as pi
-        from edgepack.runners.ssh import SshRunner, parse_target
+        from edgepack.runners.ssh import SshRunner
+        from edgepack.runners.ssh_login import parse_target
 
         target = parse_target(self.target, USER, 22, ssh_config=self.folder / "no_ssh_config", identity=self.client_key)
         return SshRunner(target, **{"python": self.python, "known_hosts": self.known_hosts, **overrides})

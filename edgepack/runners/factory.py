@@ -38,7 +38,8 @@ def runners_for(profile: DeviceProfile, options: SshOptions,
             raise UsageError(f"no --host given to reach the {profile.name}",
                              "pass --host user@board[:port], or --device host to measure this machine")
         return [LocalRunner(options.remote_python)]
-    from edgepack.runners.ssh import SshRunner, parse_target
+    from edgepack.runners.ssh import SshRunner
+    from edgepack.runners.ssh_login import parse_target
 
     runners: list[Runner] = []
     for host in options.hosts:

@@ -102,7 +102,8 @@ class SshDevice:
         self.proc = None
 
     def runner(self, **overrides: Any) -> Any:  # an SshRunner
-        from edgepack.runners.ssh import SshRunner, parse_target
+        from edgepack.runners.ssh import SshRunner
+        from edgepack.runners.ssh_login import parse_target
 
         target = parse_target(self.target, "root", 22, ssh_config=self.root / "no_ssh_config",
                               identity=self.client_key)

@@ -32,6 +32,11 @@ class MicrocontrollerRunner(Runner):
         tool = "Vela + TFLite Micro" if profile.compiler == "vela" else "TFLite Micro"
         self.label = f"{profile.name} ({tool} on this machine; latency estimated)"
 
+    @property
+    def op_profile_unavailable(self) -> str | None:
+        return "a microcontroller: TFLite Micro's times here are this machine's" + (
+            "; Vela's cycles per op are in vela_per-layer.csv" if self.profile.compiler else "")
+
     def identity(self) -> str:
         """The profile's content: a changed clock or Vela setting is estimated again, not looked up."""
         digest = hashlib.sha256(self.profile.path.read_bytes()).hexdigest()[:12]

@@ -5,27 +5,45 @@ boards of one model differ by more than that too: contenders are compared only o
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from edgepack.measurer import Job, Measurer
 from edgepack.runners.base import HarnessResult
-from edgepack.search.strategy import Candidate, Strategy
+from edgepack.search.candidate import Candidate, Latency
+from edgepack.search.strategy import Strategy
 
 CONTENDERS = 3  # re-measured side by side at the end
 CONTENDER_GAP = 0.15  # ... when measured within this of the best: a gap one measurement's noise can close
 
 
+@dataclass(frozen=True)
+class Confirmed:
+    """A contender's figures after the rounds: its median round (by p50), on ``board``."""
+
+    candidate: Candidate
+    median: HarnessResult
+    latency: Latency
+    board: str
+    rounds_ms: tuple[float, ...]
+
+    def apply(self) -> None:
+        """The contender's figures become its median round's, on the confirming board."""
+        self.candidate.measured_as(self.latency, self.median, self.board)
+        self.candidate.p50_rounds_ms = list(self.rounds_ms)
+
+
 def confirm(strategy: Strategy, measurer: Measurer, job_for: Callable[[Candidate, int, str], Job], rounds: int,
-            say: Callable[[str], None]) -> None:
+            say: Callable[[str], None]) -> list[Confirmed]:
     """Re-measure the contenders ``rounds`` more times on the board that measured the best (one more
-    round for a contender first measured elsewhere), interleaved; set each one's median figures."""
+    round for a contender first measured elsewhere), interleaved; each one's median figures."""
     best = strategy.best()
     if best is None or best.latency_ms is None or rounds < 1:
-        return
+        return []
     limit = best.latency_ms * (1 + CONTENDER_GAP)
     contenders = sorted((c for c in strategy.feasible_measured() if (c.latency_ms or 0) <= limit),
                         key=lambda c: c.latency_ms or 0.0)[:CONTENDERS]
     if len(contenders) < 2:
-        return
+        return []
     board = best.board if best.board in measurer.boards else next(iter(measurer.boards))
     say(f"confirming {len(contenders)} contenders within {limit / best.latency_ms - 1:.0%} of the best on "
         f"{board}: {rounds} more rounds each")
@@ -38,17 +56,18 @@ def confirm(strategy: Strategy, measurer: Measurer, job_for: Callable[[Candidate
             results[c.plan.key].append(outcome.result)
         else:
             say(f"confirm {c.plan.label}: FAILED: {outcome.error}")
+    confirmed = []
     for c in contenders:
         timed = [r for r in results[c.plan.key] if r.p50_ms is not None]
         stable = [r for r in timed if not r.unstable]  # an unstable round counts only when no round is stable
         rounds_of = sorted(stable or timed, key=lambda r: r.p50_ms or 0.0)
-        if not rounds_of:
+        middle = rounds_of[(len(rounds_of) - 1) // 2] if rounds_of else None
+        latency = Latency.of(middle) if middle is not None else None
+        if middle is None or latency is None:
             continue
-        middle = rounds_of[(len(rounds_of) - 1) // 2]
-        c.measurement, c.latency_ms, c.p90_ms, c.board = middle, middle.p50_ms, middle.p90_ms, board
-        c.unstable = middle.unstable
-        c.p50_rounds_ms = [r.p50_ms for r in results[c.plan.key] if r.p50_ms is not None]
-        say(f"confirm {c.plan.label}: p50 " + ", ".join(f"{v:.3f}" for v in c.p50_rounds_ms)
-            + f" ms; median {c.latency_ms:.3f}" + (" of the stable rounds" if stable and len(stable) < len(timed)
-                                                   else " (UNSTABLE)" if c.unstable else ""))
-
+        done = Confirmed(c, middle, latency, board, tuple(r.p50_ms for r in timed if r.p50_ms is not None))
+        confirmed.append(done)
+        say(f"confirm {c.plan.label}: p50 " + ", ".join(f"{v:.3f}" for v in done.rounds_ms)
+            + f" ms; median {latency.ms:.3f}" + (" of the stable rounds" if stable and len(stable) < len(timed)
+                                                 else " (UNSTABLE)" if latency.unstable else ""))
+    return confirmed

@@ -1,46 +1,31 @@
-"""What a build is asked for (``BuildOptions``) and what it found (``BuildResult``): the candidates with
-their figures, the chosen one, its check on the board and everything the package is written from."""
+"""What a build found (``BuildResult``): one :class:`CandidateRow` per candidate with its figures, the
+chosen one, its check on the board and everything the package is written from. Frozen: the loop makes
+it once, at its end; the table, the report and the package read its attributes. ``to_dict()`` is the
+``--json`` (and the manifest's candidate table); ``from_dict`` reads it back."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgepack.compress.distill import DISTILL_EPOCHS
-from edgepack.compress.plan_builder import BuiltArtifact
-from edgepack.compress.quantize import Check
+from edgepack.compress.plan import CompressionPlan
 from edgepack.device_accuracy import DeviceAccuracy
 from edgepack.latency import LatencySource
 from edgepack.measurer import Counts
-from edgepack.predict import Predictor
 from edgepack.profiles import DeviceProfile
-from edgepack.search.space import PRUNE_RATIOS, Constraints
-from edgepack.search.strategy import Candidate
+from edgepack.runners.base import HarnessResult, OpProfile, ToolchainFigures
+from edgepack.search.candidate import Latency, Status
+from edgepack.search.options import BuildOptions
+from edgepack.search.space import Constraints
 
+if TYPE_CHECKING:
+    from edgepack.compress.builder import BuiltArtifact
+    from edgepack.predict import Features, Predictor
 
-@dataclass
-class BuildOptions:
-    constraints: Constraints = field(default_factory=Constraints)
-    objective: str = "latency"  # or "size"
-    max_measurements: int = 12
-    formats: list[str] | None = None
-    precisions: list[str] | None = None
-    threads: list[int] | None = None
-    prune_ratios: tuple[float, ...] = PRUNE_RATIOS
-    runs: int | None = None
-    warmup: int | None = None
-    timeout_s: float = 300.0
-    output_dir: Path = Path("dist")
-    cache_dir: Path | None = None
-    distill_epochs: int = DISTILL_EPOCHS
-    preprocessing: dict[str, Any] | None = None  # how image files became the calibration data
-    confirm_rounds: int = 2  # the closest contenders are measured this many more times, on one board
-    check: Check = field(default_factory=Check)  # output kinds, --metric, the value-error bound
-    jobs: int = 1  # artifacts built side by side (worker processes)
-    skip_device_check: bool = False  # package without running the held-out samples on the board
+__all__ = ["BuildOptions", "BuildResult", "CandidateRow", "SourceModel"]
 
 
 @dataclass(frozen=True)
@@ -50,80 +35,178 @@ class SourceModel:
     name: str  # e.g. "digits_cnn"
     source: str  # the file (or module) it came from
     sha256: str
-    input_names: list[str]
+    input_names: tuple[str, ...]
 
 
-def toolchain_figures(raw: dict[str, Any]) -> dict[str, Any]:
-    """A microcontroller's figures from its toolchains: TFLM's arena, SRAM and flash, Vela's estimate."""
-    return {k: raw[k] for k in ("arena_bytes", "sram_kb", "flash_kb", "vela", "latency_source") if k in raw}
+@dataclass(frozen=True)
+class CandidateRow:
+    """One candidate as the build ends: its plan, its figures and where each came from."""
+
+    plan: CompressionPlan
+    label: str  # the plan in words: "tflite int8 pruned 30% x2"
+    status: Status
+    size_mb: float | None  # None: never built
+    latency: Latency | None = None  # the board's (or a toolchain's) figure; the predictor's on an emulated board
+    predicted_ms: float | None = None
+    peak_rss_mb: float | None = None
+    accuracy_drop: float | None = None
+    accuracy: float | None = None  # with labels: the artifact's accuracy on the held-out data
+    blocked_by: tuple[str, ...] = ()
+    error: str | None = None
+    board: str | None = None
+    pareto: bool = False
+    chosen: bool = False
+    toolchain: ToolchainFigures | None = None  # a microcontroller's: TFLM's arena, SRAM, flash, Vela's estimate
+    runs_ms: tuple[float, ...] = ()
+    p50_rounds_ms: tuple[float, ...] = ()
+    # not in --json: what the package is written from, and what the benchmarks read
+    artifact: BuiltArtifact | None = field(default=None, compare=False)
+    measurement: HarnessResult | None = field(default=None, compare=False)
+    features: Features | None = field(default=None, compare=False)
+
+    @property
+    def measured(self) -> bool:
+        """A latency of its own: timed on the board, or a toolchain's estimate."""
+        return self.latency is not None and self.latency.source.timed
+
+    @property
+    def latency_ms(self) -> float | None:
+        return self.latency.ms if self.measured and self.latency else None
+
+    @property
+    def p90_ms(self) -> float | None:
+        return self.latency.p90_ms if self.latency else None
+
+    @property
+    def judged_ms(self) -> float | None:
+        return self.latency.judged_ms if self.latency else None
+
+    @property
+    def unstable(self) -> tuple[str, ...]:
+        return self.latency.unstable if self.latency else ()
+
+    @property
+    def latency_source(self) -> LatencySource:
+        return self.latency.source if self.measured and self.latency else LatencySource.PREDICTED
+
+    @property
+    def latency_label(self) -> str:
+        return self.latency.label if self.measured and self.latency else LatencySource.PREDICTED.value
+
+    @property
+    def shown_ms(self) -> float | None:
+        """The figure a plot places it at: its own latency, else the predictor's."""
+        return self.latency.ms if self.latency else self.predicted_ms
+
+    @property
+    def feasible(self) -> bool:
+        return self.size_mb is not None and self.status is not Status.FAILED and not self.blocked_by
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"plan": self.plan.to_dict(), "label": self.label, "size_mb": self.size_mb,
+                "latency_ms": self.latency_ms, "p90_ms": self.p90_ms, "predicted_ms": self.predicted_ms,
+                "latency_source": self.latency_label, "peak_rss_mb": self.peak_rss_mb,
+                "accuracy_drop": self.accuracy_drop, "unstable": list(self.unstable), "accuracy": self.accuracy,
+                "feasible": self.feasible, "blocked_by": list(self.blocked_by), "status": self.status.value,
+                "error": self.error, "board": self.board, "pareto": self.pareto, "chosen": self.chosen,
+                "runs_ms": list(self.runs_ms),
+                **({"p50_rounds_ms": list(self.p50_rounds_ms)} if self.p50_rounds_ms else {}),
+                **({"toolchain": self.toolchain.to_dict()} if self.toolchain else {})}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CandidateRow:
+        plan = {k: v for k, v in data["plan"].items() if k != "key"}
+        latency = None
+        if data.get("latency_ms") is not None:
+            source = LatencySource.of_label(data["latency_source"])
+            latency = Latency(data["latency_ms"], source, data["latency_source"], data.get("p90_ms"),
+                              tuple(data.get("unstable") or ()))
+        toolchain = data.get("toolchain")
+        return cls(CompressionPlan(**plan), data["label"], Status(data["status"]), data.get("size_mb"), latency,
+                   data.get("predicted_ms"), data.get("peak_rss_mb"), data.get("accuracy_drop"), data.get("accuracy"),
+                   tuple(data.get("blocked_by") or ()), data.get("error"), data.get("board"), bool(data.get("pareto")),
+                   bool(data.get("chosen")), ToolchainFigures.from_dict(toolchain) if toolchain else None,
+                   tuple(data.get("runs_ms") or ()), tuple(data.get("p50_rounds_ms") or ()))
 
 
-@dataclass
+@dataclass(frozen=True)
+class PredictorScore:
+    """How well the latency predictor did: the relative error of each prediction made just before the
+    measurement that checked it."""
+
+    errors: tuple[float, ...] = ()
+
+    @property
+    def median_error(self) -> float | None:
+        return sorted(self.errors)[len(self.errors) // 2] if self.errors else None
+
+    @property
+    def within_10pct(self) -> float | None:
+        return sum(e <= 0.10 for e in self.errors) / len(self.errors) if self.errors else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"measured_candidates": len(self.errors), "median_error": self.median_error,
+                "within_10pct": self.within_10pct, "errors": list(self.errors)}
+
+
+@dataclass(frozen=True)
 class BuildResult:
     device: DeviceProfile
     where: str  # the boards, or "local (this machine, not a board)"
-    candidates: list[Candidate]
-    chosen: Candidate | None
-    built: dict[tuple[str, str, float], BuiltArtifact]
+    rows: tuple[CandidateRow, ...]
     constraints: Constraints
     objective: str
     source: SourceModel
     counts: Counts = field(default_factory=Counts)
-    findings: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    pareto: set[str] = field(default_factory=set)  # plan keys on the measured Pareto front
-    blockers: dict[str, list[str]] = field(default_factory=dict)  # plan key -> what rules it out
-    predictor: Predictor | None = None  # as fitted at the end
+    findings: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    predictor_score: PredictorScore = field(default_factory=PredictorScore)
     device_accuracy: DeviceAccuracy | None = None  # the chosen one, checked on the board itself
-    op_profile: dict[str, Any] | None = None  # the chosen one's per-op breakdown, from the board
+    op_profile: OpProfile | None = None  # the chosen one's per-op breakdown, from the board
     environment: dict[str, Any] | None = None  # the board's, when no latency was measured (emulated)
-    sample: np.ndarray | None = None  # one held-out sample for the package's smoke test (single input)
-    preprocessing: dict[str, Any] | None = None
     package: Path | None = None  # once written (edgepack.bundle)
+    # not in --json
+    sample: np.ndarray | None = field(default=None, compare=False)  # one held-out sample, for the smoke test
+    preprocessing: dict[str, Any] | None = field(default=None, compare=False)
+    predictor: Predictor | None = field(default=None, compare=False)  # as fitted at the end
 
     @property
-    def predictor_errors(self) -> list[float]:
-        """Relative error of each latency prediction made just before the measurement that checked it."""
-        return [abs(c.predicted_ms - c.latency_ms) / c.latency_ms for c in self.candidates
-                if c.latency_measured and c.predicted_ms is not None and c.latency_ms]
+    def chosen(self) -> CandidateRow | None:
+        return next((r for r in self.rows if r.chosen), None)
+
+    @property
+    def candidates(self) -> tuple[CandidateRow, ...]:
+        return self.rows
 
     @property
     def emulated(self) -> bool:
         """Every latency is the predictor's: the only board was emulated."""
-        return any(c.latency_source is LatencySource.PREDICTED for c in self.candidates)
+        return any(r.latency is not None and r.latency.source is LatencySource.PREDICTED for r in self.rows)
 
-    def row(self, c: Candidate) -> dict[str, Any]:
-        built = self.built.get(c.plan.artifact)
-        status = "estimated" if c.latency_estimated else "unstable" if c.latency_measured and c.unstable else \
-            "measured" if c.latency_measured else \
-            "failed" if c.error else "skipped" if c.skipped else \
-            "predicted" if c.built else "not built"
-        return {"plan": c.plan.to_dict(), "label": c.plan.label, "size_mb": c.size_mb if c.built else None,
-                "latency_ms": c.latency_ms if c.latency_measured else None, "p90_ms": c.p90_ms,
-                "predicted_ms": c.predicted_ms,
-                "latency_source": c.latency_label if c.latency_measured else LatencySource.PREDICTED.value,
-                "peak_rss_mb": c.peak_rss_mb, "accuracy_drop": c.accuracy_drop, "unstable": c.unstable,
-                "accuracy": (built.fidelity.get("accuracy") if built else None),
-                "feasible": c.built and not c.error and not self.blockers.get(c.plan.key),
-                "blocked_by": self.blockers.get(c.plan.key, []) or ([c.skipped] if c.skipped else []),
-                "status": status, "error": c.error, "board": c.board,
-                "pareto": c.plan.key in self.pareto, "chosen": self.chosen is c,
-                **({"toolchain": toolchain_figures(c.measurement.raw)}
-                   if c.measurement and "arena_bytes" in c.measurement.raw else {})}
+    def packaged(self, path: Path) -> BuildResult:
+        return replace(self, package=path)
 
     def to_dict(self) -> dict[str, Any]:
-        errors = self.predictor_errors
-        chosen = self.row(self.chosen) if self.chosen else None
+        chosen = self.chosen
         return {
             "package": str(self.package) if self.package else None,
             "device": self.device.name, "measured_on": self.where, "objective": self.objective,
             "constraints": self.constraints.__dict__,
-            "chosen": chosen,
-            "candidates": [self.row(c) for c in self.candidates],
+            "chosen": chosen.to_dict() if chosen else None,
+            "candidates": [r.to_dict() for r in self.rows],
             "measurements": self.counts.to_dict(),
             "checked_on_device": self.device_accuracy.to_dict() if self.device_accuracy else None,
-            "predictor": {"measured_candidates": len(errors),
-                          "median_error": sorted(errors)[len(errors) // 2] if errors else None,
-                          "within_10pct": sum(e <= 0.10 for e in errors) / len(errors) if errors else None},
-            "findings": self.findings, "notes": self.notes,
+            "predictor": self.predictor_score.to_dict(),
+            "findings": list(self.findings), "notes": list(self.notes),
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], device: DeviceProfile, source: SourceModel) -> BuildResult:
+        """A build's ``--json`` read back (the device and the model are named there, not described)."""
+        rows = tuple(CandidateRow.from_dict(r) for r in data["candidates"])
+        checked = data.get("checked_on_device")
+        errors = tuple(data["predictor"].get("errors") or ())
+        return cls(device, data["measured_on"], rows, Constraints(**data["constraints"]), data["objective"], source,
+                   Counts.from_dict(data["measurements"]), tuple(data["findings"]), tuple(data["notes"]),
+                   PredictorScore(errors), DeviceAccuracy.from_dict(checked) if checked else None,
+                   package=Path(data["package"]) if data.get("package") else None)

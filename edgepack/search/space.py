@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from edgepack.arguments import checked
 from edgepack.compress.plan import CompressionPlan, Precision
 from edgepack.errors import UsageError
 from edgepack.formats import ArtifactFormat
@@ -72,11 +73,42 @@ def plans_for(profile: DeviceProfile, prune_ratios: tuple[float, ...] = PRUNE_RA
 
 
 @dataclass(frozen=True)
+class ConstraintCheck:
+    """One constraint the user (or the profile) set, against the chosen candidate's figure."""
+
+    name: str  # max_size_mb, max_ram_mb, max_latency_ms, max_accuracy_drop
+    limit: float
+    value: float | None  # None: no figure (held, as nothing shows it broken)
+    source: str | None = None  # where a latency figure came from, when not a stable measurement
+
+    @property
+    def held(self) -> bool:
+        return self.value is None or self.value <= self.limit
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"limit": self.limit, "value": self.value, "held": self.held,
+                **({"source": self.source} if self.source else {})}
+
+
+def pareto_front(points: list[tuple[float, ...]]) -> list[bool]:
+    """For tuples to minimise (size, latency, ...): True where no other point is at least as good in every
+    figure and better in one."""
+    def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+        return all(x <= y for x, y in zip(a, b, strict=True)) and any(x < y for x, y in zip(a, b, strict=True))
+
+    return [not any(dominates(other, p) for other in points) for p in points]
+
+
+@dataclass(frozen=True)
 class Constraints:
     max_size_mb: float | None = None
     max_ram_mb: float | None = None
     max_latency_ms: float | None = None
     max_accuracy_drop: float | None = None  # percentage points
+
+    def __post_init__(self) -> None:
+        for name in ("max_size_mb", "max_ram_mb", "max_latency_ms", "max_accuracy_drop"):
+            checked(name, getattr(self, name))
 
     def violations(self, size_mb: float, ram_mb: float | None, latency_ms: float | None,
                    accuracy_drop: float | None) -> list[str]:

@@ -12,62 +12,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from edgepack.compress.plan import CompressionPlan, Precision
+from edgepack.compress.plan import Precision
+from edgepack.formats import ArtifactFormat
 from edgepack.latency import LatencySource
-from edgepack.predict import Features, Predictor
+from edgepack.predict import Predictor
 from edgepack.runners.base import HarnessResult
+from edgepack.search.candidate import Candidate, Latency
 from edgepack.search.space import Constraints
 
-
-@dataclass
-class Candidate:
-    plan: CompressionPlan
-    features: Features
-    size_mb: float  # an estimate until built
-    accuracy_drop: float | None = None  # known once built and checked on held-out data
-    latency_ms: float | None = None  # measured p50 (the predictor's figure when latency_source says so)
-    peak_rss_mb: float | None = None
-    built: bool = True
-    error: str | None = None  # the build or the measurement failed: never proposed again
-    skipped: str | None = None  # ruled out without building it, and why
-    predicted_ms: float | None = None  # just before it was measured; for the unmeasured, at the end
-    p90_ms: float | None = None
-    measurement: HarnessResult | None = None  # what the harness reported (the median round, once confirmed)
-    board: str | None = None  # the board that measured it
-    p50_rounds_ms: list[float] = field(default_factory=list)  # confirmation rounds on one board, if any
-    #: measured on a board; predicted when the only board is emulated (its timings are an emulator's);
-    #: a toolchain's estimate for a microcontroller (Vela's cycles, cycles per MAC)
-    latency_source: LatencySource = LatencySource.MEASURED
-    latency_label: str = LatencySource.MEASURED.value  # in words: "compiler estimate (Vela 5.2.0)"
-    #: why the measuring conditions make its latency unstable (throttled, under-clocked, spread); empty: stable
-    unstable: list[str] = field(default_factory=list)
-
-    @property
-    def judged_ms(self) -> float | None:
-        """The latency the search compares: the p50, or for an unstable measurement its p90, so that noise
-        on the board is never the reason a candidate wins or holds a latency bound."""
-        if self.unstable and self.p90_ms is not None and self.latency_source.timed:
-            return max(self.p90_ms, self.latency_ms or 0.0)
-        return self.latency_ms
-
-    @property
-    def latency_measured(self) -> bool:
-        """A latency from the board, or from its toolchain's estimate: not the predictor's."""
-        return self.latency_ms is not None and self.latency_source.timed
-
-    @property
-    def latency_estimated(self) -> bool:
-        return self.latency_measured and self.latency_source.estimated
-
-    @property
-    def measured(self) -> bool:
-        return self.latency_ms is not None
-
-    def known_blockers(self, constraints: Constraints) -> list[str]:
-        """What rules it out before measuring: size and accuracy, once it is built."""
-        if not self.built:
-            return []
-        return constraints.violations(self.size_mb, None, None, self.accuracy_drop)
+__all__ = ["Candidate", "Strategy"]
 
 
 @dataclass
@@ -79,7 +32,11 @@ class Strategy:
     max_measurements: int = 10
     findings: list[str] = field(default_factory=list)
     #: the format the user's model is in: its fp32 plan is the baseline, the model as the user has it
-    source_format: str | None = None
+    source_format: ArtifactFormat | None = None
+
+    def __post_init__(self) -> None:
+        if self.source_format is not None:
+            self.source_format = ArtifactFormat(self.source_format)
 
     def predicted(self, c: Candidate) -> float:
         judged = c.judged_ms
@@ -114,17 +71,17 @@ class Strategy:
 
     def _pick(self, pending: list[Candidate]) -> Candidate | None:
         taken = {id(c) for c in pending}
-        attempted = [c for c in self.candidates if c.measured or (c.error and c.built)]
+        attempted = [c for c in self.candidates if c.attempted]
         if len(attempted) + len(pending) >= self.max_measurements:
             return None
         # size and accuracy are known once built: never measure what they already rule out
-        open_ = [c for c in self.candidates if not c.measured and not c.error and not c.skipped
+        open_ = [c for c in self.candidates if c.open and not c.measured
                  and not c.known_blockers(self.constraints) and id(c) not in taken]
         if not open_:
             return None
         if not any(c.measured for c in self.candidates) and not pending:
             baselines = [c for c in open_ if c.plan.is_baseline]
-            own = [c for c in baselines if c.plan.format == self.source_format]
+            own = [c for c in baselines if c.plan.format is self.source_format]
             if own or baselines:
                 return max(own or baselines, key=lambda c: c.plan.threads)
         # a runtime never measured has only the prior to go on: measure its most promising candidate once
@@ -149,17 +106,21 @@ class Strategy:
             return None
         return pick
 
-    def rank_by_prediction(self, candidate: Candidate) -> None:
+    def rank_by_prediction(self, candidate: Candidate, board: str | None = None) -> None:
         """No board can time it (an emulated one): its latency is the predictor's, labelled so, and the
         predictor learns nothing from it."""
         candidate.predicted_ms = self.predictor.latency_ms(candidate.features)
-        candidate.latency_ms, candidate.latency_source = candidate.predicted_ms, LatencySource.PREDICTED
-        candidate.latency_label = LatencySource.PREDICTED.value
+        candidate.measured_as(Latency(candidate.predicted_ms, LatencySource.PREDICTED), board=board)
 
-    def observe(self, candidate: Candidate, latency_ms: float, peak_rss_mb: float | None = None) -> None:
+    def observe(self, candidate: Candidate, latency: Latency | float, peak_rss_mb: float | None = None, *,
+                measurement: HarnessResult | None = None, board: str | None = None) -> None:
+        """A measured figure (a bare number: a p50 measured on the board): recorded, and the predictor refitted."""
+        if not isinstance(latency, Latency):
+            latency = Latency(float(latency), LatencySource.MEASURED)
         if candidate.predicted_ms is None:
             candidate.predicted_ms = self.predictor.latency_ms(candidate.features)
-        candidate.latency_ms, candidate.peak_rss_mb = latency_ms, peak_rss_mb
+        candidate.measured_as(latency, measurement, board, peak_rss_mb)
+        latency_ms = latency.ms
         self.predictor.observe(candidate.features, latency_ms, peak_rss_mb)
         plan = candidate.plan
         if plan.precision is not Precision.FP32:

@@ -56,9 +56,9 @@ def test_errors_are_exceptions_not_system_exit(digits_onnx: Path, digits_model, 
     with pytest.raises(EdgepackError, match="unknown device 'rpi9'"):
         edgepack.inspect(digits_onnx, device="rpi9")
     with pytest.raises(UsageError, match="needs example_input"):
-        edgepack.build(digits_model, device="host", output=tmp_path)
-    with pytest.raises(UsageError, match="takes no max_speed"):
-        edgepack.build(digits_onnx, device="host", output=tmp_path, max_speed=3)
+        edgepack.build(digits_model, device="host", options=edgepack.BuildOptions(output_dir=tmp_path))
+    with pytest.raises(TypeError, match="unexpected keyword argument 'max_speed'"):
+        edgepack.build(digits_onnx, device="host", max_speed=3)
     with pytest.raises(EdgepackError, match="no --host given to reach the rpi4"):
         edgepack.profile(digits_onnx, device="rpi4")
     assert not any(tmp_path.iterdir())

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import edgepack
+from edgepack import BuildOptions, Constraints
 from edgepack.data import DataError
 from edgepack.errors import EdgepackError, UsageError
 
@@ -17,13 +18,21 @@ def test_numbers_out_of_range_name_the_argument(digits_onnx: Path, tmp_path: Pat
     cases = [
         (lambda: edgepack.prune(digits_onnx, None, ratio="abc", output=tmp_path), "ratio must be a number in [0, 1)"),
         (lambda: edgepack.prune(digits_onnx, None, ratio=1.0, output=tmp_path), "ratio must be a number in [0, 1)"),
-        (lambda: edgepack.build(digits_onnx, threads="1", output=tmp_path / "d"), "threads must be a list of"),
-        (lambda: edgepack.build(digits_onnx, threads=[1, 0], output=tmp_path / "d"), "threads must be a list of"),
-        (lambda: edgepack.build(digits_onnx, prune_ratios=[0, 1.5], output=tmp_path / "d"), "prune_ratios must be"),
-        (lambda: edgepack.build(digits_onnx, runs=0, output=tmp_path / "d"), "runs must be a whole number of"),
-        (lambda: edgepack.build(digits_onnx, jobs=True, output=tmp_path / "d"), "jobs must be a whole number"),
-        (lambda: edgepack.build(digits_onnx, max_size_mb=-1, output=tmp_path / "d"), "max_size_mb must be a number"),
-        (lambda: edgepack.build(digits_onnx, cache_dir=3, output=tmp_path / "d"), "cache_dir must be a path"),
+        (lambda: edgepack.build(digits_onnx, options=BuildOptions(threads="1", output_dir=tmp_path / "d")),
+         "threads must be a list of"),
+        (lambda: edgepack.build(digits_onnx, options=BuildOptions(threads=[1, 0], output_dir=tmp_path / "d")),
+         "threads must be a list of"),
+        (lambda: edgepack.build(digits_onnx, options=BuildOptions(prune_ratios=[0, 1.5], output_dir=tmp_path / "d")),
+         "prune_ratios must be"),
+        (lambda: edgepack.build(digits_onnx, options=BuildOptions(runs=0, output_dir=tmp_path / "d")),
+         "runs must be a whole number of"),
+        (lambda: edgepack.build(digits_onnx, options=BuildOptions(jobs=True, output_dir=tmp_path / "d")),
+         "jobs must be a whole number"),
+        (lambda: edgepack.build(digits_onnx, options=BuildOptions(Constraints(max_size_mb=-1),
+                                                                  output_dir=tmp_path / "d")),
+         "max_size_mb must be a number"),
+        (lambda: edgepack.build(digits_onnx, options=BuildOptions(cache_dir=3, output_dir=tmp_path / "d")),
+         "cache_dir must be a path"),
         (lambda: edgepack.profile(digits_onnx, runs=-5), "runs must be a whole number of at least 1, not -5"),
         (lambda: edgepack.profile(digits_onnx, timeout_s=-1), "timeout_s must be a number above 0"),
         (lambda: edgepack.profile(digits_onnx, hosts=5), "hosts must be a host"),
@@ -41,9 +50,10 @@ def test_an_output_that_is_a_file_is_refused_before_the_model_is_read(tmp_path: 
     existing = tmp_path / "existing.onnx"
     existing.write_bytes(b"not mine")
     with pytest.raises(UsageError, match=f"output {existing} is a file, not a folder"):
-        edgepack.build(tmp_path / "no-such-model.onnx", output=existing)
+        edgepack.build(tmp_path / "no-such-model.onnx", options=BuildOptions(output_dir=existing))
     with pytest.raises(UsageError, match=f"cache_dir {existing} is a file"):
-        edgepack.build(tmp_path / "no-such-model.onnx", output=str(tmp_path / "d"), cache_dir=str(existing))
+        edgepack.build(tmp_path / "no-such-model.onnx",
+                       options=BuildOptions(output_dir=str(tmp_path / "d"), cache_dir=str(existing)))
     assert existing.read_bytes() == b"not mine"
 
 
@@ -56,9 +66,10 @@ def test_a_host_string_is_one_host(digits_onnx: Path):
 
 
 def test_cache_dir_and_output_as_str_build_a_package(digits, digits_onnx: Path, tmp_path: Path):
-    result = edgepack.build(str(digits_onnx), "host", calib=digits.x_train[:60], output=str(tmp_path / "dist"),
-                            cache_dir=str(tmp_path / "cache"), formats=["onnx"], precisions=["fp32"],
-                            prune_ratios=[0], threads=[1], max_measurements=1, runs=3, warmup=1, jobs=1)
+    options = BuildOptions(output_dir=str(tmp_path / "dist"), cache_dir=str(tmp_path / "cache"), formats=["onnx"],
+                           precisions=["fp32"], prune_ratios=[0], threads=[1], max_measurements=1, runs=3, warmup=1,
+                           jobs=1)
+    result = edgepack.build(str(digits_onnx), "host", calib=digits.x_train[:60], options=options)
     assert Path(result.package).parent == tmp_path / "dist" and (Path(result.package) / "manifest.json").is_file()
     assert (tmp_path / "cache" / "records.jsonl").is_file()
 
@@ -112,3 +123,11 @@ def test_a_module_torch_cannot_export_names_example_input(digits_model):
         edgepack.inspect(Branchy(), example_input=torch.ones(1, 3))
     with pytest.raises(UsageError, match=r"example_input must be a torch\.Tensor"):
         edgepack.inspect(digits_model, example_input=np.zeros((1, 1, 8, 8), np.float32))
+
+
+def test_prune_rounds_channels_as_the_pruner_does_by_default():
+    import inspect
+
+    from edgepack.compress.channels import ROUND_TO
+
+    assert inspect.signature(edgepack.prune).parameters["round_to"].default == ROUND_TO

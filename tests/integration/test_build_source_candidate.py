@@ -12,7 +12,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from edgepack.compress.plan import CompressionPlan
 from edgepack.render import no_feasible_message
+from edgepack.search.candidate import Status
+from edgepack.search.result import CandidateRow
 
 pytestmark = pytest.mark.slow
 SHAPE = (1, 12, 12, 1)
@@ -24,7 +27,7 @@ def int8_tflite(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     int8 calibration and labelled evaluation samples quantized by the model's own input scale."""
     import tensorflow as tf
 
-    from edgepack.model import tflite_interpreter
+    from edgepack.model_files import tflite_interpreter
 
     root = tmp_path_factory.mktemp("source_candidate")
     rng = np.random.default_rng(0)
@@ -117,19 +120,19 @@ def test_a_failed_conversion_is_named_when_the_source_is_blocked(cli, int8_tflit
 
 
 def _row(label: str, status: str, *, size_mb: float | None = None, blocked_by: list[str] | None = None,
-         error: str | None = None) -> dict:
-    return {"label": label, "status": status, "size_mb": size_mb, "blocked_by": blocked_by or [], "error": error,
-            "latency_ms": None, "predicted_ms": None}
+         error: str | None = None) -> CandidateRow:
+    return CandidateRow(CompressionPlan("tflite", "int8"), label, Status(status), size_mb,
+                        blocked_by=tuple(blocked_by or ()), error=error)
 
 
 def test_when_every_candidate_failed_the_failure_is_the_message():
     error = "build failed: conversion tflite->onnx (tf2onnx) failed: IndexError: list index out of range"
     rows = [_row("tflite int8 x1", "failed", error=error),
             _row("tflite int8 pruned 30% x1", "skipped", blocked_by=[f"pruning 30% alone fails: {error}"])]
-    text = no_feasible_message({"candidates": rows})
+    text = no_feasible_message(rows)
     assert text.startswith("every candidate failed (1 failed): build failed: conversion tflite->onnx (tf2onnx)")
     assert "no candidate meets" not in text and "1 left unbuilt: pruning 30% alone fails" in text
     rows.append(_row("tflite int8 as given x1", "predicted", size_mb=0.004, blocked_by=["size 0.00 MB > 0.0001 MB"]))
-    text = no_feasible_message({"candidates": rows})
+    text = no_feasible_message(rows)
     assert text.startswith("no candidate meets the constraints; nearest: tflite int8 as given x1 (size")
     assert text.endswith(f"1 failed: {error}")

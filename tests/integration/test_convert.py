@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from edgepack.cli import main
+from edgepack.conversion_error import ConversionError
 from edgepack.convert.convert import ConversionResult, convert_model
-from edgepack.convert.errors import ConversionError
 from edgepack.data import Dataset
 from edgepack.errors import InputShapeError
 from edgepack.examples.digits import DigitsData

@@ -7,8 +7,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper
 
 from edgepack.errors import UsageError
 from edgepack.model import TensorSpec
@@ -172,3 +174,33 @@ def test_a_recurrent_vad_given_its_values_is_summarised_and_profiled(cli, one_li
     one_line_error(cli("inspect", silero_like, "--input-value", "sr=8000;state=zeros"),
                    "does not run with zeros for input, to find its shapes", "cannot be reshaped", "--input-value")
     one_line_error(cli("inspect", silero_like), "does not run with zeros for input, sr, state")
+
+
+def save_model(path: Path, inputs: list, outputs: list, nodes: list, initializers: list = (),
+               opsets: tuple = (("", 13),)) -> Path:
+    graph = helper.make_graph(nodes, path.stem, inputs, outputs, list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets])
+    onnx.save(model, path)
+    return path
+
+
+def test_fixed_batch_and_huge_inputs_are_refused_in_one_line(cli, one_line_error, tmp_path: Path):
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [16, 4], np.ones(64, np.float32))
+    batch8 = save_model(tmp_path / "batch8.onnx", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 16])],
+                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 4])],
+                        [helper.make_node("MatMul", ["x", "w"], ["y"])], [weight])
+    np.save(tmp_path / "rows.npy", np.random.default_rng(0).random((64, 16), np.float32))
+    # a first axis fixed at 8 is not a batch axis: the input is fed whole, so it needs a value or data
+    # holding [N, 8, 16], never rows cut from the user's data or random numbers
+    one_line_error(cli("convert", batch8, "--to", "tflite", "-o", tmp_path / "out.tflite"),
+                   "input 'x' has a fixed first axis of 8", "--input-value", "batch 1")
+    for argv in (["quantize", batch8, "--calib", tmp_path / "rows.npy", "--format", "onnx", "-o", tmp_path / "q.onnx"],
+                 ["build", batch8, "--device", "host", "--calib", tmp_path / "rows.npy", "--cache", tmp_path / "c",
+                  "-o", tmp_path / "dist"]):
+        one_line_error(cli(*argv), "input 'x' expects samples of shape Nx8x16", "given 64x16")
+    huge = save_model(tmp_path / "huge.onnx",
+                      [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 100000, 100000])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 100000, 100000])],
+                      [helper.make_node("Relu", ["x"], ["y"])])
+    one_line_error(cli("convert", huge, "--to", "tflite", "-o", tmp_path / "huge.tflite"), "111.8 GiB")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["batch8.onnx", "huge.onnx", "rows.npy"]

@@ -12,12 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgepack.compress.plan import CompressionPlan
 from edgepack.compress.quantize import quantize_model
 from edgepack.data import Dataset
 from edgepack.examples.digits import DigitsData
+from edgepack.latency import LatencySource
 from edgepack.model import load_model
-from edgepack.package import PackageContents, pareto_front, write_package
+from edgepack.package import PackageContents, write_package
 from edgepack.profiles import ProfileRegistry
+from edgepack.search.candidate import Latency, Status
+from edgepack.search.result import BuildResult, CandidateRow, SourceModel
+from edgepack.search.space import ConstraintCheck, Constraints, pareto_front
 
 pytestmark = pytest.mark.slow
 
@@ -31,14 +36,18 @@ def test_package_with_int8_io_runs_on_the_device_side(digits_onnx: Path, digits:
     coral = ProfileRegistry.discover().get("coral-edgetpu")
     result = quantize_model(load_model(digits_onnx), Dataset({"image": digits.x_train[:200]}), coral,
                             tmp_path / "q.tflite", eval_data=Dataset({"image": digits.x_test}, digits.y_test))
-    candidates = [{"label": "tflite int8", "size_mb": result.artifact.size_bytes / 1e6, "latency_ms": 0.5,
-                   "feasible": True, "measured": True, "pareto": True, "chosen": True},
-                  {"label": "tflite fp32", "size_mb": result.fp32_size_bytes / 1e6, "latency_ms": 0.7,
-                   "feasible": False, "measured": False, "pareto": False}]
+    candidates = (CandidateRow(CompressionPlan("tflite", "int8"), "tflite int8", Status.MEASURED,
+                               result.artifact.size_bytes / 1e6, Latency(0.5, LatencySource.MEASURED), pareto=True,
+                               chosen=True),
+                  CandidateRow(CompressionPlan("tflite", "fp32"), "tflite fp32", Status.PREDICTED,
+                               result.fp32_size_bytes / 1e6, Latency(0.7, LatencySource.PREDICTED),
+                               blocked_by=("size 0.30 MB > 0.1 MB",)))
+    build = BuildResult(coral, "pi@coral:22", candidates, Constraints(max_size_mb=1), "latency",
+                        SourceModel("digits", digits_onnx.name, load_model(digits_onnx).sha256, ("image",)))
     contents = PackageContents("digits-coral-edgetpu", result.artifact, digits_onnx.name,
                                load_model(digits_onnx).sha256, "coral-edgetpu",
                                {"format": "tflite", "precision": "int8", "prune_ratio": 0.0, "threads": 1},
-                               candidates=candidates, constraints={"max_size_mb": {"limit": 1, "held": True}})
+                               constraints=(ConstraintCheck("max_size_mb", 1, None),), build=build)
     root = write_package(contents, tmp_path / "dist")
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["artifact_sha256"] == result.artifact.sha256
@@ -112,3 +121,17 @@ def test_names_from_the_model_are_escaped_in_the_readme_and_run_py_predicts_them
     assert prediction_problem(printed, manifest["outputs"]) is None  # what deploy's smoke test accepts
     printed["outputs"][HOSTILE]["shape"] = [10]
     assert prediction_problem(printed, manifest["outputs"]).endswith("has shape [10], the model's is [1, 10]")
+
+
+def test_write_package_refuses_an_artifact_that_changed_after_verification(tmp_path: Path, digits_onnx: Path):
+    from edgepack.artifact import Artifact
+    from edgepack.errors import EdgepackError
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(digits_onnx.read_bytes())
+    artifact = Artifact(model, "onnx", "as given", "s", [], [])
+    model.write_bytes(digits_onnx.read_bytes()[:-8] + b"\0" * 8)
+    contents = PackageContents("m-host", artifact, "m.onnx", "s", "host", {})
+    with pytest.raises(EdgepackError, match="changed after it was verified"):
+        write_package(contents, tmp_path / "dist")
+    assert not (tmp_path / "dist" / "m-host").exists() and not list((tmp_path / "dist").iterdir())

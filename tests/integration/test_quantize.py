@@ -74,7 +74,7 @@ def test_npu_gets_integer_io(digits_onnx: Path, digits: DigitsData, profiles, tm
     calib, test = split(digits)
     coral = profiles.get("coral-edgetpu")
     result = quantize_model(load_model(digits_onnx), calib, coral, tmp_path / "coral.tflite", eval_data=test)
-    from edgepack.model import tflite_interpreter
+    from edgepack.model_files import tflite_interpreter
 
     interpreter = tflite_interpreter(result.artifact.path, delegates=False)
     for detail in [*interpreter.get_input_details(), *interpreter.get_output_details()]:

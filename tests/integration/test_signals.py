@@ -160,7 +160,7 @@ WORKERS_SCRIPT = textwrap.dedent("""
     from pathlib import Path
 
     from edgepack import interrupts
-    from edgepack.compress.parallel import BuilderSetup, ParallelBuilder
+    from edgepack.compress.builder import ArtifactBuilder
     from edgepack.compress.quantize import Check
     from edgepack.data import load_dataset
     from edgepack.model import load_model
@@ -172,9 +172,9 @@ WORKERS_SCRIPT = textwrap.dedent("""
         with interrupts.Session():
             handle = load_model(model)
             calib = load_dataset(calib_path, handle.inputs)
-            setup = BuilderSetup(handle, ProfileRegistry.discover().get("host"), calib, calib, Path(cache), True,
-                                 1.0, 0, Check())
-            builder = ParallelBuilder(setup, 2, print)
+            builder = ArtifactBuilder(handle, ProfileRegistry.discover().get("host"), calib, calib, Path(cache),
+                                      calibrated=True, max_accuracy_drop=1.0, distill_epochs=0, check=Check(), jobs=2,
+                                      say=print)
             try:
                 builder.build([CompressionPlan("tflite", "fp32"), CompressionPlan("tflite", "fp16")])
             finally:
@@ -186,7 +186,7 @@ WORKERS_SCRIPT = textwrap.dedent("""
 
 
 def test_sigterm_ends_a_worker_and_the_onnx2tf_it_started(tmpdir_env: Path, tmp_path: Path, calib: Path) -> None:
-    """ParallelBuilder's workers (spawned) building TFLite: onnx2tf runs as a worker's child."""
+    """ArtifactBuilder's workers (spawned) building TFLite: onnx2tf runs as a worker's child."""
     proc = start([sys.executable, "-c", WORKERS_SCRIPT, str(DIGITS), str(calib), str(tmp_path / "cache")],
                  tmpdir_env)
     wait_for(proc, running(proc, "_onnx2tf_worker", below_a_worker=True), timeout_s=50)

@@ -46,7 +46,7 @@ def test_onnx2tf_takes_odd_names_and_the_tflite_gets_them_back(odd_names, tmp_pa
     import onnxruntime as ort
 
     from edgepack.convert.onnx_to_tflite import convert_onnx_to_tflite
-    from edgepack.model import tflite_interpreter
+    from edgepack.model_files import tflite_interpreter
 
     model, calib_path = odd_names
     calib = np.load(calib_path)

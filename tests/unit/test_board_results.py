@@ -8,10 +8,12 @@ import json
 import numpy as np
 import pytest
 
+from edgepack.latency import LatencySource
 from edgepack.predict import Features, Predictor
 from edgepack.runners.base import HarnessResult
 from edgepack.runners.conditions import Conditions, Judge, spread_pct
 from edgepack.runners.validation import latency_problem, outputs_problem, result_problem
+from edgepack.search.candidate import Latency, Status
 from edgepack.search.space import CompressionPlan, Constraints
 from edgepack.search.strategy import Candidate, Strategy
 from edgepack.strict_json import dumps
@@ -100,7 +102,9 @@ def test_the_conditions_line() -> None:
 def test_an_unstable_figure_is_never_the_sole_reason_a_candidate_wins() -> None:
     def candidate(fmt: str, p50: float, p90: float, unstable: bool) -> Candidate:
         return Candidate(CompressionPlan(fmt, "fp32", 0.0, 1), Features(1.0, 10, "fp32", 1000, 100), 1.0,
-                         accuracy_drop=0.0, latency_ms=p50, p90_ms=p90, unstable=["spread 40%"] if unstable else [])
+                         accuracy_drop=0.0, status=Status.PREDICTED,
+                         latency=Latency(p50, LatencySource.MEASURED, p90_ms=p90,
+                                         unstable=("spread 40%",) if unstable else ()))
 
     noisy, steady = candidate("onnx", 1.0, 2.0, True), candidate("tflite", 1.5, 1.6, False)
     assert Strategy([noisy, steady], Predictor(), Constraints()).best() is steady

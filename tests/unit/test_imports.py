@@ -1,6 +1,10 @@
 """The package's modules form no import cycle, counting every import: at the top, inside functions
 (lazy imports for speed) and under TYPE_CHECKING. A cycle is two rooms that each reach into the
-other; one of them should be handed what it needs instead."""
+other; one of them should be handed what it needs instead.
+
+Nor do its rooms: a room is a subfolder of edgepack/ (convert, compress, search, runners, ...) or a
+top-level module (engines.py, inspection.py, ...). No two rooms import each other, and no rooms import
+each other round a longer loop; what two rooms share lives in a room below both."""
 
 from __future__ import annotations
 
@@ -54,6 +58,79 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         if node not in state:
             visit(node)
     return found
+
+
+def room_of(module: str) -> str:
+    """``edgepack.convert.routes`` -> ``convert``; ``edgepack.engines`` -> ``engines``."""
+    return module.split(".")[1]
+
+
+def room_imports(graph: dict[str, set[str]]) -> dict[tuple[str, str], list[str]]:
+    """Each pair (room, room it imports) with the module imports that make it, ``a -> b``."""
+    found: dict[tuple[str, str], list[str]] = {}
+    for module, targets in graph.items():
+        if module == "edgepack":  # the package itself is no room
+            continue
+        for target in sorted(targets):
+            if room_of(module) != room_of(target):
+                found.setdefault((room_of(module), room_of(target)), []).append(f"{module} -> {target}")
+    return found
+
+
+def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one node (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(set(graph) | {n for targets in graph.values() for n in targets}):
+        if node not in index:
+            visit(node)
+    return sorted(found)
+
+
+def test_no_two_rooms_import_each_other():
+    pairs = room_imports(imports())
+    both_ways = {f"{a} <-> {b}": pairs[(a, b)] + pairs[(b, a)] for a, b in sorted(pairs) if a < b and (b, a) in pairs}
+    assert both_ways == {}
+
+
+def test_rooms_form_no_cycle():
+    rooms: dict[str, set[str]] = {}
+    for a, b in room_imports(imports()):
+        rooms.setdefault(a, set()).add(b)
+    assert strongly_connected(rooms) == []
+
+
+def test_the_room_cycle_finder_finds_one():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set()}
+    assert strongly_connected(graph) == [["a", "b", "c"]]
+    assert room_of("edgepack.convert.routes") == "convert" and room_of("edgepack.engines") == "engines"
+    found = room_imports({"edgepack.x.a": {"edgepack.x.b", "edgepack.y"}})
+    assert found == {("x", "y"): ["edgepack.x.a -> edgepack.y"]}
 
 
 def test_no_module_imports_itself_through_another():

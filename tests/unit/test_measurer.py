@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from edgepack.latency import LatencySource
 from edgepack.measurer import Job, Measurer, NoBoardLeft
 from edgepack.predict import Features, Predictor
 from edgepack.records import Purpose, Records
 from edgepack.runners.base import HarnessResult, RunRequest
 from edgepack.runners.table import TableRunner
+from edgepack.search.candidate import Latency, Status
 from edgepack.search.confirm import confirm
 from edgepack.search.space import CompressionPlan, Constraints
 from edgepack.search.strategy import Candidate, Strategy
@@ -74,9 +76,9 @@ def test_jobs_pinned_to_a_board_run_there_in_order(tmp_path: Path):
 
 
 def candidate(i: int, latency: float, board: str) -> Candidate:
-    c = Candidate(CompressionPlan("onnx", "fp32", 0.1 * i), Features(1.0, 10, "fp32", 1000, 1000), 1.0)
-    c.latency_ms, c.board = latency, board
-    c.measurement = HarnessResult({"latency_ms": {"p50": latency}})
+    c = Candidate(CompressionPlan("onnx", "fp32", 0.1 * i), Features(1.0, 10, "fp32", 1000, 1000), 1.0,
+                  status=Status.PREDICTED)
+    c.measured_as(Latency(latency, LatencySource.MEASURED), HarnessResult({"latency_ms": {"p50": latency}}), board)
     return c
 
 
@@ -92,7 +94,8 @@ def test_confirmation_rounds_compare_contenders_on_one_board(tmp_path: Path):
         return Job(RunRequest(Path(f"m{i}.onnx")), f"sha{i}", repeat=repeat, board=board)
 
     said: list[str] = []
-    confirm(strategy, measurer, job_for, 2, said.append)
+    for confirmed in confirm(strategy, measurer, job_for, 2, said.append):
+        confirmed.apply()
     # the two within 15% are confirmed on the best one's board; the one first measured elsewhere gets
     # one round more, so both have three figures from board a; the third is not a contender
     assert b.runs == [] and a.runs == ["m0.onnx", "m1.onnx", "m0.onnx", "m1.onnx", "m1.onnx"]
@@ -101,7 +104,8 @@ def test_confirmation_rounds_compare_contenders_on_one_board(tmp_path: Path):
 
 
 def test_propose_gives_a_batch_of_distinct_candidates():
-    pool = [Candidate(CompressionPlan(f, "fp32", 0.0, t), Features(1.0 * t, 10, "fp32", 1000, 1000, f, t), 1.0)
+    pool = [Candidate(CompressionPlan(f, "fp32", 0.0, t), Features(1.0 * t, 10, "fp32", 1000, 1000, f, t), 1.0,
+                      status=Status.PREDICTED)
             for f in ("onnx", "tflite") for t in (1, 2)]
     strategy = Strategy(pool, Predictor(), Constraints(), max_measurements=3, source_format="onnx")
     batch = strategy.propose(3)

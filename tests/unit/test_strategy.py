@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from edgepack.predict import Features, Predictor
+from edgepack.search.candidate import Status
 from edgepack.search.space import CompressionPlan, Constraints
 from edgepack.search.strategy import Candidate, Strategy
 
@@ -24,7 +25,7 @@ def candidates() -> list[Candidate]:
                     size = 4.0 * (1 - ratio) * (0.27 if precision == "int8" else 1.0)
                     drop = 0.3 + 2.5 * ratio  # pruning costs accuracy
                     result.append(Candidate(plan, Features(roofline, 50, precision, int(size * 1e6), 10_000),
-                                            size, accuracy_drop=drop))
+                                            size, accuracy_drop=drop, status=Status.PREDICTED))
     return result
 
 
@@ -73,7 +74,7 @@ def test_each_runtime_is_measured_before_stopping_and_skipped_ones_never():
     pool = [c for c in candidates() if c.plan.prune_ratio in (0.0, 0.7)]
     for c in pool:
         if c.plan.prune_ratio == 0.7:
-            c.skipped = "pruning 70% alone loses too much"
+            c.skip("pruning 70% alone loses too much")
     strategy = Strategy(pool, Predictor(), Constraints(), max_measurements=len(pool))
     run(strategy)
     measured = [c for c in pool if c.measured]
@@ -84,12 +85,12 @@ def test_each_runtime_is_measured_before_stopping_and_skipped_ones_never():
 def test_unbuilt_candidates_are_proposed_and_size_rules_out_only_once_built():
     pool = [c for c in candidates() if c.plan.prune_ratio == 0.0 and c.plan.threads == 1]
     for c in pool:
-        c.built = False
+        c.status = Status.NOT_BUILT
     strategy = Strategy(pool, Predictor(), Constraints(max_size_mb=1.5), max_measurements=len(pool))
     first, = strategy.propose()
     assert first.plan.is_baseline and not first.built  # the caller builds it first
     for c in pool:
-        c.built = True  # now the real sizes are known: fp32 (4 MB) is over the limit
+        c.status = Status.PREDICTED  # now the real sizes are known: fp32 (4 MB) is over the limit
     assert all(c.plan.precision == "int8" for c in strategy.propose())
 
 

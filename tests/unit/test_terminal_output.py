@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import io
 
+from edgepack.compress.plan import CompressionPlan
+from edgepack.latency import LatencySource
 from edgepack.progress import Progress
 from edgepack.render import CONTENDERS, MEASURED_SHOWN, grouped_rows
+from edgepack.search.candidate import Latency, Status
+from edgepack.search.result import CandidateRow
 
 
 class Terminal(io.StringIO):
@@ -38,9 +42,10 @@ def test_piped_every_line_is_plain_and_quiet_prints_nothing():
 
 
 def _row(label: str, status: str, latency: float | None = None, blocked: list[str] | None = None,
-         chosen: bool = False, error: str | None = None) -> dict:
-    return {"label": label, "status": status, "latency_ms": latency, "predicted_ms": 1.0, "chosen": chosen,
-            "blocked_by": blocked or [], "error": error}
+         chosen: bool = False, error: str | None = None) -> CandidateRow:
+    return CandidateRow(CompressionPlan("onnx", "fp32"), label, Status(status), 1.0,
+                        None if latency is None else Latency(latency, LatencySource.MEASURED), predicted_ms=1.0,
+                        chosen=chosen, blocked_by=tuple(blocked or ()), error=error)
 
 
 def test_the_table_keeps_the_measured_and_the_nearest_and_groups_the_rest_by_reason():
@@ -52,7 +57,7 @@ def test_the_table_keeps_the_measured_and_the_nearest_and_groups_the_rest_by_rea
     rows += [_row("broken", "failed", error="measurement failed: timeout")]
     shown, groups = grouped_rows(rows)
     kept = ["chosen", "m2", *[f"slow{i}" for i in range(MEASURED_SHOWN - 2)]]
-    assert [r["label"] for r in shown] == [*kept, *[f"open{i}" for i in range(CONTENDERS)]]
+    assert [r.label for r in shown] == [*kept, *[f"open{i}" for i in range(CONTENDERS)]]
     assert groups[0] == f"1 more measured, slower and off the Pareto front: slow{MEASURED_SHOWN - 2}"
     assert groups[1] == "14 candidates: pruning 30% gives the same model as pruning 50%"
     assert groups[2] == "5 candidates: not built nor measured: the search chose before reaching them"

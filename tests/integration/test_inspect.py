@@ -1,11 +1,14 @@
-"""MACs and parameters of real exported/converted models against sums done by hand."""
+"""``edgepack inspect``: MACs and parameters of real exported/converted models against sums done by hand,
+and the ops a device (or ONNX Runtime itself) cannot run."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import onnx
 import pytest
+from onnx import TensorProto, helper
 
 from edgepack.analysis.onnx_graph import summarize_onnx
 from edgepack.analysis.tflite_graph import summarize_tflite
@@ -101,3 +104,27 @@ def test_compatibility_flags_ops_the_npu_lacks(tmp_path: Path):
     assert any("int8" in note for note in coral.precision_notes)
     rpi = inspect_model(load_model(path), registry.get("rpi4")).compatibility
     assert rpi is not None and rpi.compatible and not rpi.issues
+
+
+def save_model(path: Path, inputs: list, outputs: list, nodes: list, initializers: list = (),
+               opsets: tuple = (("", 13),)) -> Path:
+    graph = helper.make_graph(nodes, path.stem, inputs, outputs, list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets])
+    onnx.save(model, path)
+    return path
+
+
+def test_inspect_says_onnxruntime_cannot_load_a_custom_op(cli, tmp_path: Path):
+    model = save_model(tmp_path / "custom.onnx", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+                       [helper.make_node("Relu", ["x"], ["h"]),
+                        helper.make_node("FancyActivation", ["h"], ["y"], domain="com.example.ops")],
+                       opsets=(("", 13), ("com.example.ops", 1)))
+    code, out, _ = cli("inspect", model, "--device", "rpi4", "--json")
+    assert code == 0
+    compat = json.loads(out)["compatibility"]
+    assert not compat["compatible"]
+    assert [(i["op"], i["status"]) for i in compat["issues"]] == [("FancyActivation", "unsupported")]
+    assert "com.example.ops" in compat["issues"][0]["reason"]
+    code, out, _ = cli("inspect", model, "--device", "rpi4")
+    assert "all ops supported" not in out and "FancyActivation" in out

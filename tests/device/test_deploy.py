@@ -1,8 +1,9 @@
-"""``edgepack deploy`` against a board that hangs, prints garbage or lies, and packages that lie.
+"""``edgepack deploy`` to a board (a real sshd on loopback): concurrent deployments, a board that hangs,
+prints garbage or lies, and packages that lie.
 
 A board's faults: one line, exit 1, nothing left running on it, its previous deployment untouched. A
-package's lies (a manifest field that would make a path, an archive member larger than the manifest
-says): one line, exit 2, nothing uploaded.
+package's lies (a manifest field that would make a path, a file the manifest does not cover, an archive
+member larger than the manifest says, an archive cut short): one line, exit 2, nothing uploaded.
 """
 
 from __future__ import annotations
@@ -12,12 +13,17 @@ import io
 import json
 import shutil
 import tarfile
+import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgepack import deploy
+from edgepack.deploy import deploy_package
+from edgepack.profiles import ProfileRegistry
+from edgepack.runners.factory import SshOptions
 from edgepack.runners.loopback import SshDevice, running
 
 pytestmark = pytest.mark.device
@@ -152,6 +158,53 @@ def test_a_manifest_field_that_would_make_a_path_is_refused(cli, one_line_error,
     assert not list(home.iterdir()) and not list(tmp_path.rglob("PW*"))
 
 
+def ssh_args(dev: SshDevice, python: str | None = None) -> list[str]:
+    return ["--host", dev.target, "--known-hosts", str(dev.known_hosts), "--identity", str(dev.client_key),
+            "--remote-python", python or dev.python]
+
+
+def tamper(package: Path, tmp_path: Path, kind: str) -> Path:
+    copy = tmp_path / package.name
+    shutil.copytree(package, copy)
+    if kind == "unlisted file":
+        (copy / "numpy.py").write_text("raise SystemExit('imported from the package')\n")
+    elif kind == "symlink":
+        secret = tmp_path / "secret.txt"
+        secret.write_text("not for the board")
+        (copy / "README.md").unlink()
+        (copy / "README.md").symlink_to(secret)
+        manifest = json.loads((copy / "manifest.json").read_text())
+        manifest["files"]["README.md"] = hashlib.sha256(secret.read_bytes()).hexdigest()
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+    else:
+        outside = tmp_path / "outside.txt"
+        outside.write_text("outside")
+        manifest = json.loads((copy / "manifest.json").read_text())
+        name = "../outside.txt" if kind == "dotdot name" else str(outside)
+        manifest["files"][name] = hashlib.sha256(b"outside").hexdigest()
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+    if kind == "unlisted file":  # inside a .tar.gz, as packages travel
+        archive = tmp_path / f"{package.name}.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(copy, arcname=package.name)
+        return archive
+    return copy
+
+
+@pytest.mark.parametrize(("kind", "message"), [
+    ("unlisted file", "numpy.py is not listed in manifest.json"),
+    ("symlink", "README.md is a link"),
+    ("dotdot name", "manifest.json names '../outside.txt', not a plain file name"),
+    ("absolute name", "not a plain file name"),
+])
+def test_deploy_refuses_what_the_manifest_does_not_cover(cli, one_line_error, device: SshDevice, package: Path,
+                                                         tmp_path: Path, kind: str, message: str):
+    tampered = tamper(package, tmp_path, kind)
+    one_line_error(cli("deploy", tampered, "--device", "host", *ssh_args(device), "--remote-dir", tmp_path / "r"),
+                   message)
+    assert not (tmp_path / "r").exists()  # nothing uploaded
+
+
 def archive_with(package: Path, tmp_path: Path, grow: str, extra_bytes: int) -> Path:
     """The package's archive, manifest.json first, with ``grow`` made ``extra_bytes`` larger than the manifest
     says (zeros, which gzip shrinks to almost nothing: a small archive that unpacks huge)."""
@@ -180,6 +233,21 @@ def test_an_archive_member_larger_than_the_manifest_says_is_refused_before_it_is
     assert not (tmp_path / "r").exists()
 
 
+def test_truncated_package_archive_is_one_line(cli, one_line_error, tmp_path: Path):
+    package = tmp_path / "m-rpi4"
+    package.mkdir()
+    model = np.random.default_rng(0).bytes(100_000)
+    (package / "model.onnx").write_bytes(model)
+    (package / "manifest.json").write_text(json.dumps({  # a whole manifest: the archive's end is what is missing
+        "files": {"model.onnx": hashlib.sha256(model).hexdigest()}, "sizes": {"model.onnx": len(model)}}))
+    with tarfile.open(tmp_path / "m-rpi4.tar.gz", "w:gz") as tar:
+        tar.add(package, arcname="m-rpi4")
+    truncated = tmp_path / "cut.tar.gz"
+    truncated.write_bytes((tmp_path / "m-rpi4.tar.gz").read_bytes()[:40000])
+    one_line_error(cli("deploy", truncated, "--device", "rpi4", "--host", "pi@127.0.0.1:9"),
+                   "not a complete package archive")
+
+
 def test_the_archive_edgepack_writes_deploys_and_starts_with_its_manifest(device: SshDevice, package: Path,
                                                                          tmp_path: Path, cli):
     archive = package.parent / f"{package.name}.tar.gz"
@@ -191,3 +259,44 @@ def test_the_archive_edgepack_writes_deploys_and_starts_with_its_manifest(device
     release = (tmp_path / "r" / "digits-host" / "current").resolve()
     manifest = json.loads((release / "manifest.json").read_text())
     assert all(hashlib.sha256((release / n).read_bytes()).hexdigest() == h for n, h in manifest["files"].items())
+
+
+# -- concurrent deploys take the device's lock -------------------------------------------------------
+
+def ssh_options(dev: SshDevice) -> SshOptions:
+    return SshOptions((dev.target,), dev.known_hosts, dev.client_key, remote_python=dev.python,
+                      ssh_config=dev.root / "no_ssh_config")
+
+
+def release_is_complete(release: Path) -> bool:
+    manifest = json.loads((release / "manifest.json").read_text())
+    return all(hashlib.sha256((release / n).read_bytes()).hexdigest() == h for n, h in manifest["files"].items())
+
+
+def test_three_concurrent_deploys_ten_rounds_current_is_always_complete(device: SshDevice, package: Path,
+                                                                        tmp_path: Path):
+    host = ProfileRegistry.discover([]).get("host")
+    remote = tmp_path / "remote"
+    waits: list[str] = []
+    for _ in range(10):
+        results: list[object] = []
+
+        def deploy(results: list[object] = results) -> None:
+            try:
+                results.append(deploy_package(package, host, ssh_options(device), str(remote), say=waits.append)[0])
+            except Exception as exc:  # collected: every deploy must succeed
+                results.append(exc)
+
+        threads = [threading.Thread(target=deploy) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(not isinstance(r, Exception) for r in results), results
+        current = remote / "digits-host" / "current"
+        assert current.is_symlink() and release_is_complete(current.resolve())
+        assert any(current.resolve().name == Path(r.path).name for r in results)  # one of this round's
+        releases = sorted(p.name for p in (remote / "digits-host" / "releases").iterdir())
+        assert not [r for r in releases if r.startswith(".")] and 1 <= len(releases) <= 2
+    assert any("the device is in use (deploying digits-host by" in w for w in waits)  # it waited, and said for whom
+    assert not device.leftover_temp_dirs()
