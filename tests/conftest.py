@@ -93,11 +93,15 @@ def rng() -> np.random.Generator:
 
 @pytest.fixture()
 def cli(capsys: pytest.CaptureFixture[str]):
-    """Run ``edgepack ARGV...`` in this process: (exit code, stdout, stderr)."""
+    """Run ``edgepack ARGV...`` in this process: (exit code, stdout, stderr); argparse's refusals end in
+    SystemExit, as in the real command, and give its code."""
     from edgepack.cli import main
 
-    def run(*argv: str) -> tuple[int, str, str]:
-        code = main([str(a) for a in argv])
+    def run(*argv: object) -> tuple[int, str, str]:
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else 1
         out, err = capsys.readouterr()
         return code, out, err
 

@@ -19,20 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgepack.cli import build_parser, main
+from edgepack.cli import build_parser
 from edgepack.profiles import BUILTIN_DIR
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "edgepack" / "examples" / "digits_cnn.onnx"
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
-    """``edgepack ARGV`` in this process; argparse's refusals end in SystemExit, as in the real command."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_user_error(code: int, out: str, err: str, *fragments: str) -> None:
@@ -46,41 +36,41 @@ def assert_user_error(code: int, out: str, err: str, *fragments: str) -> None:
         assert fragment in lines[0]
 
 
-def test_devices_table_and_json(capsys):
-    code, out, _ = run(capsys, "devices")
+def test_devices_table_and_json(cli):
+    code, out, _ = cli("devices")
     assert code == 0
     for name in ("rpi4", "rpi5", "rpi-zero-2w", "android-gpu", "coral-edgetpu", "host"):
         assert name in out
-    code, out, err = run(capsys, "devices", "--json")
+    code, out, err = cli("devices", "--json")
     assert code == 0 and err == ""
     names = {d["name"] for d in json.loads(out)}
     assert {"rpi4", "coral-edgetpu", "host"} <= names
 
 
-def test_devices_show(capsys):
-    code, out, _ = run(capsys, "devices", "show", "coral-edgetpu")
+def test_devices_show(cli):
+    code, out, _ = cli("devices", "show", "coral-edgetpu")
     assert code == 0 and "requires int8" in out and "coral.ai" in out
-    code, out, _ = run(capsys, "devices", "show", "rpi4", "--json")
+    code, out, _ = cli("devices", "show", "rpi4", "--json")
     data = json.loads(out)
     assert data["class"] == "cpu" and data["roofline"]["fp32_gflops"] == 96.0
     assert data["ssh"]["user"] == "pi" and data["benchmark"]["threads"] == 4
 
 
-def test_unknown_device_is_a_one_line_error(capsys):
-    assert_user_error(*run(capsys, "devices", "show", "rpi44"), "unknown device 'rpi44'",
+def test_unknown_device_is_a_one_line_error(cli):
+    assert_user_error(*cli("devices", "show", "rpi44"), "unknown device 'rpi44'",
                       "did you mean 'rpi4'")
-    assert_user_error(*run(capsys, "inspect", str(EXAMPLE), "--device", "corall-edgetpu"),
+    assert_user_error(*cli("inspect", str(EXAMPLE), "--device", "corall-edgetpu"),
                       "did you mean 'coral-edgetpu'")
 
 
-def test_invalid_profile_is_a_one_line_error(capsys, tmp_path: Path):
+def test_invalid_profile_is_a_one_line_error(cli, tmp_path: Path):
     bad = tmp_path / "board.toml"
     bad.write_text((BUILTIN_DIR / "rpi4.toml").read_text().replace("cores = 4", "cores = 4\ncorez = 1"))
-    assert_user_error(*run(capsys, "devices", "--profile", str(bad)), str(bad), "corez", "unknown key")
+    assert_user_error(*cli("devices", "--profile", str(bad)), str(bad), "corez", "unknown key")
 
 
-def test_inspect_example_json(capsys):
-    code, out, err = run(capsys, "inspect", str(EXAMPLE), "--device", "rpi4", "--json")
+def test_inspect_example_json(cli):
+    code, out, err = cli("inspect", str(EXAMPLE), "--device", "rpi4", "--json")
     assert code == 0 and err == ""
     data = json.loads(out)
     assert data["macs"] == 370_944 and data["params"] == 71_754
@@ -92,45 +82,45 @@ def test_inspect_example_json(capsys):
     assert data["op_histogram"]["Conv"] == 2
 
 
-def test_inspect_table_labels_the_estimate(capsys):
-    code, out, _ = run(capsys, "inspect", str(EXAMPLE), "--device", "coral-edgetpu")
+def test_inspect_table_labels_the_estimate(cli):
+    code, out, _ = cli("inspect", str(EXAMPLE), "--device", "coral-edgetpu")
     assert code == 0
     assert "ESTIMATE" in out and "not measured" in out
     assert "runs only int8" in out
 
 
-def test_missing_and_unknown_files(capsys, tmp_path: Path):
-    assert_user_error(*run(capsys, "inspect", str(tmp_path / "nope.onnx")), "nope.onnx",
+def test_missing_and_unknown_files(cli, tmp_path: Path):
+    assert_user_error(*cli("inspect", str(tmp_path / "nope.onnx")), "nope.onnx",
                       "no such file")
     other = tmp_path / "model.bin"
     other.write_bytes(b"\x00" * 10)
-    assert_user_error(*run(capsys, "inspect", str(other)), "unknown model format '.bin'")
-    assert_user_error(*run(capsys, "inspect"), "no model given")
+    assert_user_error(*cli("inspect", str(other)), "unknown model format '.bin'")
+    assert_user_error(*cli("inspect"), "no model given")
 
 
-def test_truncated_and_corrupt_models(capsys, tmp_path: Path, digits_onnx: Path):
+def test_truncated_and_corrupt_models(cli, tmp_path: Path, digits_onnx: Path):
     truncated = tmp_path / "truncated.onnx"
     truncated.write_bytes(digits_onnx.read_bytes()[: digits_onnx.stat().st_size // 3])
-    assert_user_error(*run(capsys, "inspect", str(truncated)), "truncated.onnx", "not a", "ONNX")
+    assert_user_error(*cli("inspect", str(truncated)), "truncated.onnx", "not a", "ONNX")
     garbage = tmp_path / "garbage.tflite"
     garbage.write_bytes(b"this is not a flatbuffer" * 10)
-    assert_user_error(*run(capsys, "inspect", str(garbage)), "garbage.tflite", "TFLite")
+    assert_user_error(*cli("inspect", str(garbage)), "garbage.tflite", "TFLite")
     keras_file = tmp_path / "broken.keras"
     keras_file.write_bytes(b"PK\x03\x04 not really a zip")
-    assert_user_error(*run(capsys, "inspect", str(keras_file)), "broken.keras", "Keras")
+    assert_user_error(*cli("inspect", str(keras_file)), "broken.keras", "Keras")
     torchscript = tmp_path / "weights.pt"
     torchscript.write_bytes(b"\x80\x02pickle")
-    assert_user_error(*run(capsys, "inspect", str(torchscript)), "weights.pt", "TorchScript")
+    assert_user_error(*cli("inspect", str(torchscript)), "weights.pt", "TorchScript")
 
 
-def test_bad_input_shape(capsys):
-    assert_user_error(*run(capsys, "inspect", str(EXAMPLE), "--input-shape", "1,a,8"),
+def test_bad_input_shape(cli):
+    assert_user_error(*cli("inspect", str(EXAMPLE), "--input-shape", "1,a,8"),
                       "not a list of integers")
-    assert_user_error(*run(capsys, "inspect", str(EXAMPLE), "--input-shape", "1,3,8,8"),
+    assert_user_error(*cli("inspect", str(EXAMPLE), "--input-shape", "1,3,8,8"),
                       "contradicts the model's fixed shape")
-    assert_user_error(*run(capsys, "inspect", "--torch-module", "edgepack.examples.digits:digits_cnn"),
+    assert_user_error(*cli("inspect", "--torch-module", "edgepack.examples.digits:digits_cnn"),
                       "--input-shape")
-    assert_user_error(*run(capsys, "inspect", "--torch-module", "edgepack.examples.digits:nothing",
+    assert_user_error(*cli("inspect", "--torch-module", "edgepack.examples.digits:nothing",
                            "--input-shape", "1,1,8,8"), "no callable 'nothing'")
 
 
@@ -142,10 +132,10 @@ def test_console_script_exit_code_and_stderr(tmp_path: Path):
     assert proc.stderr.count("\n") == 1 and "missing.onnx" in proc.stderr
 
 
-def test_devices_and_inspect_fit_in_100_columns(capsys):
+def test_devices_and_inspect_fit_in_100_columns(cli):
     for argv in (["devices"], ["inspect", str(EXAMPLE), "--device", "coral-edgetpu"],
                  ["inspect", str(EXAMPLE), "--device", "android-gpu"]):
-        code, out, _ = run(capsys, *argv)
+        code, out, _ = cli(*argv)
         assert code == 0 and max(len(line) for line in out.splitlines()) <= 100, argv
 
 
@@ -186,10 +176,10 @@ def test_devices_and_inspect_fit_in_100_columns(capsys):
     ["convert", "m.onnx", "--to", "onnx", "--resize", "0x224"],
     ["deploy", "pkg", "--device", "rpi4", "--timeout", "0"],
 ])
-def test_numeric_flags_out_of_range_are_refused_while_parsing(capsys, one_line_error, argv):
+def test_numeric_flags_out_of_range_are_refused_while_parsing(cli, one_line_error, argv):
     """Refused before anything is read (the model path does not even exist): one line naming the flag."""
     flag = next(a for a in argv if a.startswith("--") and a not in ("--device", "--calib", "--to"))
-    line = one_line_error(run(capsys, *argv), f"argument {flag}: must be", f"'{argv[argv.index(flag) + 1]}'")
+    line = one_line_error(cli(*argv), f"argument {flag}: must be", f"'{argv[argv.index(flag) + 1]}'")
     assert "--help" in line
 
 
@@ -215,19 +205,19 @@ def test_a_bad_flag_is_one_line_from_the_installed_command(tmp_path: Path):
 
 # -- -o, --cache and --input-shape are checked before any work -----------------------------------------------
 
-def test_build_output_that_is_a_file_is_refused_before_any_work(capsys, one_line_error, digits_onnx: Path,
+def test_build_output_that_is_a_file_is_refused_before_any_work(cli, one_line_error, digits_onnx: Path,
                                                                 tmp_path: Path):
     existing = tmp_path / "existing.onnx"
     shutil.copyfile(digits_onnx, existing)
     before = existing.read_bytes()
     np.save(tmp_path / "calib.npy", np.zeros((40, 1, 8, 8), np.float32))
     start = time.perf_counter()
-    one_line_error(run(capsys, "build", digits_onnx, "--device", "host", "--calib", tmp_path / "calib.npy",
+    one_line_error(cli("build", digits_onnx, "--device", "host", "--calib", tmp_path / "calib.npy",
                        "--cache", tmp_path / "cache", "-o", existing), f"-o {existing} is a file, not a folder")
     assert time.perf_counter() - start < 5
-    one_line_error(run(capsys, "build", digits_onnx, "--device", "host", "--cache", tmp_path / "cache",
+    one_line_error(cli("build", digits_onnx, "--device", "host", "--cache", tmp_path / "cache",
                        "-o", existing / "dist"), f"would be made inside {existing}, which is a file")
-    one_line_error(run(capsys, "build", digits_onnx, "--device", "host", "--cache", existing,
+    one_line_error(cli("build", digits_onnx, "--device", "host", "--cache", existing,
                        "-o", tmp_path / "dist"), f"--cache {existing} is a file")
     assert existing.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.npy", "existing.onnx"]
@@ -249,12 +239,12 @@ def dynamic_onnx(tmp_path: Path) -> Path:
     return path
 
 
-def test_an_input_shape_larger_than_memory_is_refused(capsys, one_line_error, dynamic_onnx: Path):
+def test_an_input_shape_larger_than_memory_is_refused(cli, one_line_error, dynamic_onnx: Path):
     for command in ("profile", "inspect"):
-        one_line_error(run(capsys, command, dynamic_onnx, "--input-shape", "x:1,3,300000,300000"),
+        one_line_error(cli(command, dynamic_onnx, "--input-shape", "x:1,3,300000,300000"),
                        "--input-shape 1,3,300000,300000 for 'x' is 1,080.0 GB per sample",
                        "more than this machine's memory")
-    code, out, err = run(capsys, "profile", dynamic_onnx, "--input-shape", "x:1,3,8,8", "--runs", "3",
+    code, out, err = cli("profile", dynamic_onnx, "--input-shape", "x:1,3,8,8", "--runs", "3",
                          "--warmup", "1", "--json")
     assert code == 0, err
     assert json.loads(out)["latency_ms"]["p50"] > 0

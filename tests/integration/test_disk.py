@@ -11,18 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgepack.cli import main
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
-    """``edgepack ARGV`` in this process; argparse's refusals end in SystemExit, as in the real command."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
-
 
 @pytest.fixture()
 def small_disk(tmp_path: Path):
@@ -57,22 +45,22 @@ def small_build(digits_onnx: Path, calib: Path, cache: Path, dist: Path) -> list
             "--warmup", "1", "--jobs", "1", "--cache", cache, "-o", dist]
 
 
-def test_a_full_disk_at_o_is_one_line_naming_the_folder(capsys, one_line_error, small_disk: Path,
+def test_a_full_disk_at_o_is_one_line_naming_the_folder(cli, one_line_error, small_disk: Path,
                                                         digits_onnx: Path, digits, tmp_path: Path):
     np.save(tmp_path / "calib.npy", digits.x_train[:60])
     fill(small_disk, leave_bytes=8 * 1024)  # the model file (~290 KB) does not fit
     dist = small_disk / "dist"
-    one_line_error(run(capsys, *small_build(digits_onnx, tmp_path / "calib.npy", tmp_path / "cache", dist)),
+    one_line_error(cli(*small_build(digits_onnx, tmp_path / "calib.npy", tmp_path / "cache", dist)),
                    f"no space left on device at {dist}")
     assert left_behind(small_disk) == [] and not any(dist.glob("digits-host*"))
 
 
-def test_a_full_disk_at_cache_is_one_line_and_leaves_no_torn_record(capsys, one_line_error, small_disk: Path,
+def test_a_full_disk_at_cache_is_one_line_and_leaves_no_torn_record(cli, one_line_error, small_disk: Path,
                                                                     digits_onnx: Path, digits, tmp_path: Path):
     np.save(tmp_path / "calib.npy", digits.x_train[:60])
     cache = small_disk / "cache"
     fill(small_disk)
-    one_line_error(run(capsys, *small_build(digits_onnx, tmp_path / "calib.npy", cache, tmp_path / "dist")),
+    one_line_error(cli(*small_build(digits_onnx, tmp_path / "calib.npy", cache, tmp_path / "dist")),
                    f"no space left on device at {cache}")
     assert left_behind(small_disk) == [] and not (tmp_path / "dist").exists()
     records = cache / "records.jsonl"
