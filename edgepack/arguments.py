@@ -68,7 +68,8 @@ BOUNDS: dict[str, Bound] = {
     "runs": COUNT, "warmup": WHOLE, "threads": COUNT, "jobs": COUNT, "max_measurements": COUNT,
     "round_to": COUNT, "distill_epochs": WHOLE, "timeout_s": POSITIVE, "time_budget_s": POSITIVE,
     "max_size_mb": POSITIVE, "max_ram_mb": POSITIVE, "max_sram_kb": POSITIVE, "max_latency_ms": POSITIVE,
-    "max_accuracy_drop": POINTS, "tolerance": POSITIVE, "ratio": RATIO, "prune_ratios": RATIO,
+    "max_accuracy_drop": POINTS, "tolerance": POSITIVE, "budget_minutes": POSITIVE, "ratio": RATIO,
+    "prune_ratios": RATIO,
 }
 
 

@@ -4,6 +4,8 @@ whether each held, the report of every candidate, and one held-out sample for th
 from __future__ import annotations
 
 import tempfile
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ from edgepack.package import PackageContents, package_name, write_package
 from edgepack.runners.base import EMULATED
 from edgepack.search.result import BuildResult, CandidateRow
 from edgepack.search.space import ConstraintCheck
+from edgepack.stages import StageTime
 
 
 def constraint_checks(result: BuildResult, chosen: CandidateRow) -> tuple[ConstraintCheck, ...]:
@@ -44,6 +47,15 @@ def measured_section(result: BuildResult, chosen: CandidateRow) -> dict[str, Any
     if chosen.p50_rounds_ms:
         measurement["p50_rounds_ms"] = list(chosen.p50_rounds_ms)
     return measurement
+
+
+def packaged(result: BuildResult, output_dir: Path) -> BuildResult:
+    """``result`` with its package written (``package``), and the writing timed as stage "package" (after
+    the manifest and report inside the package were written: they hold the stages before it)."""
+    start = time.perf_counter()
+    package = write_build_package(result, output_dir)
+    took = StageTime("package", time.perf_counter() - start, package.name)
+    return replace(result, package=package, stages=(*result.stages, took))
 
 
 def write_build_package(result: BuildResult, output_dir: Path) -> Path:

@@ -266,7 +266,8 @@ def _build_options(args: argparse.Namespace) -> BuildOptions:
     return BuildOptions(
         Constraints(args.max_size_mb, args.max_sram_kb / 1024 if args.max_sram_kb else args.max_ram_mb,
                     args.max_latency_ms, args.max_accuracy_drop),
-        objective=args.objective, max_measurements=args.max_measurements,
+        objective=args.objective, max_measurements=args.max_measurements, budget_minutes=args.budget_minutes,
+        exhaustive=args.exhaustive,
         formats=tuple(args.formats.split(",")) if args.formats else None,
         precisions=tuple(args.precisions.split(",")) if args.precisions else None,
         threads=tuple(int(t) for t in threads) if threads else None,

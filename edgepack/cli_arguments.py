@@ -216,6 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="what to minimise among the feasible (default: p50 latency)")
     build.add_argument("--max-measurements", type=flag("max_measurements"), default=12, metavar="N",
                        help="measurements on the device at most (default 12)")
+    build.add_argument("--budget-minutes", type=flag("budget_minutes"), metavar="N",
+                       help="board time the search may spend, in minutes (measuring stops when it is spent)")
+    build.add_argument("--exhaustive", action="store_true",
+                       help="measure every candidate that passes the fidelity gate: the exhaustive answer, to check "
+                            "the search's choice or when board time is cheap (ignores --max-measurements)")
     build.add_argument("--formats", metavar="F,...", help="search only these formats (onnx, tflite)")
     build.add_argument("--precisions", metavar="P,...", help="search only these (fp32, fp16, int8, dynamic)")
     build.add_argument("--prune", metavar="R,...", type=flag_list("prune_ratios"),

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from edgepack.compress.builder import ArtifactBuilder, BuildFailed
 from edgepack.data import Dataset
@@ -28,17 +28,19 @@ from edgepack.model import ModelHandle
 from edgepack.predict import Predictor
 from edgepack.profiles import DeviceProfile
 from edgepack.records import Purpose, Records, default_cache_dir
-from edgepack.runners.base import RunRequest
+from edgepack.runners.base import HarnessResult, RunRequest
 from edgepack.runners.conditions import Judge
 from edgepack.runners.factory import SshOptions, runners_for
 from edgepack.search import finish
 from edgepack.search.candidate import Candidate, Latency, Status
 from edgepack.search.confirm import confirm
 from edgepack.search.estimate import estimate, features_of
+from edgepack.search.memory import BoardMemory
 from edgepack.search.options import BuildOptions
-from edgepack.search.result import BuildResult, PredictorScore, SourceModel
+from edgepack.search.result import BoardTime, BuildResult, PredictorScore, SourceModel
 from edgepack.search.setup import held_out_data, plans_allowed, profile_limits
-from edgepack.search.strategy import Strategy
+from edgepack.search.strategy import Strategy, slower_sentence
+from edgepack.stages import StageClock, StageTime
 
 __all__ = ["Build", "BuildOptions", "BuildResult", "build"]
 
@@ -83,7 +85,7 @@ class Build:
         self.calib, self.eval_data, calibrated = held_out_data(handle, calib, eval_data, self.notes)
         self.plans = plans_allowed(handle, profile, o, calibrated, self.notes)
         cache = o.cache_dir or default_cache_dir()
-        self.records = Records(cache)
+        self.records, self.memory, self.clock = Records(cache), BoardMemory(cache), StageClock()
         if self.records.skipped:
             self.notes.append(f"{self.records.skipped} line(s) of {self.records.path} are not records this "
                               "version reads (damaged or from another version): skipped")
@@ -91,10 +93,11 @@ class Build:
         self.builder = ArtifactBuilder(handle, profile, self.calib, self.eval_data, cache, calibrated=calibrated,
                                        max_accuracy_drop=1.0 if limit is None else limit,
                                        distill_epochs=o.distill_epochs, check=o.check,
-                                       jobs=o.jobs or os.cpu_count() or 1, say=say)
+                                       jobs=o.jobs or os.cpu_count() or 1, say=say, clock=self.clock)
         self.notes.extend([self.builder.note] if self.builder.note else [])
         self.runners = runners_for(profile, ssh, say)
         self._probed = False
+        self.no_ops: set[str] = set()  # formats whose runtime on these boards gives no per-op times
 
     def run(self) -> BuildResult:
         from edgepack.inspection import summarize_model
@@ -109,9 +112,15 @@ class Build:
                                   "predictor's, not measured; accuracy, the package and deploy are the board's own")
             summary, _ = summarize_model(self.handle)
             o = self.options
-            strategy = Strategy([Candidate(p, *estimate(p, summary, self.profile)) for p in self.plans], Predictor(),
-                                o.constraints, o.objective, o.max_measurements,
-                                source_format=self.handle.format.artifact_format)
+            history = self.memory.load(set(measurer.identities.values()), self.handle.sha256) \
+                if measurer.can_time else []
+            strategy = Strategy([Candidate(p, *estimate(p, summary, self.profile)) for p in self.plans],
+                                Predictor(history=history), o.constraints, o.objective, o.max_measurements,
+                                source_format=self.handle.format.artifact_format, exhaustive=o.exhaustive,
+                                budget_s=o.budget_minutes * 60 if o.budget_minutes else None,
+                                board_seconds=lambda: measurer.counts.seconds)
+            if history:
+                self.say(f"predictor: starting from {len(history)} figure(s) measured on this board by earlier builds")
             self.say(f"searching {len(self.plans)} candidates ({len({p.artifact for p in self.plans})} artifacts) "
                      f"for {self.profile.name}, measuring on {measurer.where}")
             steps = Steps(self, strategy, measurer)
@@ -120,6 +129,7 @@ class Build:
                 for done in confirm(strategy, measurer, self._job, o.confirm_rounds, self.say):
                     done.apply()
             self.notes.extend(f"board {board} dropped: {why}" for board, why in measurer.dropped.items())
+            self.clock.add(StageTime("measure", measurer.counts.seconds, "on the boards, during the search"))
             return self._result(strategy, measurer)
         finally:
             if measurer is not None:
@@ -127,7 +137,11 @@ class Build:
             self.builder.close()
 
     def _result(self, strategy: Strategy, measurer: Measurer) -> BuildResult:
-        chosen, findings, o = strategy.best(), list(strategy.findings), self.options
+        chosen, o = strategy.best(), self.options
+        slower = finish.why_slower(list(dict.fromkeys(strategy.slower)), measurer, self._job, self.no_ops, self.say) \
+            if measurer.can_time else []
+        explained = {slower_sentence(*pair) for pair, _ in slower}
+        findings = [f for f in strategy.findings if f not in explained] + [s.sentence() for _, s in slower]
         profile = check = sample = None
         if chosen is not None:
             if chosen.latency and not chosen.latency.source.timed:
@@ -146,10 +160,17 @@ class Build:
                                abs(c.predicted_ms - c.latency_ms) / c.latency_ms for c in strategy.candidates
                                if c.latency_measured and c.predicted_ms is not None and c.latency_ms)),
                            check, profile, None if measurer.can_time else measurer.environment, sample=sample,
-                           preprocessing=o.preprocessing, predictor=strategy.predictor)
+                           preprocessing=o.preprocessing, predictor=strategy.predictor, stages=self.clock.times,
+                           board_time=BoardTime.of(strategy, measurer.counts.seconds, self._job_runs()),
+                           slower=tuple(s for _, s in slower))
+
+    def _job_runs(self) -> int:
+        """Timed and warm-up runs of one measurement, at most."""
+        bench, o = self.profile.benchmark, self.options
+        return (bench.warmup if o.warmup is None else o.warmup) + (o.runs or bench.runs)
 
     def _job(self, c: Candidate, repeat: int = 0, board: str | None = None,
-             purpose: Purpose = Purpose.LATENCY) -> Job:
+             purpose: Purpose = Purpose.LATENCY, with_ops: bool = False) -> Job:
         from edgepack.profiling import held_out_inputs
 
         bench, o = self.profile.benchmark, self.options
@@ -157,7 +178,7 @@ class Build:
         artifact = c.artifact.artifact
         request = RunRequest(artifact.path, threads=c.plan.threads,
                              warmup=bench.warmup if o.warmup is None else o.warmup, runs=o.runs or bench.runs,
-                             op_profile=purpose is Purpose.OP_PROFILE, timeout_s=o.timeout_s,
+                             op_profile=purpose is Purpose.OP_PROFILE or with_ops, timeout_s=o.timeout_s,
                              inputs=held_out_inputs(self.handle, artifact, self.eval_data),
                              delegate=self.profile.vela.delegate if self.profile.vela else None)
         return Job(request, artifact.sha256, purpose, repeat, board)
@@ -169,6 +190,16 @@ class Steps:
 
     def __init__(self, build: Build, strategy: Strategy, measurer: Measurer) -> None:
         self.b, self.strategy, self.measurer = build, strategy, measurer
+        self.profiled: set[tuple[str, str]] = set()  # (format, precision) whose per-op times were asked for
+
+    def _learn_ops(self, c: Candidate) -> bool:
+        """Whether to ask the board for this candidate's per-op times too: the first of each runtime and
+        precision, where the boards give them (they teach the predictor each kind of kernel's speed)."""
+        group = (c.plan.format.value, c.plan.precision.value)
+        if group in self.profiled or c.plan.format.value in self.b.no_ops or self.measurer.op_profile_unavailable:
+            return False
+        self.profiled.add(group)
+        return True
 
     def build(self, batch: list[Candidate]) -> None:
         """Every unbuilt candidate of ``batch`` built (and its twins: other thread counts); before the first
@@ -198,9 +229,11 @@ class Steps:
                 self.strategy.rank_by_prediction(c, board)
                 self.b.say(f"rank      {c.plan.label}: ~{c.latency_ms:.3f} ms predicted (emulated board: not measured)")
             return []
+        jobs = []
         for c in ready:
             c.predicted_ms = self.strategy.predictor.latency_ms(c.features)
-        outcomes = self.measurer.measure([self.b._job(c) for c in ready])
+            jobs.append(self.b._job(c, with_ops=self._learn_ops(c)))
+        outcomes = self.measurer.measure(jobs)
         return [Timed(c, outcome) for c, outcome in zip(ready, outcomes, strict=True)]
 
     def observe(self, batch: list[Candidate], timed: list[Timed]) -> None:
@@ -215,12 +248,30 @@ class Steps:
                 continue
             self.strategy.observe(c, latency, outcome.result.peak_rss_mb, measurement=outcome.result,
                                   board=outcome.board)
+            self._remember(c, latency, outcome.result, outcome.board)
             where = f" on {outcome.board}" if len(self.measurer.all_boards) > 1 else ""
             kind = ("" if latency.source is LatencySource.MEASURED else f", {latency.label}") + (
                 ", UNSTABLE: judged by its p90" if latency.unstable else "")
             recorded = " [recorded]" if outcome.recorded else ""
             self.b.say(f"measure {count:>2}  {c.plan.label}: p50 {latency.ms:.3f} ms (predicted {c.predicted_ms:.3f}"
                        f"{kind}){where}{recorded}")
+
+
+    def _remember(self, c: Candidate, latency: Latency, result: HarnessResult, board: str | None) -> None:
+        """The figure (and its per-op times, when the board gave them) into the board's memory, for the
+        predictor of later builds; the per-op times into this build's predictor too."""
+        predictor = self.strategy.predictor
+        source = c.artifact.artifact.sha256 if c.artifact else ""
+        learned = [predictor.observations[-1]] if latency.source is LatencySource.MEASURED and source else []
+        profile = result.op_profile
+        if profile is not None and profile.ops and source:
+            c.op_profile = profile
+            learned += predictor.observe_ops(c.features, latency.ms, [(o.type, o.ms) for o in profile.ops], source)
+        elif profile is not None and profile.unavailable:
+            self.b.no_ops.add(c.plan.format.value)
+        identity = self.measurer.identities.get(board or "")
+        if identity and learned:
+            self.b.memory.add(identity, self.b.handle.sha256, [replace(o, source=source) for o in learned])
 
 
 def build(handle: ModelHandle, profile: DeviceProfile, options: BuildOptions, ssh: SshOptions,

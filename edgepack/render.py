@@ -385,6 +385,13 @@ def render_build(result: BuildResult, all_rows: bool = False) -> str:
     if p.median_error is not None and p.within_10pct is not None:
         lines.append(f"predictor: median error {p.median_error:.0%} on the {len(p.errors)} measured "
                      f"candidates (each predicted before it was measured); {p.within_10pct:.0%} within 10%")
+    if result.board_time is not None and result.board_time.measured:
+        lines.append(result.board_time.sentence)
+    if result.stages:
+        from edgepack.stages import totals
+
+        spent = totals(result.stages).items()
+        lines.append("time: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in spent))
     lines += [f"finding: {f}" for f in result.findings] + [f"note: {n}" for n in result.notes]
     c = result.chosen
     if c is None:

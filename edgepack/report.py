@@ -21,6 +21,7 @@ from edgepack.runners.conditions import Conditions
 from edgepack.search.candidate import Status
 from edgepack.search.result import BuildResult, CandidateRow
 from edgepack.search.space import ConstraintCheck
+from edgepack.stages import StageTime, totals
 
 MARKERS = "osD^v<>phP*Xd"
 
@@ -195,6 +196,25 @@ def decisions(chosen: CandidateRow | None) -> str:
     return "<section id='decisions'><h2>Decisions</h2>" + "".join(parts) + "</section>"
 
 
+def time_section(stages: Sequence[StageTime]) -> str:
+    """Where the build's time went: seconds per stage (in the order the stages first ran), then each
+    timed step with what it worked on; empty when the build timed nothing."""
+    if not stages:
+        return ""
+    summed = totals(list(stages))
+    whole = sum(summed.values()) or 1.0
+    rows = "".join(f"<tr><td>{_e(stage)}</td><td>{seconds:.1f}</td><td>{seconds / whole:.0%}</td></tr>"
+                   for stage, seconds in summed.items())
+    steps = "".join(f"<tr><td>{_e(t.stage)}</td><td>{_e(t.detail or '-')}</td><td>{t.seconds:.2f}</td></tr>"
+                    for t in stages)
+    return ("<section id='stages'><h2>Where the build's time went</h2>"
+            "<table><tr><th>stage</th><th>seconds</th><th>share</th></tr>" + rows + "</table>"
+            "<p class='note'>Wall-clock seconds per step; steps built side by side in worker processes overlap, "
+            "so the sum can exceed the build's own time.</p>"
+            f"<details><summary>every step ({len(stages)})</summary><table><tr><th>stage</th><th>what</th>"
+            "<th>seconds</th></tr>" + steps + "</table></details></section>")
+
+
 def render_report(name: str, result: BuildResult | None, constraints: Sequence[ConstraintCheck] = ()) -> str:
     """The page for a build's package: ``result``'s built candidates, the chosen one first in every view."""
     if result is None:  # a package written without a build (edgepack.package.write_package called alone)
@@ -236,6 +256,7 @@ def render_report(name: str, result: BuildResult | None, constraints: Sequence[C
            if distribution else "")
         + "<section id='ops'><h2>Per-op profile</h2>" + ops_html + "</section>"
         + decisions(chosen)
+        + time_section(result.stages)
         + "<section id='table'><h2>Every built candidate</h2><table><tr><th>candidate</th><th>size MB</th>"
         "<th>p50 ms</th><th>accuracy / fidelity</th><th>feasible</th><th>latency</th><th>Pareto</th></tr>"
         + table_rows + "</table></section></body></html>")

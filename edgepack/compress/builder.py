@@ -21,8 +21,6 @@ still alive after the grace period, and its children, are killed.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import multiprocessing
@@ -30,7 +28,7 @@ import pickle
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -47,6 +45,7 @@ from edgepack.compress.making import BuildFailed
 from edgepack.compress.plan import CompressionPlan, Precision
 from edgepack.compress.quantize import Check
 from edgepack.conversion_error import ConversionError
+from edgepack.convert import reuse
 from edgepack.convert.validate import ValidationReport
 from edgepack.data import Dataset
 from edgepack.engines import Engine
@@ -54,6 +53,7 @@ from edgepack.errors import EdgepackError
 from edgepack.formats import ArtifactFormat
 from edgepack.model import ModelHandle, file_sha256, load_model
 from edgepack.profiles import DeviceProfile
+from edgepack.stages import StageClock, StageTime
 
 __all__ = ["ArtifactBuilder", "BuildFailed", "BuiltArtifact", "dataset_sha256"]
 
@@ -86,8 +86,11 @@ def dataset_sha256(data: Dataset | None) -> str:
 class ArtifactBuilder:
     def __init__(self, handle: ModelHandle, profile: DeviceProfile, calib: Dataset, eval_data: Dataset, cache: Path,
                  *, calibrated: bool, max_accuracy_drop: float, distill_epochs: int = DISTILL_EPOCHS,
-                 check: Check | None = None, jobs: int = 1, say: Callable[[str], None] = lambda _: None) -> None:
+                 check: Check | None = None, jobs: int = 1, say: Callable[[str], None] = lambda _: None,
+                 clock: StageClock | None = None) -> None:
         self.handle, self.profile, self.calib, self.eval_data = handle, profile, calib, eval_data
+        #: where the building's time went: conversions, quantization, checks, distillation (also a worker's)
+        self.clock = clock or StageClock()
         self.calibrated, self.max_accuracy_drop, self.distill_epochs = calibrated, max_accuracy_drop, distill_epochs
         self.check, self.say = check or Check(), say
         self.root = cache / "artifacts"
@@ -111,16 +114,17 @@ class ArtifactBuilder:
     def __getstate__(self) -> dict[str, Any]:
         """What a worker process gets: the recipe, not this process's pool, engine or progress."""
         state = dict(self.__dict__)
-        state.update(_pool=None, _source=None, say=None, built={}, failures={}, _pruned={})
+        state.update(_pool=None, _source=None, say=None, built={}, failures={}, _pruned={}, clock=None)
         return state
 
     @property
     def source(self) -> Engine:
         """The original model's engine, which every artifact is checked against."""
         if self._source is None:
+            from edgepack.convert.remembered import RememberedEngine
             from edgepack.engines import engine_for
 
-            self._source = engine_for(self.handle)
+            self._source = RememberedEngine(engine_for(self.handle))  # run once per sample, for every check
         return self._source
 
     # -- many plans -----------------------------------------------------------------------------------
@@ -145,10 +149,11 @@ class ArtifactBuilder:
         names = [s.name for s in self.handle.inputs]
         ruled_out: dict[float, str] = {}
         for ratio, probe in zip(ratios, probes, strict=True):
-            same = next((r for r, p in zip(ratios, probes, strict=True) if r > ratio
-                         and isinstance(p, BuiltArtifact) and isinstance(probe, BuiltArtifact)
-                         and making.same_function(probe.artifact.path, p.artifact.path, self.eval_data, names)),
-                        None)
+            with self.clock.stage("prune probe", f"prune {ratio:.0%} against the higher ratios"):
+                same = next((r for r, p in zip(ratios, probes, strict=True) if r > ratio
+                             and isinstance(p, BuiltArtifact) and isinstance(probe, BuiltArtifact)
+                             and making.same_function(probe.artifact.path, p.artifact.path, self.eval_data, names)),
+                            None)
             if same is not None:
                 ruled_out[ratio] = (f"pruning {ratio:.0%} gives the same model as pruning {same:.0%} (equal outputs "
                                     f"on held-out samples: the channels in between are never active on your data): "
@@ -174,11 +179,12 @@ class ArtifactBuilder:
         results = []
         for plan, future in zip(plans, futures, strict=True):
             try:
-                built, lines, seconds = future.result()
+                built, lines, seconds, times = future.result()
             except BrokenProcessPool:
                 if interrupts.received():  # a worker ended by the same signal: the interruption, not a fault
                     raise interrupts.Interrupted(interrupts.received() or 0) from None
                 raise
+            self.clock.add(*times)  # timed in the worker: its stages come back with its result
             for line in lines:
                 self.say(line)
             self._said(plan, built, seconds)
@@ -195,7 +201,7 @@ class ArtifactBuilder:
         return built
 
     def _said(self, plan: CompressionPlan, built: BuiltArtifact | BuildFailed, seconds: float) -> None:
-        label = plan.label.rsplit(" x", 1)[0]
+        label = _label(plan)
         if isinstance(built, BuildFailed):
             self.say(f"build  {label}: FAILED: {built}")
             return
@@ -229,18 +235,21 @@ class ArtifactBuilder:
         """The artifact for ``plan`` (from the cache when it was built before); raises BuildFailed."""
         fmt, precision, ratio = plan.artifact
         folder = self.root / self.key({"format": fmt, "precision": precision, "prune_ratio": ratio})
-        with _locked(folder):
+        # one onnx2tf run serves every TFLite precision of a graph (and a rerun): convert/reuse.py
+        with _locked(folder), reuse.conversions_kept_in(self.root / "conversions"):
             return self._cached_or_made(plan, folder)
 
     def _cached_or_made(self, plan: CompressionPlan, folder: Path) -> BuiltArtifact:
         fmt, _, ratio = plan.artifact
         record = folder / "build.json"
         if record.exists():
+            start = time.perf_counter()
             saved = json.loads(record.read_text())
             if saved.get("error"):
                 raise BuildFailed(saved["error"])
             artifact = Artifact.load(folder / saved["file"])
-            if self._intact(artifact.path, artifact.sha256, plan.label.rsplit(" x", 1)[0]):
+            if self._intact(artifact.path, artifact.sha256, _label(plan)):
+                self.clock.add(StageTime("cache", time.perf_counter() - start, _label(plan)))
                 return BuiltArtifact(artifact, saved["accuracy_drop"], making.report_from_dict(saved["fidelity"]),
                                      saved["details"], bool(saved.get("exact")))
             shutil.rmtree(folder)
@@ -260,24 +269,33 @@ class ArtifactBuilder:
     def _made(self, plan: CompressionPlan, output: Path) -> BuiltArtifact:
         if plan.as_given:  # the check against the original still gives the held-out accuracy the package reports
             artifact = making.copy_as_given(self.handle, self.source, self.calib, plan, output)
-            report = self._checked(artifact)  # outputs without a points figure lose none: the same file
+            report = self._checked(artifact, _label(plan))  # outputs without a points figure lose none
             drop = report.drop_pts
             return BuiltArtifact(artifact, 0.0 if drop is None else drop, report,
                                  {"precision_from": "the model's own graph (as given)"}, exact=True)
         handle, details = self._pruned_source(plan.prune_ratio) if plan.prune_ratio else (self.handle, {})
+        source = self.source if handle is self.handle else None  # a pruned model's steps check against it
         if plan.precision is Precision.FP32:
-            artifact = making.fp32_artifact(handle, self.handle.sha256, plan.format, output, self.profile, self.calib)
+            artifact = making.fp32_artifact(handle, self.handle.sha256, plan.format, output, self.profile, self.calib,
+                                            self.clock, source)
         else:
-            artifact, quantization = making.quantized_artifact(
+            artifact, quantization, made = making.quantized_artifact(
                 handle, self.calib, self.eval_data, self.profile, plan.format, plan.precision, output,
-                self.max_accuracy_drop, self.check, self.calibrated)
+                self.max_accuracy_drop, self.check, self.calibrated, self.clock, source)
             details = {**details, **quantization}
-        report = self._checked(artifact)
+            if source is not None and made is not None:  # quantizing checked this file against the original
+                return BuiltArtifact(artifact, made.drop_pts, self._checked(artifact, _label(plan), made), details)
+        report = self._checked(artifact, _label(plan))
         return BuiltArtifact(artifact, report.drop_pts, report, details)
 
-    def _checked(self, artifact: Artifact) -> ValidationReport:
-        return making.checked_against(self.source, artifact, self.eval_data, self.calibrated, self.profile,
-                                      self.check)
+    def _checked(self, artifact: Artifact, label: str, made: ValidationReport | None = None) -> ValidationReport:
+        """The artifact's check against the original, gated; ``made``: already run on it (not run twice)."""
+        if made is not None:
+            return making.checked_against(self.source, artifact, self.eval_data, self.calibrated, self.profile,
+                                          self.check, made)
+        with self.clock.stage("validate", f"{label} against the original"):
+            return making.checked_against(self.source, artifact, self.eval_data, self.calibrated, self.profile,
+                                          self.check)
 
     def _pruned_source(self, ratio: float) -> tuple[ModelHandle, dict[str, Any]]:
         """The fp32 ONNX model pruned by ``ratio`` and distilled from the original (built once)."""
@@ -295,8 +313,9 @@ class ArtifactBuilder:
         if not record.exists():
             if not self.calibrated:
                 raise BuildFailed("pruning needs --calib data to distil on")
-            pruning = making.pruned_model(self.handle, self.calib, self.eval_data, self.profile, ratio, path,
-                                          self.distill_epochs, self.say)
+            with self.clock.stage("distill", f"prune {ratio:.0%}"):
+                pruning = making.pruned_model(self.handle, self.calib, self.eval_data, self.profile, ratio, path,
+                                              self.distill_epochs, self.say)
             _write_json(record, {"sha256": file_sha256(path)[0], "pruning": pruning})
         return load_model(path), json.loads(record.read_text())
 
@@ -309,8 +328,9 @@ class ArtifactBuilder:
 
 
 # -- a worker process -----------------------------------------------------------------------------------
-#: outcome of one plan: the artifact, or why it could not be built; the lines it said; seconds taken
-Built = tuple[BuiltArtifact | BuildFailed, list[str], float]
+#: outcome of one plan: the artifact, or why it could not be built; the lines it said; seconds taken; the
+#: stages it spent them on (added to the parent's clock)
+Built = tuple[BuiltArtifact | BuildFailed, list[str], float, tuple[StageTime, ...]]
 
 _worker: ArtifactBuilder | None = None
 _lines: list[str] = []
@@ -320,31 +340,29 @@ def _start_worker(builder: ArtifactBuilder) -> None:
     global _worker
     interrupts.start_worker()
     builder.say = _lines.append
+    builder.clock = StageClock()
     _worker = builder
 
 
 def _build_in_worker(plan: CompressionPlan) -> Built:
     assert _worker is not None
     _lines.clear()
+    _worker.clock = clock = StageClock()  # this plan's stages only
     start = time.perf_counter()
     with interrupts.task():
         try:
             built: BuiltArtifact | BuildFailed = _worker.make(plan)
         except BuildFailed as exc:
             built = exc
-    return built, list(_lines), time.perf_counter() - start
+    return built, list(_lines), time.perf_counter() - start, clock.times
 
 
-@contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """Hold ``<folder>.lock`` (flock): one builder per artifact at a time, across processes."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.with_name(folder.name + ".lock"), "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def _label(plan: CompressionPlan) -> str:
+    """The artifact's part of a plan's label ("tflite int8", "onnx fp32 prune 30%"): threads aside."""
+    return plan.label.rsplit(" x", 1)[0]
+
+
+_locked = reuse.locked  # one builder per artifact at a time, across processes
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -26,6 +26,7 @@ from edgepack.errors import EdgepackError
 from edgepack.formats import ArtifactFormat
 from edgepack.model import ModelHandle
 from edgepack.profiles import DeviceProfile
+from edgepack.stages import StageClock
 
 EVAL_SAMPLES = 500  # held-out samples each artifact is checked on
 SAME_FUNCTION_SAMPLES = 64
@@ -61,19 +62,25 @@ def copy_as_given(handle: ModelHandle, source: Engine, calib: Dataset, plan: Com
 
 
 def fp32_artifact(handle: ModelHandle, original_sha256: str, fmt: ArtifactFormat, output: Path,
-                  profile: DeviceProfile, calib: Dataset) -> Artifact:
+                  profile: DeviceProfile, calib: Dataset, clock: StageClock, engine: Engine | None) -> Artifact:
     """``handle`` in ``fmt`` at fp32: converted, or (already in that format) copied with its dynamic
-    dimensions fixed to the measured shapes."""
+    dimensions fixed to the measured shapes. ``engine``: ``handle``'s, when the caller keeps one."""
     from edgepack.convert.convert import convert_model
+    from edgepack.engines import engine_for
 
     if handle.format.artifact_format is not fmt:
-        return convert_model(handle, fmt, output, profile, calib).artifact
+        return convert_model(handle, fmt, output, profile, calib, clock=clock, source=engine).artifact
+    with clock.stage("convert", f"{fmt} fp32 (the model's own graph, shapes fixed)"):
+        return _fixed_copy(handle, original_sha256, fmt, output, calib, engine or engine_for(handle))
+
+
+def _fixed_copy(handle: ModelHandle, original_sha256: str, fmt: ArtifactFormat, output: Path,
+                calib: Dataset, engine: Engine) -> Artifact:
     from edgepack.compress.quantizer import identity_bindings
-    from edgepack.engines import engine_for
 
     assert handle.path is not None
     names = [s.name for s in handle.inputs]
-    inputs, outputs = identity_bindings(handle, engine_for(handle), calib.batch(names, 0))
+    inputs, outputs = identity_bindings(handle, engine, calib.batch(names, 0))
     staging = staging_dir(output)
     try:
         staged = staging / output.name
@@ -90,18 +97,24 @@ def fp32_artifact(handle: ModelHandle, original_sha256: str, fmt: ArtifactFormat
 
 def quantized_artifact(handle: ModelHandle, calib: Dataset, eval_data: Dataset, profile: DeviceProfile,
                        fmt: ArtifactFormat, precision: Precision, output: Path, max_accuracy_drop: float,
-                       check: Check, calibrated: bool) -> tuple[Artifact, dict[str, Any]]:
+                       check: Check, calibrated: bool, clock: StageClock,
+                       source: Engine | None) -> tuple[Artifact, dict[str, Any], ValidationReport | None]:
     """Quantized and written even past the drop bound (the search shows that candidate's drop as its
-    blocker); with the quantization's parameters for the manifest."""
+    blocker); with the quantization's parameters for the manifest, and the written file's check against
+    ``handle`` on ``eval_data`` when quantizing made exactly the check ``checked_against`` would (the same
+    file, bindings, samples and data kind), else None. ``source``: ``handle``'s engine, when the caller
+    keeps one."""
     from edgepack.compress.quantize import quantize_model
 
     result = quantize_model(handle, calib, profile, output, fmt=fmt, mode=precision, eval_data=eval_data,
-                            max_accuracy_drop=max_accuracy_drop, check=replace(check, allow_drift=True))
+                            max_accuracy_drop=max_accuracy_drop, check=replace(check, allow_drift=True),
+                            clock=clock, source=source)
     artifact = result.artifact
+    same_check = result.checked_as_written and calibrated and len(eval_data) <= EVAL_SAMPLES
     return artifact, {"quantization": {
         "mode": precision, "calibration_samples": result.calibration_samples if calibrated else 0,
         "activation_type": result.activation_type, "float_layers": [f.__dict__ for f in result.float_layers],
-        "notes": result.notes + artifact.notes}}
+        "notes": result.notes + artifact.notes}}, replace(result.fidelity, route=AGAINST) if same_check else None
 
 
 def pruned_model(handle: ModelHandle, calib: Dataset, eval_data: Dataset, profile: DeviceProfile, ratio: float,
@@ -117,17 +130,20 @@ def pruned_model(handle: ModelHandle, calib: Dataset, eval_data: Dataset, profil
             "distillation": result.distill_report.__dict__ if result.distill_report else None}
 
 
+AGAINST = "against the original"  # the route of an artifact's check against the original model
+
+
 def checked_against(source: Engine, artifact: Artifact, eval_data: Dataset, calibrated: bool,
-                    profile: DeviceProfile, check: Check) -> ValidationReport:
+                    profile: DeviceProfile, check: Check, made: ValidationReport | None = None) -> ValidationReport:
     """The artifact against the original model on held-out data. Its drop in points is the search's to
-    bound (a constraint); the gate's other checks refuse it here (BuildFailed)."""
+    bound (a constraint); the gate's other checks refuse it here (BuildFailed). ``made``: that same check,
+    when making the artifact already ran it (quantized_artifact): the gate judges it, it is not run twice."""
     from edgepack.convert.validate import compare
     from edgepack.engines import engine_for_file
 
-    report = compare("against the original", source, engine_for_file(artifact.path, artifact.format,
-                                                                     profile.architecture),
-                     artifact.inputs, artifact.outputs, eval_data, "held-out" if calibrated else "random",
-                     profile.tolerances, EVAL_SAMPLES, kinds=check.kinds, metric=check.metric)
+    report = made or compare(AGAINST, source, engine_for_file(artifact.path, artifact.format, profile.architecture),
+                             artifact.inputs, artifact.outputs, eval_data, "held-out" if calibrated else "random",
+                             profile.tolerances, EVAL_SAMPLES, kinds=check.kinds, metric=check.metric)
     failure = report.gate_failure(replace(check.gate, max_drop_pts=float("inf")))
     if failure:
         raise BuildFailed(f"refused by its check against the original: {failure}")
@@ -136,12 +152,7 @@ def checked_against(source: Engine, artifact: Artifact, eval_data: Dataset, cali
 
 def report_from_dict(data: dict[str, Any]) -> ValidationReport:
     """A check read back from the artifact cache (``ValidationReport.to_dict``)."""
-    from edgepack.fidelity import OutputDrift
-    from edgepack.profiles import Tolerances
-
-    return ValidationReport(data["route"], data["samples"], data["data"],
-                            [OutputDrift(**o) for o in data["outputs"]], Tolerances(**data["tolerances"]),
-                            data.get("source_accuracy"), data.get("accuracy"), data.get("metric"))
+    return ValidationReport.from_dict(data)
 
 
 def same_function(a: Path, b: Path, eval_data: Dataset, input_names: list[str]) -> bool:

@@ -5,6 +5,7 @@ writes it anyway, and says so in its notes and metadata)."""
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -24,6 +25,7 @@ from edgepack.errors import EdgepackError, UsageError
 from edgepack.formats import FORMATS, ArtifactFormat
 from edgepack.model import ModelFormat, ModelHandle
 from edgepack.profiles import DeviceProfile
+from edgepack.stages import StageClock
 
 #: each format's quantizer (its own module does the format's work)
 QUANTIZERS: dict[ArtifactFormat, type[Quantizer]] = {ArtifactFormat.ONNX: OnnxQuantizer,
@@ -64,6 +66,9 @@ class QuantizeResult:
     gate_failure: str | None = None  # set only when --allow-drift wrote it anyway
     #: int8: the activations' type ("int8", or "uint8" for ONNX on x86: ORT's fast U8S8 path); weights are int8
     activation_type: str | None = None
+    #: ``fidelity`` was measured with the written file's own input/output bindings: it is that file's check
+    #: against ``handle`` on every held-out sample (a caller need not run the same check again)
+    checked_as_written: bool = False
 
     @property
     def within_bound(self) -> bool:
@@ -115,9 +120,13 @@ def _refuse_quantized(handle: ModelHandle) -> None:
 def quantize_model(handle: ModelHandle, calib: Dataset, profile: DeviceProfile, output: Path, *,
                    fmt: str | None = None, mode: str = "int8", eval_data: Dataset | None = None,
                    max_accuracy_drop: float = 1.0, calibrate_method: str = "minmax",
-                   io_dtype: str | None = None, check: Check | None = None) -> QuantizeResult:
+                   io_dtype: str | None = None, check: Check | None = None,
+                   clock: StageClock | None = None, source: Engine | None = None) -> QuantizeResult:
     """Quantize, check against the gate on held-out data, keep layers in float until it holds, write.
-    Raises :class:`FidelityError` (nothing written) when it cannot hold and ``check.allow_drift`` is off."""
+    Raises :class:`FidelityError` (nothing written) when it cannot hold and ``check.allow_drift`` is off.
+    ``clock``: the base's conversion ("convert"), each calibration and quantization ("quantize"), each check
+    ("validate") and the layer ranking ("sensitivity") are timed there. ``source``: ``handle``'s engine when
+    the caller has one (its outputs remembered across checks), else one is made."""
     fmt = fmt or default_format(profile)
     check = check or Check()
     check = replace(check, gate=replace(check.gate, max_drop_pts=max_accuracy_drop))
@@ -132,22 +141,27 @@ def quantize_model(handle: ModelHandle, calib: Dataset, profile: DeviceProfile, 
         calib, eval_data = calib.holdout(MIN_CALIBRATION_SAMPLES)
     calib, _ = calib.split(MAX_CALIBRATION_SAMPLES)
     io = io_dtype_for(profile, io_dtype) if (fmt is ArtifactFormat.TFLITE and mode is Precision.INT8) else "float32"
-    source = engine_for(handle)
+    source = source or engine_for(handle)
+    clock = clock or StageClock()
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="edgepack-quantize-") as tmp:
         work = Path(tmp)
         kind = QUANTIZERS[fmt]
-        base = kind.make_base(handle, work, profile, calib)
-        quantizer = kind(mode, base, calib, work, io, profile, calibrate_method)
-        judge = _Judge(source, base, eval_data, profile, check)
-        fp32_size = quantizer.fp32_size()
-        candidate = quantizer.build([])
+        base = kind.make_base(handle, work, profile, calib, clock, source)
+        with clock.stage("quantize", f"{fmt} {mode} (preparing the base)"):
+            quantizer = kind(mode, base, calib, work, io, profile, calibrate_method)
+        judge = _Judge(source, base, eval_data, profile, check, clock)
+        with clock.stage("convert", f"{fmt} fp32 (size baseline)"):
+            fp32_size = quantizer.fp32_size()
+        with clock.stage("quantize", f"{fmt} {mode}"):
+            candidate = quantizer.build([])
         report = judge(candidate, f"{fmt} {mode}")
         notes += quantizer.notes
         if quantizer.per_channel_possible and report.gate_failure(check.gate):
             # per-tensor weights first (the smaller file); per-channel scales when that loses too much
             quantizer.per_channel = True
-            candidate = quantizer.build([])
+            with clock.stage("quantize", f"{fmt} {mode} per-channel"):
+                candidate = quantizer.build([])
             report = judge(candidate, f"{fmt} {mode} per-channel")
         float_layers: list[FloatLayer] = []
         all_quantized_size = candidate.stat().st_size
@@ -167,10 +181,11 @@ def quantize_model(handle: ModelHandle, calib: Dataset, profile: DeviceProfile, 
         granularity = "per-channel" if quantizer.per_channel else "per-tensor"
         artifact = _install(handle, candidate, quantizer, report, float_layers, output,
                             f"{calibrate_method} calibration, {granularity} weights", failure)
+        as_written = (artifact.inputs, artifact.outputs) == (base.inputs, base.outputs)
     return QuantizeResult(artifact, mode, fp32_size, report, report.drop_pts, max_accuracy_drop,
                           float_layers=float_layers, calibration_samples=len(calib),
                           all_quantized_size_bytes=all_quantized_size, notes=notes, gate_failure=failure,
-                          activation_type=quantizer.activation_type())
+                          activation_type=quantizer.activation_type(), checked_as_written=as_written)
 
 
 def _check_request(profile: DeviceProfile, fmt: str, mode: str) -> None:
@@ -194,31 +209,55 @@ class _Judge:
     """Measures a candidate file against the source on the held-out samples."""
 
     def __init__(self, source: Engine, base: QuantizeBase, held_out: Dataset, profile: DeviceProfile,
-                 check: Check) -> None:
+                 check: Check, clock: StageClock) -> None:
         self.source, self.base, self.held_out, self.profile, self.check = source, base, held_out, profile, check
+        self.clock = clock
 
     def __call__(self, candidate: Path, route: str) -> ValidationReport:
-        engine = engine_for_file(candidate, str(ArtifactFormat.of_path(candidate)), self.profile.architecture)
-        return compare(route, self.source, engine, self.base.inputs, self.base.outputs, self.held_out, "held-out",
-                       self.profile.tolerances, max_samples=len(self.held_out), kinds=self.check.kinds,
-                       metric=self.check.metric)
+        with self.clock.stage("validate", route):
+            engine = engine_for_file(candidate, str(ArtifactFormat.of_path(candidate)), self.profile.architecture)
+            return compare(route, self.source, engine, self.base.inputs, self.base.outputs, self.held_out,
+                           "held-out", self.profile.tolerances, max_samples=len(self.held_out),
+                           kinds=self.check.kinds, metric=self.check.metric)
 
 
 def _fallback(quantizer: Quantizer, judge: _Judge, held_out: Dataset, candidate: Path, report: ValidationReport
               ) -> tuple[Path, ValidationReport, list[FloatLayer]]:
-    """Keep the most sensitive layers in float, one more at a time, until the gate holds (at most
-    MAX_FLOAT_LAYERS; then the last candidate is returned and the caller refuses it)."""
-    kept: list[FloatLayer] = []
-    previous_size = candidate.stat().st_size
-    for layer in quantizer.ranking(held_out, candidate)[:MAX_FLOAT_LAYERS]:
-        kept.append(layer)
-        candidate = quantizer.build([n for k in kept for n in (k.nodes or [k.name])])
-        report = judge(candidate, f"{quantizer.format} int8 + float layers")
-        layer.size_cost_bytes = candidate.stat().st_size - previous_size
-        previous_size = candidate.stat().st_size
-        if report.gate_failure(judge.check.gate) is None:
-            break
-    return candidate, report, kept
+    """Keep the fewest of the most sensitive layers in float for which the gate holds (at most
+    MAX_FLOAT_LAYERS; when even that many do not hold, that candidate is returned and the caller refuses it).
+
+    The count is found by doubling it (1, 2, 4, 8, then the most allowed) and, once the gate holds, by
+    halving the last step back (bisection): about log2 of MAX_FLOAT_LAYERS candidates instead of one per
+    layer, each built from the same calibration and judged by the full check. It takes keeping more layers
+    in float to lose no more, as a rule; a count found so is the fewest for which the gate held on the
+    counts tried. Each layer's ``size_cost_bytes`` is its share of the file's growth between the counts
+    tried around it (their sum is the whole growth)."""
+    with judge.clock.stage("sensitivity", f"{quantizer.format} {quantizer.mode}"):
+        ranked = quantizer.ranking(held_out, candidate)[:MAX_FLOAT_LAYERS]
+    tried: dict[int, tuple[Path, ValidationReport]] = {0: (candidate, report)}
+
+    def holds(count: int) -> bool:
+        if count not in tried:
+            with judge.clock.stage("quantize", f"{quantizer.format} {quantizer.mode} + {count} float layer(s)"):
+                made = quantizer.build([n for k in ranked[:count] for n in (k.nodes or [k.name])])
+            tried[count] = made, judge(made, f"{quantizer.format} int8 + float layers")
+        return tried[count][1].gate_failure(judge.check.gate) is None
+
+    low, count = 0, min(1, len(ranked))  # low: the most layers known not to hold
+    while count and not holds(count) and count < len(ranked):
+        low, count = count, min(2 * count, len(ranked))
+    if count and holds(count):
+        while count - low > 1:
+            middle = (low + count) // 2
+            low, count = (low, middle) if holds(middle) else (middle, count)
+    kept = ranked[:count]
+    steps = sorted(c for c in tried if c <= count)
+    for before, after in itertools.pairwise(steps):
+        growth = tried[after][0].stat().st_size - tried[before][0].stat().st_size
+        share = growth // (after - before)
+        for i, layer in enumerate(kept[before:after]):
+            layer.size_cost_bytes = share if i < after - before - 1 else growth - share * (after - before - 1)
+    return tried[count][0], tried[count][1], kept
 
 
 def _install(handle: ModelHandle, candidate: Path, quantizer: Quantizer, report: ValidationReport,

@@ -16,13 +16,22 @@ from pathlib import Path
 import numpy as np
 
 from edgepack.compress.plan import Precision
-from edgepack.compress.quantizer import FloatLayer, QuantizeBase, Quantizer, identity_bindings
+from edgepack.compress.quantizer import (
+    SENSITIVITY_SAMPLES,
+    FloatLayer,
+    QuantizeBase,
+    Quantizer,
+    identity_bindings,
+    sensitivity_samples,
+)
 from edgepack.conversion_error import ConversionError
 from edgepack.data import Dataset
+from edgepack.engines import Engine
 from edgepack.errors import first_line
 from edgepack.formats import ArtifactFormat
 from edgepack.model import ModelFormat, ModelHandle
 from edgepack.profiles import DeviceProfile
+from edgepack.stages import StageClock
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -267,18 +276,18 @@ class OnnxQuantizer(Quantizer):
             self._opset_for_per_channel(work)
 
     @staticmethod
-    def make_base(handle: ModelHandle, work: Path, profile: DeviceProfile, calib: Dataset) -> QuantizeBase:
+    def make_base(handle: ModelHandle, work: Path, profile: DeviceProfile, calib: Dataset, clock: StageClock,
+                  source: Engine) -> QuantizeBase:
         from edgepack.convert.convert import convert_model, require_static_inputs
         from edgepack.convert.routes import onnx_of
-        from edgepack.engines import engine_for
-
         require_static_inputs(handle)
         if handle.format is ModelFormat.ONNX:
             path, _, _ = onnx_of(handle, work)
             names = [s.name for s in handle.inputs]
-            inputs, outputs = identity_bindings(handle, engine_for(handle), calib.batch(names, 0))
+            inputs, outputs = identity_bindings(handle, source, calib.batch(names, 0))
             return QuantizeBase(path, inputs, outputs)
-        result = convert_model(handle, "onnx", work / "base.onnx", profile, calib)
+        result = convert_model(handle, "onnx", work / "base.onnx", profile, calib, clock=clock,
+                               source=source)
         return QuantizeBase(result.artifact.path, result.artifact.inputs, result.artifact.outputs)
 
     def _opset_for_per_channel(self, work: Path) -> None:
@@ -316,7 +325,8 @@ class OnnxQuantizer(Quantizer):
         first = [FloatLayer(f"output head ({len(head)} nodes)", None, 0, head)] if head else []
         names = [b.source_name for b in self.base.inputs]
         probe = [{b.name: b.from_source(x) for b, x in zip(self.base.inputs, held_out.batch(names, i), strict=True)}
-                 for i in range(min(len(held_out), 16))]
+                 for i in range(min(len(held_out), SENSITIVITY_SAMPLES[1]))]
+        probe = probe[:sensitivity_samples(probe)]
         ranked = layer_sensitivity(self.prepared, quantized, probe)
         return first + [FloatLayer(n, s, 0) for n, s in ranked if n not in head]
 

@@ -20,6 +20,21 @@ from edgepack.engines import Engine
 from edgepack.formats import ArtifactFormat
 from edgepack.model import ModelHandle
 from edgepack.profiles import DeviceProfile
+from edgepack.stages import StageClock
+
+#: A layer ranking (which layers to keep in float first) runs on a few samples: enough that each sample's
+#: inputs together hold SENSITIVITY_VALUES values, 2 to 8 samples. It only orders the layers; every
+#: candidate it leads to is judged on all held-out samples. A 640x640 image holds 1.2 million values (2
+#: samples: running a graph with every intermediate tensor kept costs seconds per sample); an 8x8 one, 64.
+SENSITIVITY_VALUES = 2_000_000
+SENSITIVITY_SAMPLES = (2, 8)
+
+
+def sensitivity_samples(feeds: list[dict[str, np.ndarray]]) -> int:
+    """How many of ``feeds`` a layer ranking runs on (see SENSITIVITY_VALUES)."""
+    least, most = SENSITIVITY_SAMPLES
+    per_sample = max(1, sum(int(np.size(x)) for x in feeds[0].values())) if feeds else 1
+    return min(len(feeds), max(least, min(most, -(-SENSITIVITY_VALUES // per_sample))))
 
 
 @dataclass
@@ -95,8 +110,10 @@ class Quantizer(abc.ABC):
 
     @staticmethod
     @abc.abstractmethod
-    def make_base(handle: ModelHandle, work: Path, profile: DeviceProfile, calib: Dataset) -> QuantizeBase:
-        """The fp32 model of this format's family that quantizing starts from (converted when needed)."""
+    def make_base(handle: ModelHandle, work: Path, profile: DeviceProfile, calib: Dataset, clock: StageClock,
+                  source: Engine) -> QuantizeBase:
+        """The fp32 model of this format's family that quantizing starts from (converted when needed, and
+        checked against ``source``, ``handle``'s engine; the conversion and its check timed on ``clock``)."""
 
     @abc.abstractmethod
     def fp32_size(self) -> int:

@@ -3,6 +3,8 @@ the closest, and report the others (their error or their drift) rather than hidi
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import shutil
 import tempfile
@@ -12,8 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from edgepack import __version__
 from edgepack.artifact import Artifact, Binding, install, staging_dir
 from edgepack.conversion_error import ConversionError
+from edgepack.convert import reuse
 from edgepack.convert.routes import Route, RouteOutput, routes_for
 from edgepack.convert.validate import ShapeMismatchError, ValidationReport, bind, check_tolerance, compare
 from edgepack.data import Dataset, random_dataset
@@ -22,6 +26,7 @@ from edgepack.errors import InputShapeError, UsageError
 from edgepack.formats import FORMATS, ArtifactFormat
 from edgepack.model import DIRECTORY_TARGETS, ModelFormat, ModelHandle
 from edgepack.profiles import DeviceProfile, Tolerances
+from edgepack.stages import StageClock
 from edgepack.tensor_spec import TensorSpec, default_layout
 
 TARGETS = (*FORMATS, *DIRECTORY_TARGETS)  # savedmodel and torch are directories
@@ -128,23 +133,85 @@ def source_output_specs(handle: ModelHandle, outputs: list[np.ndarray]) -> list[
 def convert_model(handle: ModelHandle, target: str, output: Path, profile: DeviceProfile,
                   data: Dataset | None = None, max_samples: int = 32,
                   tolerance: float | None = None, *, kinds: dict[str, str] | None = None,
-                  allow_drift: bool = False) -> ConversionResult:
+                  allow_drift: bool = False, clock: StageClock | None = None,
+                  source: Engine | None = None) -> ConversionResult:
     """Convert, verify and write ``output`` (+ its ``.edgepack.json``) atomically.
 
     Raises :class:`ConversionError` when every route fails or drifts past ``parity_tolerances``
     (``tolerance`` overrides the relative error); then nothing is written, unless ``allow_drift``
-    (the closest route is written, and its metadata says it drifted).
+    (the closest route is written, and its metadata says it drifted). ``clock``: each route's conversion
+    is timed there as stage "convert", its check against the source as "validate". ``source``: the
+    source's engine when the caller has one (its outputs remembered across checks), else one is made.
+    Within ``reuse.conversions_kept_in`` (a build), a conversion made and verified once for the same
+    source, target, data and tolerances is copied from there with its check (every TFLite precision
+    quantizes from the same verified SavedModel).
     """
-    import time
-
     if target not in TARGETS:
         raise UsageError(f"unknown target format '{target}'", f"use one of {', '.join(TARGETS)}")
     require_static_inputs(handle)
+    clock = clock or StageClock()
+    kept = reuse.kept_folder()
+    if kept is None:
+        return _converted(handle, target, output, profile, data, max_samples, tolerance, kinds, allow_drift, clock,
+                          source)
+    key = reuse.digest(handle.sha256, json.dumps(handle.static_input_shapes, sort_keys=True, default=list), target,
+                       _data_digest(data), str(max_samples), repr(tolerance), json.dumps(kinds or {}, sort_keys=True),
+                       str(allow_drift), json.dumps(profile.convert_routes), profile.tolerances.model_dump_json(),
+                       reuse.converter_versions(), __version__)
+    folder = kept / f"convert-{key}"
+    with reuse.locked(folder):
+        record = folder / "conversion.json"
+        if not record.is_file():
+            made = _converted(handle, target, folder / "made" / output.name, profile, data, max_samples, tolerance,
+                              kinds, allow_drift, clock, source)
+            partial = record.with_name(".conversion.json.partial")
+            partial.write_text(json.dumps({"report": made.report.to_dict(),
+                                           "attempts": [a.to_dict() for a in made.attempts]}))
+            partial.replace(record)
+        with clock.stage("convert", f"{handle.format.value} -> {target} (made and verified earlier in this build)"):
+            return _copy_kept(folder / "made" / output.name, json.loads(record.read_text()), handle, output)
+
+
+def _data_digest(data: Dataset | None) -> str:
+    if data is None:
+        return "random"
+    parts = [name.encode() + np.ascontiguousarray(data.inputs[name]).tobytes() for name in sorted(data.inputs)]
+    return reuse.digest(*parts, b"" if data.labels is None else np.ascontiguousarray(data.labels).tobytes())
+
+
+def _copy_kept(made: Path, record: dict[str, Any], handle: ModelHandle, output: Path) -> ConversionResult:
+    """A kept conversion (``made``, verified when it was made) written to ``output`` with its metadata."""
+    output = output.resolve()
+    if handle.path is not None and output == handle.path.resolve():
+        raise UsageError(f"-o {output} is the source model", "write the result somewhere else")
+    artifact = Artifact.load(made)
+    staging = staging_dir(output)
+    try:
+        staged = staging / output.name
+        if made.is_dir():
+            shutil.copytree(made, staged, ignore=shutil.ignore_patterns("edgepack.json"))
+        else:
+            shutil.copyfile(made, staged)
+        artifact = install(staged, dataclasses.replace(artifact, path=output), output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    report = ValidationReport.from_dict(record["report"])
+    attempts = [RouteAttempt(a["route"], ValidationReport.from_dict(a["validation"]) if a["validation"] else None,
+                             a["error"], a["seconds"]) for a in record["attempts"]]
+    return ConversionResult(artifact, report, attempts)
+
+
+def _converted(handle: ModelHandle, target: str, output: Path, profile: DeviceProfile, data: Dataset | None,
+               max_samples: int, tolerance: float | None, kinds: dict[str, str] | None, allow_drift: bool,
+               clock: StageClock, source: Engine | None) -> ConversionResult:
+    """convert_model's own work: every route tried, each checked against the source."""
+    import time
+
     routes = ordered_routes(handle, target, profile)
     tolerances = parity_tolerances(handle, profile, tolerance)
     data_kind = "calibration" if data is not None else "random"
     data = data if data is not None else random_dataset(handle.inputs, 16)
-    source = engine_for(handle)
+    source = source or engine_for(handle)
     names = [s.name for s in handle.inputs]
     calib = data.inputs[names[0]] if len(names) == 1 else None
     source_outputs = source_output_specs(handle, source.run(data.batch(names, 0)))
@@ -163,19 +230,22 @@ def convert_model(handle: ModelHandle, target: str, output: Path, profile: Devic
                 continue
             work = Path(tmp) / f"route{index}"
             work.mkdir()
+            step = f"{handle.format.value} -> {target} ({route.name})"
             try:
-                produced = route.run(handle, work, calib)
-                engine = engine_for_file(produced.path, produced.format)
-                probe = data.batch(names, 0)
-                inputs = bind(route.name, handle.inputs, _artifact_input_shapes(engine, probe, produced),
-                              produced.channels_last)
-                got = engine.run([b.from_source(x) for b, x in zip(inputs, probe, strict=True)])
-                outputs = bind(route.name, source_outputs,
-                               [(tuple(o.shape), o.dtype.name, n) for o, n in
-                                zip(got, _names(engine.output_names, len(got)), strict=True)],
-                               produced.channels_last)
-                report = compare(route.name, source, engine, inputs, outputs, data, data_kind,
-                                 tolerances, max_samples, kinds=kinds)
+                with clock.stage("convert", step):
+                    produced = route.run(handle, work, calib)
+                with clock.stage("validate", step):
+                    engine = engine_for_file(produced.path, produced.format)
+                    probe = data.batch(names, 0)
+                    inputs = bind(route.name, handle.inputs, _artifact_input_shapes(engine, probe, produced),
+                                  produced.channels_last)
+                    got = engine.run([b.from_source(x) for b, x in zip(inputs, probe, strict=True)])
+                    outputs = bind(route.name, source_outputs,
+                                   [(tuple(o.shape), o.dtype.name, n) for o, n in
+                                    zip(got, _names(engine.output_names, len(got)), strict=True)],
+                                   produced.channels_last)
+                    report = compare(route.name, source, engine, inputs, outputs, data, data_kind,
+                                     tolerances, max_samples, kinds=kinds)
             except ShapeMismatchError:
                 raise
             except ConversionError as exc:

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepack import interrupts
+from edgepack import __version__, interrupts
 from edgepack.conversion_error import ConversionError
+from edgepack.convert import reuse
 from edgepack.convert.errors import failing_node, last_error_line
 from edgepack.convert.tensor_names import RenamedNames, sanitise_onnx
 
@@ -79,40 +80,89 @@ def convert_onnx_to_tflite(onnx_path: Path, out_dir: Path, *, calib: np.ndarray 
 
     The user's file is never opened for writing. Raises :class:`ConversionError` with onnx2tf's own
     last error line when the conversion fails or times out. The TFLite files carry the model's own tensor
-    names; a SavedModel made from renamed ones holds the map back (tensor_names.NAMES_FILE).
+    names; a SavedModel made from renamed ones holds the map back (tensor_names.NAMES_FILE). Within
+    ``reuse.conversions_kept_in`` the same graph with the same sample data is converted once (its
+    failure too) and copied from there.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="edgepack-onnx2tf-") as tmp:
-        work = Path(tmp)
-        names = sanitise_onnx(onnx_path, work / "model.onnx")
-        write_sample_images(work, calib)
-        job = {"onnx": str(work / "model.onnx"), "out": str(work / "out"), "names": names.to_dict()}
-        (work / "job.json").write_text(json.dumps(job))
-        env = offline_env(dict(os.environ))
-        try:  # in a process group of its own: onnx2tf's own children (onnxsim) end with it
-            proc = interrupts.run([sys.executable, "-m", "edgepack.convert._onnx2tf_worker", str(work / "job.json")],
-                                  cwd=work, env=env, timeout_s=timeout_s)
-        except subprocess.TimeoutExpired:
-            raise ConversionError(ROUTE, f"onnx2tf did not finish in {timeout_s:.0f} s") from None
-        produced = work / "out" / "model_float32.tflite"
-        if proc.returncode != 0 or not produced.exists():
-            text = proc.stdout + "\n" + proc.stderr
-            raise ConversionError(ROUTE, last_error_line(text) + _users_node(failing_node(text), names))
-        float32 = out_dir / "model_float32.tflite"
-        shutil.copyfile(produced, float32)
-        float16 = None
-        if (work / "out" / "model_float16.tflite").exists():
-            float16 = out_dir / "model_float16.tflite"
-            shutil.copyfile(work / "out" / "model_float16.tflite", float16)
-        saved_model = None
-        if (work / "out" / "saved_model.pb").exists():
-            saved_model = out_dir / "saved_model"
-            shutil.rmtree(saved_model, ignore_errors=True)
-            shutil.copytree(work / "out", saved_model,
-                            ignore=shutil.ignore_patterns("*.tflite", "*.json"))
-            if names:
-                names.save(saved_model)
-        return TfliteOutputs(float32, float16, saved_model)
+    kept = reuse.kept_folder()
+    if kept is None:
+        with tempfile.TemporaryDirectory(prefix="edgepack-onnx2tf-") as tmp:
+            return _copied(_onnx2tf(onnx_path, Path(tmp), calib, timeout_s), out_dir)
+    samples = sample_images(calib)
+    folder = kept / ("onnx2tf-" + reuse.digest(onnx_path.read_bytes(), samples.tobytes(), str(samples.shape),
+                                               json.dumps(ONNX2TF_OPTIONS, sort_keys=True), _onnx2tf_version(),
+                                               __version__))
+    with reuse.locked(folder):
+        failed, made = folder / "failed.txt", folder / "out"
+        if failed.is_file():
+            raise ConversionError(ROUTE, failed.read_text(encoding="utf-8") + " (kept from an earlier try)")
+        if not (made / "model_float32.tflite").is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(prefix="edgepack-onnx2tf-", dir=folder) as tmp:
+                try:
+                    produced = _onnx2tf(onnx_path, Path(tmp), calib, timeout_s)
+                except _Timeout:
+                    raise  # the machine's load may decide that: tried again next time
+                except ConversionError as exc:
+                    failed.write_text(exc.reason, encoding="utf-8")
+                    raise
+                shutil.rmtree(made, ignore_errors=True)
+                produced.replace(made)  # whole or not at all: the float32 file marks it done
+        return _copied(made, out_dir)
+
+
+class _Timeout(ConversionError):
+    """onnx2tf ran out of time (not kept as the graph's failure)."""
+
+
+def _onnx2tf_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("onnx2tf")
+    except PackageNotFoundError:
+        return "-"
+
+
+def _onnx2tf(onnx_path: Path, work: Path, calib: np.ndarray | None, timeout_s: float) -> Path:
+    """onnx2tf run on a copy of the graph in ``work``; its output folder (the renamed names' map in it)."""
+    names = sanitise_onnx(onnx_path, work / "model.onnx")
+    write_sample_images(work, calib)
+    job = {"onnx": str(work / "model.onnx"), "out": str(work / "out"), "names": names.to_dict()}
+    (work / "job.json").write_text(json.dumps(job))
+    env = offline_env(dict(os.environ))
+    try:  # in a process group of its own: onnx2tf's own children (onnxsim) end with it
+        proc = interrupts.run([sys.executable, "-m", "edgepack.convert._onnx2tf_worker", str(work / "job.json")],
+                              cwd=work, env=env, timeout_s=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise _Timeout(ROUTE, f"onnx2tf did not finish in {timeout_s:.0f} s") from None
+    produced = work / "out"
+    if proc.returncode != 0 or not (produced / "model_float32.tflite").exists():
+        text = proc.stdout + "\n" + proc.stderr
+        raise ConversionError(ROUTE, last_error_line(text) + _users_node(failing_node(text), names))
+    if names:
+        names.save(produced)
+    return produced
+
+
+def _copied(produced: Path, out_dir: Path) -> TfliteOutputs:
+    """onnx2tf's files from ``produced`` into ``out_dir``; the SavedModel keeps the renamed names' map."""
+    float32 = out_dir / "model_float32.tflite"
+    shutil.copyfile(produced / "model_float32.tflite", float32)
+    float16 = None
+    if (produced / "model_float16.tflite").exists():
+        float16 = out_dir / "model_float16.tflite"
+        shutil.copyfile(produced / "model_float16.tflite", float16)
+    saved_model = None
+    if (produced / "saved_model.pb").exists():
+        saved_model = out_dir / "saved_model"
+        shutil.rmtree(saved_model, ignore_errors=True)
+        shutil.copytree(produced, saved_model, ignore=shutil.ignore_patterns("*.tflite", "*.json"))
+        names = RenamedNames.of(produced)
+        if names:
+            names.save(saved_model)
+    return TfliteOutputs(float32, float16, saved_model)
 
 
 def _users_node(where: str, names: RenamedNames) -> str:

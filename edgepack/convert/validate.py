@@ -126,6 +126,13 @@ class ValidationReport:
     def worst_rel_error(self) -> float:
         return max((o.max_abs_error_rel for o in self.outputs), default=0.0)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ValidationReport:
+        """A check read back (``to_dict``): from the artifact cache, or a conversion kept in a build."""
+        return cls(data["route"], data["samples"], data["data"], [OutputDrift(**o) for o in data["outputs"]],
+                   Tolerances(**data["tolerances"]), data.get("source_accuracy"), data.get("accuracy"),
+                   data.get("metric"))
+
     def to_dict(self) -> dict[str, Any]:
         return {"route": self.route, "samples": self.samples, "data": self.data, "passed": self.passed,
                 "first_failure": self.first_failure, "tolerances": self.tolerances.model_dump(),

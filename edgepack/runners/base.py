@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import json
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +19,41 @@ from edgepack.latency import LatencySource
 
 HARNESS = Path(__file__).resolve().parent / "harness.py"
 EMULATED = LatencySource.EMULATED.value  # the label of every timing taken on an emulated board
+#: the median's 95% interval, half-width over the median, at which the timed runs stop (issue 27)
+DEFAULT_TARGET_CI = 0.02
+DEFAULT_MIN_RUNS = 10
+
+
+class StopReason(str, Enum):
+    """Why the harness stopped timing: the median's interval was tight enough, every run asked for was
+    done, or the time allowed (``max_seconds``) ran out."""
+
+    CI = "ci"
+    MAX_RUNS = "max runs"
+    TIME = "time"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True)
 class RunRequest:
-    """One benchmark of one model file. ``inputs``: an .npz of input arrays, else random inputs."""
+    """One benchmark of one model file. ``inputs``: an .npz of input arrays, else random inputs.
+
+    ``runs`` is the most timed runs. From ``min_runs`` on, the harness stops as soon as the half-width
+    of the median's 95% confidence interval (distribution-free, from order statistics) is at most
+    ``target_ci`` of the median (0.02: the median known to about +-2%); ``target_ci=None`` times every one of
+    ``runs`` (what a test that needs a long run, or a fixed count, asks for). ``max_seconds`` stops the
+    timed runs after that long (None: no limit; the runner's ``timeout_s`` still kills the whole run).
+    """
 
     model: Path
     threads: int = 1
     warmup: int = 10
     runs: int = 50
+    min_runs: int = DEFAULT_MIN_RUNS
+    target_ci: float | None = DEFAULT_TARGET_CI
+    max_seconds: float | None = None
     inputs: Path | None = None
     want_outputs: bool = False
     op_profile: bool = False
@@ -41,7 +67,10 @@ class RunRequest:
     def harness_args(self, model: str, inputs: str | None, outputs: str | None,
                      model_sha256: str | None = None) -> list[str]:
         args = ["--model", model, "--runtime", self.runtime, "--threads", str(self.threads),
-                "--warmup", str(self.warmup), "--runs", str(self.runs)]
+                "--warmup", str(self.warmup), "--runs", str(self.runs), "--min-runs", str(self.min_runs),
+                "--target-ci", repr(float(self.target_ci or 0.0))]
+        if self.max_seconds:
+            args += ["--max-seconds", repr(float(self.max_seconds))]
         if model_sha256:
             args += ["--model-sha256", model_sha256]
         if inputs:
@@ -61,9 +90,14 @@ def _number(value: Any) -> float | None:
 
 @dataclass(frozen=True)
 class OpTime:
+    """One op's time per run (ms). ``dtype``: the element type it produced ("uint8", "float", "float16"),
+    which says whether the runtime ran it on quantized data; None where the profiler does not say
+    (TFLite's benchmark_model)."""
+
     name: str
     type: str
     ms: float
+    dtype: str | None = None
 
 
 @dataclass(frozen=True)
@@ -77,7 +111,8 @@ class OpProfile:
     def from_dict(cls, data: Any) -> OpProfile | None:
         if not isinstance(data, dict):
             return None
-        ops = tuple(OpTime(str(o.get("name")), str(o.get("type")), float(o.get("ms") or 0.0))
+        ops = tuple(OpTime(str(o.get("name")), str(o.get("type")), float(o.get("ms") or 0.0),
+                           str(o["dtype"]) if o.get("dtype") is not None else None)
                     for o in data.get("ops") or [] if isinstance(o, dict))
         why = data.get("unavailable")
         return cls(ops, str(why) if why else None)
@@ -171,6 +206,37 @@ class HarnessResult:
         found = self.raw.get("latency_ms")
         runs = found.get("runs") if isinstance(found, dict) else None
         return [float(v) for v in runs] if isinstance(runs, list) else []
+
+    @property
+    def stopping(self) -> dict[str, Any]:
+        """The harness's "stopping" block (validated in edgepack.runners.validation); {}: an older harness."""
+        found = self.raw.get("stopping")
+        return found if isinstance(found, dict) else {}
+
+    @property
+    def runs_done(self) -> int:
+        """How many timed runs the figures are of (at most the request's ``runs``)."""
+        found = self.stopping.get("runs_done")
+        return found if isinstance(found, int) and not isinstance(found, bool) else len(self.runs_ms)
+
+    @property
+    def median_ci_ms(self) -> tuple[float, float] | None:
+        """The 95% confidence interval of the median latency (ms); None: too few runs (under 6) for one."""
+        found = self.stopping.get("median_ci_ms")
+        if isinstance(found, list) and len(found) == 2 and all(_number(v) is not None for v in found):
+            return float(found[0]), float(found[1])
+        return None
+
+    @property
+    def median_ci_rel(self) -> float | None:
+        """That interval's half-width over the median (0.02: the median is known to +-2%)."""
+        return _number(self.stopping.get("median_ci_rel"))
+
+    @property
+    def stopped_by(self) -> StopReason | None:
+        """Why the timed runs stopped; None: the harness did not say (an older one, or no timing)."""
+        found = self.stopping.get("stopped_by")
+        return StopReason(found) if found in {r.value for r in StopReason} else None
 
     @property
     def peak_rss_mb(self) -> float | None:
@@ -370,7 +436,8 @@ def parse_harness_output(request: RunRequest, device: str, stdout: str, stderr: 
         tail = printable((stderr.strip().splitlines() or ["no output"])[-1])
         return Measurement(request, device, HarnessResult(), f"harness exited with code {code}: {tail}",
                            wall_s=wall_s)
-    problem = result_problem(result, request.runs, request.threads)
+    problem = result_problem(result, request.runs, request.threads,
+                             stop=(request.min_runs, request.target_ci or 0.0))
     if problem:
         who = "this machine" if device == "local" else f"board {device}"
         return Measurement(request, device, HarnessResult({"error_kind": "bad_figures"}),

@@ -8,9 +8,18 @@ version, the device's environment, a per-op profile where the runtime gives one,
 instead when something failed.
 
     python3 harness.py --model M.tflite [--model-sha256 HEX] [--inputs X.npz] [--threads 4] [--warmup 10]
-                       [--runs 50] [--save-outputs OUT.npz] [--op-profile]
+                       [--runs 50] [--min-runs 10] [--target-ci 0.02] [--max-seconds S]
+                       [--save-outputs OUT.npz] [--op-profile]
                        [--runtime tflite-micro --arena-kb 16384] [--delegate /usr/lib/libethosu_delegate.so]
     python3 harness.py --describe      (the environment only: Python, CPU, "emulated")
+
+--runs is the most timed runs. After --min-runs, and every few runs after that, the harness looks at the
+95% confidence interval of the median (distribution-free: the order statistics whose ranks the binomial
+distribution gives) and stops once its half-width is at most --target-ci of the median (0: never, every
+one of --runs is done); --max-seconds stops the timed runs after that many seconds (0: no limit). The
+result's "stopping" says how many runs were done, the interval (ms) and why it stopped: "ci", "max runs"
+or "time" (Google Benchmark's min_time and pyperf stop on time or on a count; a board's minutes are too
+dear to time a slow model a hundred times when ten give its median to 2%).
 
 --delegate loads that TFLite external delegate when the file exists on the device (NXP's Ethos-U
 delegate on an i.MX 93) and says so in "delegate"; when it does not, the model runs on the CPU and
@@ -36,6 +45,7 @@ the first, then every sample is run once and --save-outputs gets each output sta
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -45,7 +55,7 @@ import sys
 import tempfile
 import time
 
-HARNESS_VERSION = "4"
+HARNESS_VERSION = "5"  # 5: adaptive stop ("stopping"): fewer runs than --runs when the median is known
 
 
 def emit(data):
@@ -378,7 +388,7 @@ def tflite_op_profile(args):
         return {"unavailable": "TFLite per-op profiling needs the benchmark_model binary on the device's PATH"}
     try:
         text = subprocess.run([binary, "--graph=" + args.model, "--num_threads=%d" % args.threads,
-                               "--enable_op_profiling=true", "--num_runs=%d" % max(args.runs, 10)],
+                               "--enable_op_profiling=true", "--num_runs=%d" % max(runs_done(args), 10)],
                               capture_output=True, text=True, timeout=600).stdout
     except (OSError, subprocess.TimeoutExpired) as exc:
         return {"unavailable": "benchmark_model failed: %s" % exc}
@@ -444,7 +454,7 @@ def ort_op_profile(ort, args, feeds):
     folder = tempfile.mkdtemp(prefix="edgepack-ort-profile-")
     try:
         session = ort_session(ort, args, folder)
-        calls = max(args.warmup, 1) + max(min(args.runs, 50), 1)
+        calls = max(args.warmup, 1) + max(min(runs_done(args), 50), 1)
         for _ in range(calls):
             session.run(None, feeds)
         with open(session.end_profiling()) as fh:
@@ -456,10 +466,21 @@ def ort_op_profile(ort, args, feeds):
         if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
             continue
         name = event["name"][: -len("_kernel_time")]
-        entry = totals.setdefault(name, {"name": name, "type": event.get("args", {}).get("op_name", "?"), "us": 0})
+        entry = totals.setdefault(name, {"name": name, "type": event.get("args", {}).get("op_name", "?"), "us": 0,
+                                         "dtype": output_dtype(event.get("args", {}))})
         entry["us"] += event.get("dur", 0)
-    ops = [{"name": e["name"], "type": e["type"], "ms": e["us"] / 1000.0 / calls} for e in totals.values()]
+    ops = [{"name": e["name"], "type": e["type"], "ms": e["us"] / 1000.0 / calls, "dtype": e["dtype"]}
+           for e in totals.values()]
     return {"ops": sorted(ops, key=lambda o: o["ms"], reverse=True)}
+
+
+def output_dtype(args):
+    """The element type of a profiled node's first output ("uint8": ONNX Runtime ran it on quantized
+    data, with its int8 kernel; "float": in float), or None when the profiler did not say."""
+    found = args.get("output_type_shape")
+    if isinstance(found, list) and found and isinstance(found[0], dict) and len(found[0]) == 1:
+        return str(next(iter(found[0])))[:16]
+    return None
 
 
 # --- TFLite Micro -----------------------------------------------------------------------------------
@@ -582,17 +603,101 @@ def check_model(path, expected):
 
 # --- common -----------------------------------------------------------------------------------------
 
-def measure(once, args):
+STOP_CONFIDENCE = 0.95
+LOOK_EVERY = 5  # timed runs between two looks at the median's interval (a tenth of the runs so far, once more)
+STOPPED_BY = ("ci", "max runs", "time")
+_RANKS = {}
+
+
+def median_rank(n, confidence=STOP_CONFIDENCE):
+    """The rank r (1-based) such that the r-th smallest and the r-th largest of n runs bracket the true
+    median with at least ``confidence``, whatever the runs' distribution: how many runs fall below the
+    median is Binomial(n, 1/2), so r is the largest with P(B <= r - 1) <= (1 - confidence) / 2. None when n
+    runs are too few for any interval (n < 6 at 95%)."""
+    key = (n, confidence)
+    if key not in _RANKS:
+        tail, rank, cdf = (1.0 - confidence) / 2.0, 0, 0.0
+        log_all = math.lgamma(n + 1) + n * math.log(0.5)
+        start = max(0, int(n / 2.0 - 4.0 * math.sqrt(n)))  # the terms below add < 1e-7: summed from here
+        for k in range(start, n // 2 + 1):
+            cdf += math.exp(log_all - math.lgamma(k + 1) - math.lgamma(n - k + 1))
+            if cdf > tail:
+                break
+            rank = k + 1
+        _RANKS[key] = rank or None
+    return _RANKS[key]
+
+
+def median_of(values):
+    ordered = sorted(values)
+    n = len(ordered)
+    return ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2.0
+
+
+def median_ci(values, confidence=STOP_CONFIDENCE):
+    """(low, high): the distribution-free confidence interval of the median of ``values`` (two of the
+    values themselves), or None when they are too few."""
+    rank = median_rank(len(values), confidence)
+    if rank is None:
+        return None
+    ordered = sorted(values)
+    return ordered[rank - 1], ordered[len(ordered) - rank]
+
+
+def ci_rel(values):
+    """The half-width of the median's interval over the median; None without an interval."""
+    found = median_ci(values)
+    median = median_of(values) if values else 0.0
+    if found is None or median <= 0:
+        return None
+    return (found[1] - found[0]) / 2.0 / median
+
+
+def stopping(runs, args, stopped_by, timed_s):
+    """The "stopping" block: the runs done, the median's interval (ms, of the runs as printed) and why
+    the timed runs stopped."""
+    found = median_ci(runs)
+    return {"runs_done": len(runs), "runs_max": args.runs, "min_runs": args.min_runs,
+            "target_ci": args.target_ci or None, "max_seconds": args.max_seconds or None,
+            "confidence": STOP_CONFIDENCE, "median_ci_ms": list(found) if found else None,
+            "median_ci_rel": ci_rel(runs), "stopped_by": stopped_by, "timed_s": round(timed_s, 6)}
+
+
+def runs_done(args):
+    """The timed runs done (as many profiled runs are enough: fewer when the median was known early)."""
+    return RESULT_EXTRA.get("stopping", {}).get("runs_done", args.runs)
+
+
+def measure(once, args, clock=time.perf_counter):
+    """Warm up, then time runs until the median's interval is tight (--target-ci, looked at from
+    --min-runs on), --runs are done, or --max-seconds have passed; RESULT_EXTRA gets the conditions and
+    the "stopping" block. Each run is rounded as it is printed (a nanosecond), and the interval is judged
+    on the rounded runs, so that edgepack can check it from the runs it receives. ``clock``: seconds."""
     cores = cores_used()
     before = snapshot(cores)
     for _ in range(args.warmup):
         once()
     latencies = []
-    for _ in range(args.runs):
-        start = time.perf_counter()
+    look = max(1, min(args.min_runs, args.runs))
+    stopped_by = "max runs"
+    began = clock()
+    while len(latencies) < args.runs:
+        start = clock()
         once()
-        latencies.append((time.perf_counter() - start) * 1000.0)
+        latencies.append(round((clock() - start) * 1000.0, 6))
+        n = len(latencies)
+        if args.target_ci > 0 and n >= look:
+            look = n + max(LOOK_EVERY, n // 10)
+            rel = ci_rel(latencies)
+            if rel is not None and rel <= args.target_ci:
+                stopped_by = "ci"
+                break
+        if 0 < args.max_seconds <= clock() - began and n < args.runs:
+            stopped_by = "time"
+            break
+    timed_s = clock() - began
     RESULT_EXTRA["conditions"] = conditions(before, snapshot(cores), cores)
+    RESULT_EXTRA["stopping"] = stopping(latencies, args, stopped_by, timed_s)
     return latencies
 
 
@@ -607,7 +712,12 @@ def main():
     parser.add_argument("--inputs")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--runs", type=int, default=50, help="the most timed runs")
+    parser.add_argument("--min-runs", type=int, default=10, help="timed runs before the median's interval is judged")
+    parser.add_argument("--target-ci", type=float, default=0.02,
+                        help="stop once the 95%% interval of the median is within this share of it (0: every run)")
+    parser.add_argument("--max-seconds", type=float, default=0.0,
+                        help="stop the timed runs after this long (0: no limit)")
     parser.add_argument("--save-outputs")
     parser.add_argument("--op-profile", action="store_true")
     args = parser.parse_args()
@@ -619,6 +729,8 @@ def main():
         return
     if not args.model:
         fail("bad_arguments", "--model is required")
+    if args.runs < 1 or args.min_runs < 1 or args.target_ci < 0 or args.max_seconds < 0:
+        fail("bad_arguments", "--runs and --min-runs must be at least 1, --target-ci and --max-seconds not negative")
     try:
         import numpy  # noqa: F401
     except ImportError:

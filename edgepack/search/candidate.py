@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from edgepack.compress.plan import CompressionPlan
 from edgepack.latency import LatencySource
 from edgepack.predict import Features
-from edgepack.runners.base import HarnessResult
+from edgepack.runners.base import HarnessResult, OpProfile
 from edgepack.search.space import Constraints
 
 if TYPE_CHECKING:
@@ -98,6 +98,7 @@ class Candidate:
     measurement: HarnessResult | None = None  # what the board reported (the median round, once confirmed)
     board: str | None = None  # the board that measured it
     p50_rounds_ms: list[float] = field(default_factory=list)  # confirmation rounds on one board, if any
+    op_profile: OpProfile | None = None  # its per-op times on the board, when they were measured
 
     # -- the ways it moves --------------------------------------------------------------------------
     def built_as(self, artifact: BuiltArtifact, features: Features) -> None:

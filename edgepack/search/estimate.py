@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from edgepack.analysis.graph import GraphSummary
+from edgepack.analysis.kernels import kernel_groups
 from edgepack.analysis.roofline import estimate_latency
 from edgepack.compress.plan import CompressionPlan, Precision
 from edgepack.predict import Features
@@ -32,7 +33,7 @@ def estimate(c: CompressionPlan, summary: GraphSummary, profile: DeviceProfile) 
     size = summary.weight_bytes * keep * SIZE_FACTOR[c.precision]
     return Features(roofline, len(summary.layers), arithmetic, int(size),
                     int(summary.peak_activation_bytes * activations), c.format, c.threads, c.precision,
-                    c.prune_ratio), size / 1e6
+                    c.prune_ratio, kernel_groups(scaled, profile, c.threads)), size / 1e6
 
 
 def features_of(artifact_path: Path, fmt: str, plan: CompressionPlan, profile: DeviceProfile) -> Features:
@@ -43,4 +44,4 @@ def features_of(artifact_path: Path, fmt: str, plan: CompressionPlan, profile: D
     summary, _ = summarize_model(load_model(artifact_path))
     return Features(estimate_latency(summary, profile, plan.threads).latency_ms, len(summary.layers),
                     summary.precision, summary.weight_bytes, summary.peak_activation_bytes, fmt, plan.threads,
-                    plan.precision, plan.prune_ratio)
+                    plan.precision, plan.prune_ratio, kernel_groups(summary, profile, plan.threads))

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from edgepack.analysis.slower import ProfiledArtifact, SlowerExplanation, explain_slower
 from edgepack.compress.builder import ArtifactBuilder
 from edgepack.data import Dataset
 from edgepack.device_accuracy import DeviceAccuracy, check_on_device
 from edgepack.errors import EdgepackError
 from edgepack.measurer import Job, Measurer
+from edgepack.records import Purpose
 from edgepack.runners.base import OpProfile
 from edgepack.search.candidate import Candidate, Status
 from edgepack.search.options import BuildOptions
@@ -82,4 +84,27 @@ def findings_of(chosen: Candidate, check: DeviceAccuracy) -> list[str]:
             and abs(check.accuracy_drop_pts - chosen.accuracy_drop) > 0.5:
         found.append("accuracy on the board differs from the host check by "
                      f"{check.accuracy_drop_pts - chosen.accuracy_drop:+.2f} points")
+    return found
+
+
+def why_slower(pairs: list[tuple[Candidate, Candidate]], measurer: Measurer, job: Callable[..., Job],
+               no_ops: set[str], say: Callable[[str], None],
+               most: int = 3) -> list[tuple[tuple[Candidate, Candidate], SlowerExplanation]]:
+    """For each (quantized, fp32 twin) measured with the quantized one slower: the op types that account
+    for it, from both per-op profiles on the board (measured now where the search did not ask for them;
+    from the graphs where the runtime gives none). At most ``most`` pairs, the worst first."""
+    found = []
+    worst = sorted(pairs, key=lambda p: (p[0].latency_ms or 0.0) / (p[1].latency_ms or 1.0), reverse=True)[:most]
+    for pair in worst:
+        for c in pair:
+            if c.op_profile is None and measurer.op_profile_unavailable is None \
+                    and c.plan.format.value not in no_ops:
+                say(f"profile {c.plan.label}: per-op times, to see why {pair[0].plan.label} is slower")
+                done = measurer.measure([job(c, purpose=Purpose.OP_PROFILE)])[0]
+                c.op_profile = done.result.op_profile if done.ok and done.result else None
+        quantized, fp32 = pair
+        assert quantized.artifact is not None and fp32.artifact is not None
+        found.append((pair, explain_slower(
+            ProfiledArtifact(fp32.artifact.artifact.path, fp32.op_profile, fp32.latency_ms),
+            ProfiledArtifact(quantized.artifact.artifact.path, quantized.op_profile, quantized.latency_ms))))
     return found

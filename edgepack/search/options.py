@@ -33,6 +33,8 @@ class BuildOptions:
     constraints: Constraints = field(default_factory=Constraints)
     objective: str = "latency"  # or "size"
     max_measurements: int = 12
+    budget_minutes: float | None = None  # board time the search may spend; None: no limit but max_measurements
+    exhaustive: bool = False  # measure every candidate that passes the fidelity gate (ignores max_measurements)
     formats: tuple[str, ...] | None = None  # narrows the profile's formats
     precisions: tuple[str, ...] | None = None
     threads: tuple[int, ...] | None = None
@@ -56,7 +58,7 @@ class BuildOptions:
         if self.objective not in OBJECTIVES:
             raise UsageError(f"objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}",
                              "e.g. objective='latency'")
-        for name in ("runs", "warmup", "jobs", "max_measurements", "distill_epochs", "timeout_s"):
+        for name in ("runs", "warmup", "jobs", "max_measurements", "distill_epochs", "timeout_s", "budget_minutes"):
             checked(name, getattr(self, name))
         if not isinstance(self.confirm_rounds, int) or self.confirm_rounds < 0:
             raise UsageError(f"confirm_rounds must be a whole number of at least 0, not {self.confirm_rounds!r}",

@@ -20,10 +20,13 @@ from edgepack.runners.base import HarnessResult, OpProfile, ToolchainFigures
 from edgepack.search.candidate import Latency, Status
 from edgepack.search.options import BuildOptions
 from edgepack.search.space import Constraints
+from edgepack.stages import StageTime
 
 if TYPE_CHECKING:
+    from edgepack.analysis.slower import SlowerExplanation
     from edgepack.compress.builder import BuiltArtifact
     from edgepack.predict import Features, Predictor
+    from edgepack.search.strategy import Strategy
 
 __all__ = ["BuildOptions", "BuildResult", "CandidateRow", "SourceModel"]
 
@@ -111,7 +114,15 @@ class CandidateRow:
                 "error": self.error, "board": self.board, "pareto": self.pareto, "chosen": self.chosen,
                 "runs_ms": list(self.runs_ms),
                 **({"p50_rounds_ms": list(self.p50_rounds_ms)} if self.p50_rounds_ms else {}),
+                **(self._timing() if self.measurement is not None and self.measured else {}),
                 **({"toolchain": self.toolchain.to_dict()} if self.toolchain else {})}
+
+    def _timing(self) -> dict[str, Any]:
+        """How the board's timing ended: runs done, the median's 95% interval, why it stopped."""
+        m = self.measurement
+        assert m is not None
+        return {"runs_done": m.runs_done, "median_ci_ms": list(m.median_ci_ms) if m.median_ci_ms else None,
+                "stopped_by": m.stopped_by.value if m.stopped_by else None}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CandidateRow:
@@ -150,6 +161,42 @@ class PredictorScore:
 
 
 @dataclass(frozen=True)
+class BoardTime:
+    """Board time the search spent, and about how much measuring every other candidate would have cost
+    (each at the mean overhead of a measurement here, plus its runs at its predicted latency)."""
+
+    used_s: float
+    measured: int
+    unmeasured: int
+    saved_s: float  # an estimate
+
+    @classmethod
+    def of(cls, strategy: Strategy, used_s: float, runs: int) -> BoardTime:
+        measured = [c for c in strategy.candidates if c.latency_measured]
+        unmeasured = [c for c in strategy.candidates if c.open and not c.measured]
+        running = sum(runs * (c.latency_ms or 0.0) / 1e3 for c in measured)
+        overhead = max(used_s - running, 0.0) / len(measured) if measured else 0.0
+        saved = sum(overhead + runs * strategy.predicted(c) / 1e3 for c in unmeasured)
+        return cls(used_s, len(measured), len(unmeasured), saved)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"used_s": round(self.used_s, 3), "measured": self.measured, "unmeasured": self.unmeasured,
+                "saved_s_estimated": round(self.saved_s, 3)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BoardTime:
+        return cls(float(data["used_s"]), int(data["measured"]), int(data["unmeasured"]),
+                   float(data["saved_s_estimated"]))
+
+    @property
+    def sentence(self) -> str:
+        if not self.unmeasured:
+            return f"board time: {self.used_s:.0f} s measuring {self.measured} candidate(s), every open one"
+        return (f"board time: {self.used_s:.0f} s measuring {self.measured} candidate(s); about "
+                f"{self.saved_s:.0f} s saved by not measuring the other {self.unmeasured} (estimated)")
+
+
+@dataclass(frozen=True)
 class BuildResult:
     device: DeviceProfile
     where: str  # the boards, or "local (this machine, not a board)"
@@ -165,6 +212,9 @@ class BuildResult:
     op_profile: OpProfile | None = None  # the chosen one's per-op breakdown, from the board
     environment: dict[str, Any] | None = None  # the board's, when no latency was measured (emulated)
     package: Path | None = None  # once written (edgepack.bundle)
+    stages: tuple[StageTime, ...] = ()  # where the build's wall time went, in order (edgepack.stages)
+    board_time: BoardTime | None = None
+    slower: tuple[SlowerExplanation, ...] = ()  # why a quantized candidate measured slower than its fp32 twin
     # not in --json
     sample: np.ndarray | None = field(default=None, compare=False)  # one held-out sample, for the smoke test
     preprocessing: dict[str, Any] | None = field(default=None, compare=False)
@@ -198,6 +248,9 @@ class BuildResult:
             "checked_on_device": self.device_accuracy.to_dict() if self.device_accuracy else None,
             "predictor": self.predictor_score.to_dict(),
             "findings": list(self.findings), "notes": list(self.notes),
+            "stages": [t.to_dict() for t in self.stages],
+            "board_time": self.board_time.to_dict() if self.board_time else None,
+            "slower_than_fp32": [s.to_dict() for s in self.slower],
         }
 
     @classmethod
@@ -209,4 +262,6 @@ class BuildResult:
         return cls(device, data["measured_on"], rows, Constraints(**data["constraints"]), data["objective"], source,
                    Counts.from_dict(data["measurements"]), tuple(data["findings"]), tuple(data["notes"]),
                    PredictorScore(errors), DeviceAccuracy.from_dict(checked) if checked else None,
-                   package=Path(data["package"]) if data.get("package") else None)
+                   package=Path(data["package"]) if data.get("package") else None,
+                   stages=tuple(StageTime.from_dict(t) for t in data.get("stages") or ()),
+                   board_time=BoardTime.from_dict(data["board_time"]) if data.get("board_time") else None)

@@ -73,7 +73,7 @@ def ssh_args(dev: SshDevice, python: Path | str) -> list[str]:
 
 @pytest.mark.parametrize(("mode", "said"), [
     ("negate", "p50 -"), ("nan", "p50 nan ms: not a latency"), ("reorder", "out of order"),
-    ("huge", "p50 1e+308 ms above p90"), ("runs", "runs, 5 asked for"), ("made-up", "mean "),
+    ("huge", "p50 1e+308 ms above p90"), ("runs", "4 runs sent, but runs_done 5"), ("made-up", "mean "),
     ("rss", "peak_rss_mb -100: not a memory figure")])
 def test_profile_refuses_figures_a_board_makes_up(device: SshDevice, digits_onnx: Path, cli, mode: str,
                                                   said: str) -> None:

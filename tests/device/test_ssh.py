@@ -73,7 +73,8 @@ def test_profile_onnx_and_tflite_over_ssh(device: SshDevice, digits_onnx: Path, 
         assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
         assert data["peak_rss_mb"] > 10 and data["load_ms"] > 0
         assert data["environment"]["python"] and data["environment"]["uname"]
-        assert len(data["measurements"][0]["latency_ms"]["runs"]) == 20
+        runs = data["measurements"][0]["latency_ms"]["runs"]  # at most 20: fewer once the median is known
+        assert 10 <= len(runs) <= 20 and data["measurements"][0]["stopping"]["runs_done"] == len(runs)
     onnx_ops = json.loads(profile_cli(capsys, device, digits_onnx)[1])["op_profile"]["ops"]
     assert any(op["type"] == "Conv" for op in onnx_ops)
     assert not device.leftover_temp_dirs()
@@ -169,7 +170,7 @@ def test_sshd_killed_mid_run_then_reconnect(fresh_device: SshDevice, digits_onnx
     assert runner.run([RunRequest(digits_onnx, runs=1, warmup=0)])[0].ok
     result: list = []
     long_run = threading.Thread(target=lambda: result.extend(
-        runner.run([RunRequest(digits_onnx, runs=200_000, warmup=0, timeout_s=60)])))
+        runner.run([RunRequest(digits_onnx, runs=200_000, warmup=0, timeout_s=60, target_ci=None)])))
     long_run.start()
     time.sleep(1.5)
     fresh_device.kill()
@@ -257,8 +258,8 @@ def test_profile_over_ssh_leaves_no_trace_files_or_partial_uploads(device: SshDe
     (models / "ort_profile_2025-01-01_00-00-00.json").write_text("[]")  # an old harness's trace
     runner = device.runner()
     try:
-        profiled, plain = runner.run([RunRequest(digits_onnx, runs=3000, op_profile=True),
-                                      RunRequest(digits_onnx, runs=3000)])
+        profiled, plain = runner.run([RunRequest(digits_onnx, runs=3000, op_profile=True, target_ci=None),
+                                      RunRequest(digits_onnx, runs=3000, target_ci=None)])
     finally:
         runner.close()
     assert profiled.ok and profiled.result.op_profile is not None and profiled.result.op_profile.ops
@@ -356,7 +357,7 @@ def test_sshd_dying_mid_profile_reads_connection_lost(fresh_device: SshDevice, d
                          remote_python=fresh_device.python, ssh_config=fresh_device.root / "no_ssh_config")
     report: list[object] = []
     thread = threading.Thread(target=lambda: report.append(profile_model(
-        digits_onnx, rpi4, options, runs=300_000, warmup=0, threads=1, timeout_s=120)))
+        digits_onnx, rpi4, options, runs=3, warmup=300_000, threads=1, timeout_s=120)))  # long: in its warm-up
     thread.start()
     deadline = time.monotonic() + 60
     while not (pids := [p.read_text().strip() for p in fresh_device.tmp.glob("edgepack.*/.edgepack-harness.pid")]) \

@@ -1,33 +1,98 @@
 from __future__ import annotations
 
+from edgepack.analysis.kernels import KernelGroup
 from edgepack.predict import PRIOR_EFFICIENCY, Features, Predictor
 
-
-def features(roofline_ms: float, precision: str = "fp32", layers: int = 10) -> Features:
-    return Features(roofline_ms, layers, precision, int(roofline_ms * 1e6), 1000)
-
-
-def device_latency(f: Features) -> float:
-    """A made-up board: fp32 at 40% of peak, int8 at 20%, 0.01 ms per layer, 0.05 ms fixed."""
-    efficiency = {"fp32": 0.4, "int8": 0.2}[f.precision]
-    return f.roofline_ms / efficiency + 0.01 * f.layers + 0.05
+# a made-up board: ms per roofline-ms of each kind of kernel, per precision; 0.01 ms per kernel; 0.05 ms a call
+SPEED = {("conv", "fp32"): 3.0, ("depthwise", "fp32"): 9.0, ("elementwise", "fp32"): 5.0,
+         ("conv", "int8"): 1.5, ("depthwise", "int8"): 12.0, ("elementwise", "int8"): 5.0, ("quant", "int8"): 6.0}
 
 
-def test_prior_is_the_roofline_over_an_efficiency():
-    f = features(1.0)
-    assert Predictor().latency_ms(f) > f.roofline_ms / PRIOR_EFFICIENCY["fp32"]
-    assert Predictor().margin == 1.0
+def model(conv: float, depthwise: float, elementwise: float, precision: str = "fp32", fmt: str = "onnx",
+          threads: int = 1, quant: float = 0.0) -> Features:
+    groups = [KernelGroup("conv", precision, 20, int(conv * 1e6), 0, conv),
+              KernelGroup("depthwise", precision, 10, int(depthwise * 1e5), 0, depthwise),
+              KernelGroup("elementwise", "fp32" if precision == "fp32" else precision, 15, 0, 0, elementwise)]
+    if quant:
+        groups.append(KernelGroup("quant", precision, 8, 0, 0, quant))
+    return Features(conv + depthwise + elementwise + quant, sum(g.count for g in groups), precision, 1000, 1000,
+                    fmt, threads, precision, kernels=tuple(groups))
 
 
-def test_refit_learns_each_precisions_efficiency():
+def board(f: Features) -> float:
+    return 0.05 + sum(SPEED[(g.kind, g.precision)] * g.cost_ms + 0.01 * g.count for g in f.groups)
+
+
+def test_before_any_measurement_the_prior_is_the_roofline_over_an_efficiency_and_uncertain():
+    f = model(1.0, 0.2, 0.1)
+    prediction = Predictor().predict(f)
+    assert prediction.ms > f.roofline_ms / PRIOR_EFFICIENCY
+    assert prediction.sigma > 1.0
+
+
+def test_a_whole_model_measurement_rescales_every_kernel_and_narrows_the_uncertainty():
     predictor = Predictor()
-    for roofline, precision, layers in [(0.5, "fp32", 10), (2.0, "fp32", 30), (1.0, "int8", 12), (0.3, "int8", 40),
-                                        (1.2, "fp32", 20), (0.7, "int8", 25)]:
-        f = features(roofline, precision, layers)
-        predictor.observe(f, device_latency(f))
-    for probe in (features(1.5, "fp32", 15), features(0.9, "int8", 35)):
-        assert abs(predictor.latency_ms(probe) - device_latency(probe)) / device_latency(probe) < 0.1
-    assert predictor.margin < 0.25  # LOO error ~0, blended with the prior error over 4 points
+    baseline = model(1.0, 0.2, 0.1)
+    before = predictor.predict(model(0.5, 0.1, 0.1)).sigma
+    predictor.observe(baseline, board(baseline))
+    assert abs(predictor.latency_ms(baseline) / board(baseline) - 1) < 0.05
+    after = predictor.predict(model(0.5, 0.1, 0.1))
+    assert after.sigma < before / 3
+    # an unmeasured runtime stays uncertain: the search knows to look there
+    assert predictor.predict(model(1.0, 0.2, 0.1, fmt="tflite")).sigma > 2 * after.sigma
+
+
+def test_per_kernel_coefficients_predict_a_new_mix_of_kernels():
+    """Pruning shrinks convolutions more than depthwise ones: measured mixes teach each kind's speed."""
+    predictor = Predictor()
+    for conv, dw, ew in [(1.0, 0.2, 0.1), (0.5, 0.14, 0.07), (0.25, 0.1, 0.05), (2.0, 0.1, 0.3), (0.3, 0.6, 0.2)]:
+        f = model(conv, dw, ew)
+        predictor.observe(f, board(f))
+    probe = model(0.1, 0.35, 0.02)
+    assert abs(predictor.latency_ms(probe) / board(probe) - 1) < 0.1
+
+
+def test_an_op_profile_pins_each_kind_from_one_run():
+    """One fp32 run with its per-op profile: the pruned twin (its convolutions shrink) is predicted
+    from each kind's own time, not from the model's total."""
+    predictor = Predictor()
+    baseline = model(1.0, 0.4, 0.3)
+    predictor.observe(baseline, board(baseline))
+    ops = [("FusedConv", SPEED[("conv", "fp32")] * 0.6 + 0.2), ("Conv", SPEED[("depthwise", "fp32")] * 0.4 + 0.1),
+           ("Add", SPEED[("elementwise", "fp32")] * 0.3 + 0.15), ("Conv", SPEED[("conv", "fp32")] * 0.4)]
+    predictor.observe_ops(baseline, board(baseline), ops)
+    pruned = model(0.25, 0.2, 0.15)
+    without = Predictor()
+    without.observe(baseline, board(baseline))
+    error = abs(predictor.latency_ms(pruned) / board(pruned) - 1)
+    assert error < abs(without.latency_ms(pruned) / board(pruned) - 1)
+    assert error < 0.15
+
+
+def test_int8_learns_its_own_kernels_and_the_quantize_ops_around_floats():
+    predictor = Predictor()
+    for scale in (1.0, 0.5, 0.3):
+        for precision, quant in (("fp32", 0.0), ("int8", 0.2 * scale)):
+            f = model(scale, 0.2 * scale, 0.1, precision, quant=quant)
+            predictor.observe(f, board(f))
+    probe = model(0.7, 0.1, 0.1, "int8", quant=0.15)
+    assert abs(predictor.latency_ms(probe) / board(probe) - 1) < 0.1
+
+
+def test_history_from_an_earlier_build_on_the_board_starts_the_fit():
+    earlier = Predictor()
+    for conv, dw, ew in [(1.0, 0.2, 0.1), (0.5, 0.4, 0.1), (0.2, 0.1, 0.3), (2.0, 0.8, 0.2)]:
+        f = model(conv, dw, ew)
+        earlier.observe(f, board(f), source=f"sha{conv}")
+    fresh = Predictor(history=list(earlier.observations))
+    other_model = model(3.0, 1.0, 0.5)
+    assert abs(fresh.latency_ms(other_model) / board(other_model) - 1) < 0.15
+    assert fresh.predict(other_model).sigma < Predictor().predict(other_model).sigma / 3
+
+
+def test_features_round_trip_through_json():
+    f = model(1.0, 0.2, 0.1, "int8", quant=0.1)
+    assert Features.from_dict(f.to_dict()) == f
 
 
 def test_memory_prediction_refits():
@@ -38,25 +103,12 @@ def test_memory_prediction_refits():
     assert abs(predictor.peak_rss_mb(Features(1.0, 10, "fp32", 6_000_000, 0)) - 59.0) < 0.5
 
 
-def test_one_measurement_rescales_the_prior_and_keeps_its_ratios():
-    """A board 7x slower than the prior: after one fp32 ONNX point, an unmeasured runtime and precision are
-    predicted at the prior's ratio to it, not left at the prior's absolute figure."""
-    predictor = Predictor()
-    onnx_fp32 = Features(1.0, 10, "fp32", 1000, 1000, "onnx", 1)
-    tflite_int8 = Features(0.5, 10, "int8", 1000, 1000, "tflite", 1)
-    prior_ratio = predictor.latency_ms(tflite_int8) / predictor.latency_ms(onnx_fp32)
-    predictor.observe(onnx_fp32, 7 * predictor.latency_ms(onnx_fp32))
-    assert abs(predictor.latency_ms(onnx_fp32) / (7 * Predictor().latency_ms(onnx_fp32)) - 1) < 0.05
-    assert abs(predictor.latency_ms(tflite_int8) / predictor.latency_ms(onnx_fp32) / prior_ratio - 1) < 0.2
-
-
-def test_threads_cost_a_per_op_overhead_the_fit_can_learn():
-    def board(f: Features) -> float:  # tiny model: a second thread only adds synchronisation per op
+def test_threads_cost_a_per_kernel_overhead_the_fit_can_learn():
+    def on_board(f: Features) -> float:  # tiny model: a second thread only adds synchronisation per op
         return 0.002 * f.layers * (1 + 0.5 * (f.threads - 1)) + 0.01
 
     predictor = Predictor()
-    points = [Features(0.001 / t, layers, "fp32", 1000, 1000, "onnx", t) for layers in (8, 20, 40) for t in (1, 2)]
-    for f in points:
-        predictor.observe(f, board(f))
+    for f in [Features(0.001 / t, layers, "fp32", 1000, 1000, "onnx", t) for layers in (8, 20, 40) for t in (1, 2)]:
+        predictor.observe(f, on_board(f))
     probe = Features(0.0005, 30, "fp32", 1000, 1000, "onnx", 2)
-    assert abs(predictor.latency_ms(probe) - board(probe)) / board(probe) < 0.1
+    assert abs(predictor.latency_ms(probe) - on_board(probe)) / on_board(probe) < 0.1

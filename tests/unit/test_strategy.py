@@ -24,7 +24,9 @@ def candidates() -> list[Candidate]:
                     roofline = 2.0 * (1 - ratio) * (0.5 if precision == "int8" else 1.0) / threads
                     size = 4.0 * (1 - ratio) * (0.27 if precision == "int8" else 1.0)
                     drop = 0.3 + 2.5 * ratio  # pruning costs accuracy
-                    result.append(Candidate(plan, Features(roofline, 50, precision, int(size * 1e6), 10_000),
+                    features = Features(roofline, 50, precision, int(size * 1e6), 10_000, fmt, threads, precision,
+                                        ratio)
+                    result.append(Candidate(plan, features,
                                             size, accuracy_drop=drop, status=Status.PREDICTED))
     return result
 
