@@ -18,6 +18,12 @@ def main() -> int:
     except KeyboardInterrupt as stop:
         print(f"edgepack: {interrupts.line(stop)}", file=sys.stderr)
         return interrupts.exit_code(stop)
+    except ImportError:  # a signal inside a C extension's import (numpy turns it into an ImportError)
+        signum = interrupts.received()
+        if signum is None:
+            raise
+        print(f"edgepack: {interrupts.describe(signum)}", file=sys.stderr)
+        return 128 + signum
     return cli_main()
 
 

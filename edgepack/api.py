@@ -399,7 +399,7 @@ def build(model: Model, device: Device = "host", calib: Data | None = None, eval
     of at most 1 point unless its constraints set one). ``name``: an in-memory model's;
     ``image_preprocessing``: how a folder of images becomes samples (recorded in the package, for run.py).
     Raises NoFeasibleCandidate (with the result) when no candidate meets the constraints."""
-    from edgepack.bundle import write_build_package
+    from edgepack.bundle import packaged
     from edgepack.package import check_package_target, package_name
     from edgepack.pipeline import build as run_build
     from edgepack.records import default_cache_dir
@@ -433,6 +433,6 @@ def build(model: Model, device: Device = "host", calib: Data | None = None, eval
         result = run_build(handle, target, options, ssh, calib_data, eval_data, say=say)
         if result.chosen is None:
             raise NoFeasibleCandidate(no_feasible_message(result.rows), result)
-        result = replace(result, package=write_build_package(result, output_dir))
+        result = packaged(result, output_dir)
         say(f"package {result.package}")
         return result

@@ -29,7 +29,8 @@ def _add_ssh_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_measurement_arguments(parser: argparse.ArgumentParser) -> None:
     """How each measurement on a board runs (profile, build)."""
     parser.add_argument("--runs", type=flag("runs"), metavar="N",
-                        help="timed runs per measurement (default: the profile's)")
+                        help="timed runs per measurement, every one of them (default: the profile's count at "
+                             "most, stopping once the median is known to +-2%%)")
     parser.add_argument("--warmup", type=flag("warmup"), metavar="N",
                         help="untimed runs first (default: the profile's)")
     parser.add_argument("--timeout", type=flag("timeout_s"), default=300.0, metavar="S",

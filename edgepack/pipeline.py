@@ -28,7 +28,7 @@ from edgepack.model import ModelHandle
 from edgepack.predict import Predictor
 from edgepack.profiles import DeviceProfile
 from edgepack.records import Purpose, Records, default_cache_dir
-from edgepack.runners.base import HarnessResult, RunRequest
+from edgepack.runners.base import DEFAULT_TARGET_CI, HarnessResult, RunRequest
 from edgepack.runners.conditions import Judge
 from edgepack.runners.factory import SshOptions, runners_for
 from edgepack.search import finish
@@ -178,6 +178,7 @@ class Build:
         artifact = c.artifact.artifact
         request = RunRequest(artifact.path, threads=c.plan.threads,
                              warmup=bench.warmup if o.warmup is None else o.warmup, runs=o.runs or bench.runs,
+                             target_ci=None if o.runs else DEFAULT_TARGET_CI,  # the user's count: every run
                              op_profile=purpose is Purpose.OP_PROFILE or with_ops, timeout_s=o.timeout_s,
                              inputs=held_out_inputs(self.handle, artifact, self.eval_data),
                              delegate=self.profile.vela.delegate if self.profile.vela else None)

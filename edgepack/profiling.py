@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from edgepack.errors import ModelFileError, UsageError
 from edgepack.model import ModelHandle
 from edgepack.profiles import DeviceProfile
-from edgepack.runners.base import Measurement, RunRequest
+from edgepack.runners.base import DEFAULT_TARGET_CI, Measurement, RunRequest
 from edgepack.runners.conditions import Conditions, Judge, measure_steady
 from edgepack.runners.factory import SshOptions, runners_for
 from edgepack.runners.pool import in_parallel
@@ -70,6 +70,7 @@ def profile_model(model: Path, profile: DeviceProfile, options: SshOptions, *, r
     with tempfile.TemporaryDirectory(prefix="edgepack-profile-") as tmp:
         request = RunRequest(model, threads=threads or bench.threads,
                              warmup=bench.warmup if warmup is None else warmup, runs=runs or bench.runs,
+                             target_ci=None if runs else DEFAULT_TARGET_CI,  # the user's count: every run
                              op_profile=True, timeout_s=timeout_s, inputs=_inputs_file(handle, Path(tmp)))
         boards = runners_for(profile, options, say)
         try:

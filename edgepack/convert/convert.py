@@ -165,11 +165,12 @@ def convert_model(handle: ModelHandle, target: str, output: Path, profile: Devic
             made = _converted(handle, target, folder / "made" / output.name, profile, data, max_samples, tolerance,
                               kinds, allow_drift, clock, source)
             partial = record.with_name(".conversion.json.partial")
-            partial.write_text(json.dumps({"report": made.report.to_dict(),
+            partial.write_text(json.dumps({"file": output.name, "report": made.report.to_dict(),
                                            "attempts": [a.to_dict() for a in made.attempts]}))
             partial.replace(record)
         with clock.stage("convert", f"{handle.format.value} -> {target} (made and verified earlier in this build)"):
-            return _copy_kept(folder / "made" / output.name, json.loads(record.read_text()), handle, output)
+            kept_record = json.loads(record.read_text())  # made under the name the first caller asked for
+            return _copy_kept(folder / "made" / kept_record.get("file", output.name), kept_record, handle, output)
 
 
 def _data_digest(data: Dataset | None) -> str:

@@ -25,8 +25,8 @@ from edgepack.search.space import Constraints
 
 __all__ = ["Candidate", "Strategy"]
 
-IMPROVEMENT = 0.05  # a candidate is worth board time if it may be this much faster than the best measured
-STOP_CHANCE = 0.10  # ... with at least this probability
+IMPROVEMENT = 0.10  # a candidate is worth board time if it may be this much faster than the best measured
+STOP_CHANCE = 0.20  # ... with at least this probability (a gain within the board's own noise is no gain)
 
 
 @dataclass

@@ -152,7 +152,9 @@ def test_a_killed_build_resumes_from_its_records(tmp_path: Path, device: SshDevi
     done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout)
-    assert result["measurements"]["cached"] == recorded and result["measurements"]["new"] >= 1
+    # every record of the killed run read back (and a record this run made may be read again: the chosen
+    # one's per-op profile comes with its latency); the keys below say nothing was measured twice
+    assert result["measurements"]["cached"] >= recorded and result["measurements"]["new"] >= 1
     assert (tmp_path / "dist" / "digits-rpi4" / "manifest.json").exists()
     keys = [json.dumps(json.loads(line)["key"], sort_keys=True) for line in records.read_text().splitlines()]
     assert len(keys) == len(set(keys))  # nothing was measured twice

@@ -3,7 +3,7 @@ from __future__ import annotations
 from edgepack.predict import Features, Predictor
 from edgepack.search.candidate import Status
 from edgepack.search.space import CompressionPlan, Constraints
-from edgepack.search.strategy import Candidate, Strategy
+from edgepack.search.strategy import IMPROVEMENT, STOP_CHANCE, Candidate, Strategy
 
 
 def board_latency(plan: CompressionPlan) -> float:
@@ -103,3 +103,38 @@ def test_the_model_as_the_user_has_it_is_measured_first():
         first, = strategy.propose()
         assert (first.plan.format, first.plan.precision, first.plan.prune_ratio) == \
             (source, "fp32", 0.0)
+
+
+def test_exhaustive_measures_every_candidate_the_gate_passed_and_nothing_it_refused():
+    pool = [c for c in candidates() if c.plan.prune_ratio in (0.0, 0.3)]
+    pool[3].skip("refused by the fidelity gate")
+    strategy = Strategy(pool, Predictor(), Constraints(), max_measurements=2, exhaustive=True)
+    assert run(strategy) == len(pool) - 1  # no cap and no stopping rule
+    assert not pool[3].measured
+
+
+def test_the_search_stops_once_no_candidate_is_likely_to_beat_the_best():
+    """Once its coefficients are pinned, a candidate predicted far slower than the best is never measured,
+    however many measurements remain."""
+    pool = [c for c in candidates() if c.plan.prune_ratio == 0.0]
+    strategy = Strategy(pool, Predictor(), Constraints(), max_measurements=len(pool))
+    used = run(strategy)
+    assert used < len(pool)
+    best = strategy.best()
+    assert best is not None
+    for c in pool:
+        if not c.measured:  # what was left: not likely (STOP_CHANCE) to be 10% faster than the best
+            assert strategy.chance_to_beat(c, best.judged_ms * (1 - IMPROVEMENT)) < STOP_CHANCE
+
+
+def test_board_time_budget_stops_the_search():
+    pool = candidates()
+    spent = [0.0]
+    strategy = Strategy(pool, Predictor(), Constraints(), max_measurements=len(pool), budget_s=25.0,
+                        board_seconds=lambda: spent[0])
+    count = 0
+    while batch := strategy.propose():
+        strategy.observe(batch[0], board_latency(batch[0].plan))
+        spent[0] += 10.0  # each measurement takes 10 s of board time
+        count += 1
+    assert count == 3  # the third began with 20 s spent, under the 25 s budget; none after it
