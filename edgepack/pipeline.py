@@ -161,23 +161,23 @@ class Build:
                                if c.latency_measured and c.predicted_ms is not None and c.latency_ms)),
                            check, profile, None if measurer.can_time else measurer.environment, sample=sample,
                            preprocessing=o.preprocessing, predictor=strategy.predictor, stages=self.clock.times,
-                           board_time=BoardTime.of(strategy, measurer.counts.seconds, self._job_runs()),
+                           board_time=BoardTime.of(strategy, measurer.counts.seconds, sum(self._runs())),
                            slower=tuple(s for _, s in slower))
 
-    def _job_runs(self) -> int:
-        """Timed and warm-up runs of one measurement, at most."""
+    def _runs(self) -> tuple[int, int]:
+        """(warm-up runs, timed runs at most) of one measurement: the user's, else the profile's."""
         bench, o = self.profile.benchmark, self.options
-        return (bench.warmup if o.warmup is None else o.warmup) + (o.runs or bench.runs)
+        return (bench.warmup if o.warmup is None else o.warmup), (o.runs or bench.runs)
 
     def _job(self, c: Candidate, repeat: int = 0, board: str | None = None,
              purpose: Purpose = Purpose.LATENCY, with_ops: bool = False) -> Job:
         from edgepack.profiling import held_out_inputs
 
-        bench, o = self.profile.benchmark, self.options
+        o = self.options
         assert c.artifact is not None
         artifact = c.artifact.artifact
-        request = RunRequest(artifact.path, threads=c.plan.threads,
-                             warmup=bench.warmup if o.warmup is None else o.warmup, runs=o.runs or bench.runs,
+        warmup, runs = self._runs()
+        request = RunRequest(artifact.path, threads=c.plan.threads, warmup=warmup, runs=runs,
                              target_ci=None if o.runs else DEFAULT_TARGET_CI,  # the user's count: every run
                              op_profile=purpose is Purpose.OP_PROFILE or with_ops, timeout_s=o.timeout_s,
                              inputs=held_out_inputs(self.handle, artifact, self.eval_data),

@@ -137,14 +137,3 @@ def kernel_groups(summary: GraphSummary, profile: DeviceProfile, threads: int) -
         entry[3] += cost_ms
     return tuple(KernelGroup(kind, precision, int(n), int(macs), int(traffic), float(cost))
                  for (kind, precision), (n, macs, traffic, cost) in sorted(totals.items()))
-
-
-def scaled(groups: tuple[KernelGroup, ...], compute: float, traffic: float) -> tuple[KernelGroup, ...]:
-    """The groups of a graph whose work shrinks by ``compute`` (MACs) and ``traffic`` (bytes): a pruned
-    plan before it is built. Cost follows whichever of the two bounds it."""
-    out = []
-    for g in groups:
-        factor = compute if g.macs else traffic
-        out.append(KernelGroup(g.kind, g.precision, g.count, int(g.macs * compute), int(g.bytes * traffic),
-                               g.cost_ms * factor))
-    return tuple(out)

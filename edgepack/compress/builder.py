@@ -250,7 +250,7 @@ class ArtifactBuilder:
             artifact = Artifact.load(folder / saved["file"])
             if self._intact(artifact.path, artifact.sha256, _label(plan)):
                 self.clock.add(StageTime("cache", time.perf_counter() - start, _label(plan)))
-                return BuiltArtifact(artifact, saved["accuracy_drop"], making.report_from_dict(saved["fidelity"]),
+                return BuiltArtifact(artifact, saved["accuracy_drop"], ValidationReport.from_dict(saved["fidelity"]),
                                      saved["details"], bool(saved.get("exact")))
             shutil.rmtree(folder)
         try:

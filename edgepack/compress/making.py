@@ -150,11 +150,6 @@ def checked_against(source: Engine, artifact: Artifact, eval_data: Dataset, cali
     return report
 
 
-def report_from_dict(data: dict[str, Any]) -> ValidationReport:
-    """A check read back from the artifact cache (``ValidationReport.to_dict``)."""
-    return ValidationReport.from_dict(data)
-
-
 def same_function(a: Path, b: Path, eval_data: Dataset, input_names: list[str]) -> bool:
     """Two fp32 ONNX models that give the same outputs on held-out samples (within 1e-4 of each peak)."""
     from edgepack.engines import engine_for_file

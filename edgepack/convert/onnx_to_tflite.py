@@ -91,7 +91,7 @@ def convert_onnx_to_tflite(onnx_path: Path, out_dir: Path, *, calib: np.ndarray 
             return _copied(_onnx2tf(onnx_path, Path(tmp), calib, timeout_s), out_dir)
     samples = sample_images(calib)
     folder = kept / ("onnx2tf-" + reuse.digest(onnx_path.read_bytes(), samples.tobytes(), str(samples.shape),
-                                               json.dumps(ONNX2TF_OPTIONS, sort_keys=True), _onnx2tf_version(),
+                                               json.dumps(ONNX2TF_OPTIONS, sort_keys=True), reuse.version_of("onnx2tf"),
                                                __version__))
     with reuse.locked(folder):
         failed, made = folder / "failed.txt", folder / "out"
@@ -114,15 +114,6 @@ def convert_onnx_to_tflite(onnx_path: Path, out_dir: Path, *, calib: np.ndarray 
 
 class _Timeout(ConversionError):
     """onnx2tf ran out of time (not kept as the graph's failure)."""
-
-
-def _onnx2tf_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("onnx2tf")
-    except PackageNotFoundError:
-        return "-"
 
 
 def _onnx2tf(onnx_path: Path, work: Path, calib: np.ndarray | None, timeout_s: float) -> Path:

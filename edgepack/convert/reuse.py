@@ -57,14 +57,17 @@ def locked(folder: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def converter_versions() -> str:
-    """The installed versions of the converters a conversion may run (part of what decides it)."""
+def version_of(package: str) -> str:
+    """The installed version of ``package`` ("-" when it is not installed)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    found = []
-    for name in ("onnx2tf", "tensorflow", "onnx", "onnxruntime", "tf2onnx", "torch", "litert-torch"):
-        try:
-            found.append(f"{name}={version(name)}")
-        except PackageNotFoundError:
-            found.append(f"{name}=-")
-    return ",".join(found)
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "-"
+
+
+def converter_versions() -> str:
+    """The installed versions of the converters a conversion may run (part of what decides it)."""
+    return ",".join(f"{name}={version_of(name)}" for name in
+                    ("onnx2tf", "tensorflow", "onnx", "onnxruntime", "tf2onnx", "torch", "litert-torch"))

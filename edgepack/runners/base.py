@@ -188,9 +188,7 @@ class HarnessResult:
     @property
     def latency_ms(self) -> dict[str, float]:
         """p50, p90, p99, mean, std, min, max over the timed runs (milliseconds)."""
-        found = self.raw.get("latency_ms")
-        return {k: float(v) for k, v in (found if isinstance(found, dict) else {}).items()
-                if k != "runs" and _number(v) is not None}
+        return {k: float(v) for k, v in self._block("latency_ms").items() if k != "runs" and _number(v) is not None}
 
     @property
     def p50_ms(self) -> float | None:
@@ -203,15 +201,13 @@ class HarnessResult:
     @property
     def runs_ms(self) -> list[float]:
         """Every timed run's latency, in order."""
-        found = self.raw.get("latency_ms")
-        runs = found.get("runs") if isinstance(found, dict) else None
+        runs = self._block("latency_ms").get("runs")
         return [float(v) for v in runs] if isinstance(runs, list) else []
 
     @property
     def stopping(self) -> dict[str, Any]:
         """The harness's "stopping" block (validated in edgepack.runners.validation); {}: an older harness."""
-        found = self.raw.get("stopping")
-        return found if isinstance(found, dict) else {}
+        return self._block("stopping")
 
     @property
     def runs_done(self) -> int:
@@ -286,7 +282,11 @@ class HarnessResult:
 
     @property
     def environment(self) -> dict[str, Any]:
-        found = self.raw.get("environment")
+        return self._block("environment")
+
+    def _block(self, key: str) -> dict[str, Any]:
+        """The result's ``key`` object ({} when it is missing or not an object)."""
+        found = self.raw.get(key)
         return found if isinstance(found, dict) else {}
 
     @property
