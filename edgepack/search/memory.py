@@ -1,4 +1,4 @@
-"""What earlier builds measured on a board, kept for the predictor: ``<cache>/predictor.jsonl``.
+"""What earlier builds measured on a board, kept for the predictor: ``<cache>/predictor-2.jsonl``.
 
 One line per observation (a measured latency, or one kind of kernel's share of a per-op profile), with
 the board's identity (profile and host key, as the records key it) and the model's sha256. A build on a
@@ -20,7 +20,7 @@ from edgepack.strict_json import dumps
 
 
 class BoardMemory:
-    FILE = "predictor.jsonl"
+    FILE = "predictor-2.jsonl"  # 2: kernels costed on one thread
 
     def __init__(self, cache: Path) -> None:
         self.path = cache / self.FILE

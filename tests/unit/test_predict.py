@@ -112,3 +112,34 @@ def test_threads_cost_a_per_kernel_overhead_the_fit_can_learn():
         predictor.observe(f, on_board(f))
     probe = Features(0.0005, 30, "fp32", 1000, 1000, "onnx", 2)
     assert abs(predictor.latency_ms(probe) - on_board(probe)) / on_board(probe) < 0.1
+
+
+def test_a_thread_count_measured_for_one_precision_predicts_it_for_the_others():
+    """The same artifact at one and two threads gives the board's thread factor; the int8 artifact,
+    measured at one thread only, is then predicted at two."""
+    def on_board(f: Features) -> float:
+        return board(f) * (0.55 if f.threads == 2 else 1.0)
+
+    predictor = Predictor()
+    fp32_2, fp32_1, int8_1 = model(1.0, 0.2, 0.1, threads=2), model(1.0, 0.2, 0.1), model(1.0, 0.2, 0.1, "int8")
+    for f in (fp32_2, fp32_1):
+        predictor.observe(f, on_board(f))
+    unknown = predictor.predict(model(1.0, 0.2, 0.1, "int8", threads=2)).sigma
+    predictor.observe(int8_1, on_board(int8_1))
+    int8_2 = model(1.0, 0.2, 0.1, "int8", threads=2)
+    prediction = predictor.predict(int8_2)
+    assert abs(prediction.ms / on_board(int8_2) - 1) < 0.1
+    assert prediction.sigma < unknown
+    assert abs(predictor.coefficients()["tau onnx/2"] - 0.55) < 0.01  # against one thread, measured most
+
+
+def test_a_dynamic_plan_does_not_teach_its_slowness_to_the_float_model():
+    """Dynamic int8 runs its float kernels between quantize steps, at another speed than a float model's:
+    its measurement must not move the fp32 candidates' prediction."""
+    baseline, pruned = model(1.0, 0.2, 0.1), model(0.5, 0.1, 0.1)
+    dynamic = Features(1.3, 45, "fp32", 500, 1000, "onnx", 1, "dynamic", kernels=baseline.kernels)
+    predictor = Predictor()
+    predictor.observe(baseline, board(baseline))
+    before = predictor.latency_ms(pruned)
+    predictor.observe(dynamic, 10 * board(baseline))
+    assert abs(predictor.latency_ms(pruned) / before - 1) < 0.05
